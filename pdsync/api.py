@@ -1,0 +1,70 @@
+"""The Python API: what the CLI calls, and what a notebook calls."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import sqlite_utils
+
+from .auth import resolve_base_url, resolve_token
+from .client import PipedriveClient
+from .lock import SyncLock
+from .schema import check_database
+from .sync import ProgressCallback, Sync, SyncResult, selected_entities
+
+__version__ = "0.1.0"
+
+
+def open_database(db: str | os.PathLike | sqlite_utils.Database) -> sqlite_utils.Database:
+    """A ``sqlite_utils.Database`` for ``db``; a file that is not SQLite raises DatabaseError."""
+    if isinstance(db, sqlite_utils.Database):
+        return db
+    path = Path(db)
+    if path.exists():
+        check_database(str(path))
+    elif not path.parent.exists():
+        raise FileNotFoundError(f"directory {path.parent} does not exist")
+    return sqlite_utils.Database(path)
+
+
+def database_path(db: sqlite_utils.Database) -> str | None:
+    """The file behind ``db``, or None for an in-memory database."""
+    path = db.conn.execute("pragma database_list").fetchone()[2]
+    return path or None
+
+
+def sync(
+    db: str | os.PathLike | sqlite_utils.Database,
+    *,
+    token: str | None = None,
+    base_url: str | None = None,
+    full: bool = False,
+    only: list[str] | tuple[str, ...] | None = None,
+    progress: ProgressCallback | None = None,
+    auth_path: str | os.PathLike | None = "auth.json",
+    wait: bool = False,
+    client_options: dict | None = None,
+) -> SyncResult:
+    """Sync Pipedrive into ``db`` and return what happened, per entity.
+
+    ``token`` defaults to ``PIPEDRIVE_API_TOKEN`` or auth.json; ``base_url`` to
+    ``PIPEDRIVE_BASE_URL``, the company domain in auth.json, or https://api.pipedrive.com.
+    Raises ``LockHeld`` if another sync is running on the same file (``wait=True`` waits).
+    """
+    selected_entities(only)  # unknown names fail before anything is opened
+    token = token or resolve_token(auth_path)
+    base_url = resolve_base_url(base_url, auth_path)
+    database = open_database(db)
+    path = database_path(database)
+    lock = SyncLock(path) if path else None
+    if lock:
+        lock.acquire(wait=wait)
+    try:
+        with PipedriveClient(token, base_url, **(client_options or {})) as client:
+            return Sync(
+                database, client, full=full, only=only, progress=progress, version=__version__
+            ).run()
+    finally:
+        if lock:
+            lock.release()

@@ -1,0 +1,337 @@
+"""The ``pdsync`` command line. It does the talking; the library only returns results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import signal
+import sqlite3
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from . import api, timestamps
+from .auth import ConfigError, save_auth
+from .client import AuthError, ConnectionFailed, PipedriveError
+from .entities import ENTITIES
+from .lock import LockHeld
+from .sync import ProgressEvent, SyncResult, selected_entities
+
+AUTH_OPTION = click.option(
+    "-a",
+    "--auth",
+    "auth_path",
+    type=click.Path(dir_okay=False),
+    default="auth.json",
+    show_default=True,
+    help="JSON file holding the API token (see `pdsync auth`)",
+)
+
+
+@click.group()
+@click.version_option(api.__version__, prog_name="pdsync")
+def cli() -> None:
+    """Keep a Pipedrive CRM account in a local SQLite database, and explore it with Datasette."""
+
+
+@cli.command()
+@AUTH_OPTION
+def auth(auth_path: str) -> None:
+    """Save a Pipedrive API token (and company domain) to auth.json, mode 0600.
+
+    Find the token in Pipedrive under Settings > Personal preferences > API.
+    """
+    token = click.prompt("Pipedrive API token", hide_input=True).strip()
+    domain = click.prompt(
+        "Company domain (the COMPANY in COMPANY.pipedrive.com, optional)",
+        default="",
+        show_default=False,
+    ).strip()
+    if not token:
+        raise click.ClickException("no token given; nothing saved")
+    try:
+        save_auth(auth_path, token, domain or None)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Saved to {auth_path} (readable only by you)")
+
+
+@cli.command()
+@click.argument("db_path", type=click.Path(dir_okay=False))
+@click.option("--full", is_flag=True, help="Refetch everything and flag rows gone upstream")
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="ENTITY",
+    help="Sync only this entity (repeatable, or comma-separated): "
+    + ", ".join(spec.name for spec in ENTITIES),
+)
+@click.option("--base-url", help="Pipedrive base URL, e.g. https://COMPANY.pipedrive.com")
+@AUTH_OPTION
+@click.option("--every", metavar="INTERVAL", help="Keep syncing at this interval: 90s, 30m, 1h")
+@click.option("--wait", is_flag=True, help="Wait for a running sync of this file to finish")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output (the default when not a TTY)")
+@click.option("-v", "--verbose", is_flag=True, help="Log every request (method, path, status, ms)")
+def sync(
+    db_path: str,
+    full: bool,
+    only: tuple[str, ...],
+    base_url: str | None,
+    auth_path: str,
+    every: str | None,
+    wait: bool,
+    quiet: bool,
+    verbose: bool,
+) -> None:
+    """Sync Pipedrive into DB_PATH (created if missing), incrementally.
+
+    The token comes from PIPEDRIVE_API_TOKEN or the auth file; the base URL from --base-url,
+    PIPEDRIVE_BASE_URL, the company domain in the auth file, or https://api.pipedrive.com.
+    Exits non-zero when any entity failed.
+    """
+    names = [name.strip() for value in only for name in value.split(",") if name.strip()]
+    try:
+        selected_entities(names)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--only") from None
+    interval = _parse_interval(every) if every else None
+    _configure_logging(verbose)
+    show_progress = not quiet and sys.stderr.isatty()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+    def once(full_pass: bool) -> SyncResult:
+        reporter = _ProgressLine() if show_progress else None
+        try:
+            result = api.sync(
+                db_path,
+                base_url=base_url,
+                full=full_pass,
+                only=names or None,
+                progress=reporter,
+                auth_path=auth_path,
+                wait=wait or interval is not None,
+            )
+        finally:
+            if reporter:
+                reporter.close()
+        return result
+
+    try:
+        if interval is None:
+            result = once(full)
+            _report(result, quiet=quiet and not verbose, tty=show_progress)
+            if not result.ok:
+                sys.exit(1)
+            return
+        _every(once, full, interval)
+    except KeyboardInterrupt:
+        click.echo("pdsync: interrupted; committed pages are kept, the next run resumes", err=True)
+        sys.exit(130)
+    except (ConfigError, LockHeld, AuthError, ConnectionFailed, PipedriveError) as exc:
+        raise click.ClickException(_with_hint(exc)) from None
+    except sqlite3.DatabaseError as exc:
+        raise click.ClickException(f"{db_path} is not a usable SQLite database ({exc})") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command()
+@click.argument("db_path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table")
+def status(db_path: str, as_json: bool) -> None:
+    """Show when each entity was last synced, how it went and how long it took."""
+    if not Path(db_path).exists():
+        raise click.ClickException(f"{db_path} does not exist; run `pdsync sync {db_path}` first")
+    try:
+        db = api.open_database(db_path)
+        if "sync_metadata" not in db.table_names():
+            raise click.ClickException(
+                f"{db_path} has not been synced by pdsync (no sync_metadata)"
+            )
+        rows = list(db.query("select * from sync_metadata order by entity_type"))
+    except sqlite3.DatabaseError as exc:
+        raise click.ClickException(f"{db_path} is not a SQLite database ({exc})") from None
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = ("entity", "last sync", "status", "synced", "total", "duration", "error")
+    table = [header]
+    for row in rows:
+        table.append(
+            (
+                row["entity_type"],
+                _ago(row.get("last_sync_time")),
+                row.get("status") or "",
+                f"{row.get('records_synced') or 0:,}",
+                f"{row.get('records_total') or 0:,}",
+                f"{(row.get('last_sync_duration_ms') or 0) / 1000:.1f}s",
+                (row.get("error_message") or "")[:80],
+            )
+        )
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    for r in table:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+@cli.command()
+@click.argument("db_path", default="pipedrive.db", type=click.Path(dir_okay=False))
+@click.option("--deals", default=2000, show_default=True, help="Size of the demo company")
+@click.option("--seed", default=1, show_default=True, help="Seed for the demo company")
+@click.option("--no-serve", is_flag=True, help="Stop after the sync")
+def demo(db_path: str, deals: int, seed: int, no_serve: bool) -> None:
+    """Sync a built-in fake Pipedrive with a realistic demo company into DB_PATH.
+
+    No Pipedrive account needed: the fake runs in-process on 127.0.0.1.
+    """
+    from .fake import FakePipedrive, FakeServer
+
+    click.echo(f"Building the demo company ({deals:,} deals)...", err=True)
+    fake = FakePipedrive(deals=deals, seed=seed)
+    try:
+        with FakeServer(fake) as server:
+            reporter = _ProgressLine() if sys.stderr.isatty() else None
+            try:
+                result = api.sync(
+                    db_path,
+                    token=fake.token,
+                    base_url=server.url,
+                    progress=reporter,
+                    auth_path=None,
+                )
+            except (LockHeld, sqlite3.DatabaseError, FileNotFoundError) as exc:
+                raise click.ClickException(str(exc)) from None
+            finally:
+                if reporter:
+                    reporter.close()
+    finally:
+        fake.close()
+    _report(result, quiet=False, tty=reporter is not None)
+    if not result.ok:
+        sys.exit(1)
+    if not no_serve:
+        click.echo(f"\nExplore it:  datasette {db_path}")
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("pdsync")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.propagate = False
+
+
+class _ProgressLine:
+    """One line on stderr that shows every entity's progress while it runs."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, str] = {}
+        self.started = time.monotonic()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.done:
+            mark = "ok" if event.status == "success" else "FAILED"
+            self._clear()
+            error = f": {event.error}" if event.error else ""
+            click.echo(
+                f"  {event.entity:<20} {event.records:>9,} records "
+                f"{event.requests:>5} requests  {mark}{error}",
+                err=True,
+            )
+            self.state.pop(event.entity, None)
+        else:
+            self.state[event.entity] = f"{event.entity} {event.records:,}"
+        if self.state:
+            line = " | ".join(self.state.values())
+            click.echo(f"\r\x1b[2K{line[:150]}", err=True, nl=False)
+
+    def _clear(self) -> None:
+        click.echo("\r\x1b[2K", err=True, nl=False)
+
+    def close(self) -> None:
+        self._clear()
+
+
+def _report(result: SyncResult, quiet: bool, tty: bool) -> None:
+    failed = {name: e for name, e in result.entities.items() if e.status != "success"}
+    if not quiet:
+        summary = (
+            f"Synced {result.records:,} records in {result.duration_ms / 1000:.1f}s "
+            f"({result.requests} requests, {result.tokens} tokens)"
+        )
+        click.echo(summary, err=tty)
+    for name, entity in failed.items():
+        click.echo(
+            f"pdsync: {name} failed: {_with_hint(entity.error or 'unknown error')}", err=True
+        )
+
+
+def _with_hint(error: object) -> str:
+    text = str(error)
+    if "401" in text and "token" in text:
+        text += "; check PIPEDRIVE_API_TOKEN or run `pdsync auth`"
+    return text
+
+
+def _every(once, full: bool, interval: float) -> None:
+    failures = 0
+    while True:
+        started = time.monotonic()
+        try:
+            result = once(full)
+            full = False
+            failures = 0 if result.ok else failures + 1
+            line = (
+                f"{timestamps.now()} sync #{result.run_id} {result.status}: "
+                f"{result.records} records, {result.requests} requests, {result.tokens} tokens, "
+                f"{result.duration_ms / 1000:.1f}s"
+            )
+            if result.errors:
+                line += "; " + "; ".join(f"{k}: {v}" for k, v in result.errors.items())
+        except (AuthError, ConfigError) as exc:
+            raise click.ClickException(_with_hint(exc)) from None
+        except (ConnectionFailed, PipedriveError, sqlite3.OperationalError) as exc:
+            failures += 1
+            line = f"{timestamps.now()} sync failed: {exc}"
+        click.echo(line, err=True)
+        # Back off after failures (up to 4x the interval); jitter spreads many installs apart.
+        pause = interval * min(2**failures, 4) if failures else interval
+        pause = max(pause * random.uniform(0.95, 1.05) - (time.monotonic() - started), 1.0)
+        time.sleep(pause)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_interval(text: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise click.BadParameter(
+            f"{text!r} is not an interval like 90s, 30m or 1h", param_hint="--every"
+        )
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def _ago(value: str | None) -> str:
+    if not value:
+        return "never"
+    try:
+        seconds = (datetime.now(timezone.utc) - timestamps.parse(value)).total_seconds()
+    except ValueError:
+        return value
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{value} ({int(seconds // size)}{unit} ago)"
+    return f"{value} ({int(seconds)}s ago)"
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt()

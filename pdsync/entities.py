@@ -1,0 +1,391 @@
+"""One declarative spec per Pipedrive entity: where it comes from and how it is stored.
+
+The sync engine, the database shape and the CLI's ``--only`` choices are all driven by
+``ENTITIES``. Adding an entity means adding a spec here (or through the ``pdsync_entities``
+plugin hook), not writing a function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# A record as stored: column name -> value.
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One list endpoint that feeds an entity's table."""
+
+    path: str  # e.g. "/api/v2/deals" or "/v1/notes"
+    params: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Stable name for this stream's watermark."""
+        query = "&".join(f"{k}={v}" for k, v in self.params)
+        return f"{self.path}?{query}" if query else self.path
+
+    @property
+    def is_v1(self) -> bool:
+        return self.path.startswith("/v1/")
+
+
+@dataclass(frozen=True)
+class EntitySpec:
+    name: str  # table name and sync_metadata.entity_type, in Pipedrive's words
+    streams: tuple[Stream, ...]
+    # Incremental entities are fetched with updated_since=watermark, sorted by update_time.
+    # The others are small and fetched whole on every run (and reconciled every run).
+    incremental: bool
+    columns: dict[str, type]  # pinned types: records are wide and sparse
+    pk: str = "id"
+    foreign_keys: tuple[tuple[str, str, str], ...] = ()
+    indexes: tuple[tuple[str, ...], ...] = ()
+    # Denormalised copies of other records (v1 notes carry the deal's title...) go stale:
+    # the foreign keys give the same thing, current.
+    drop: tuple[str, ...] = ()
+    # Table holding this entity's custom-field definitions, if it has custom fields.
+    fields_table: str | None = None
+    # Values written to rows that are no longer visible upstream after a full pass.
+    when_gone: dict[str, Any] = field(default_factory=lambda: {"is_deleted": 1})
+    # Last tweak of a stored row (after timestamps and JSON are handled).
+    transform: Callable[[Row, dict], None] | None = None
+    description: str = ""
+
+
+_TIMESTAMPS = ("add_time", "update_time")
+
+
+def _pipelines() -> EntitySpec:
+    return EntitySpec(
+        name="pipelines",
+        streams=(Stream("/api/v2/pipelines"),),
+        incremental=False,
+        columns={
+            "id": int,
+            "name": str,
+            "order_nr": int,
+            "is_deleted": int,
+            "is_deal_probability_enabled": int,
+            "add_time": str,
+            "update_time": str,
+        },
+        description="Sales pipelines.",
+    )
+
+
+def _stages() -> EntitySpec:
+    return EntitySpec(
+        name="stages",
+        streams=(Stream("/api/v2/stages"),),
+        incremental=False,
+        columns={
+            "id": int,
+            "name": str,
+            "pipeline_id": int,
+            "order_nr": int,
+            "deal_probability": int,
+            "is_deal_rot_enabled": int,
+            "days_to_rotten": int,
+            "is_deleted": int,
+            "add_time": str,
+            "update_time": str,
+        },
+        foreign_keys=(("pipeline_id", "pipelines", "id"),),
+        indexes=(("pipeline_id", "order_nr"),),
+        description="Stages of each pipeline, in order_nr order.",
+    )
+
+
+def _users_transform(row: Row, record: dict) -> None:
+    # v1 users say is_deleted, and also active_flag for deactivated users.
+    row["is_deleted"] = int(bool(record.get("is_deleted")))
+
+
+def _users() -> EntitySpec:
+    return EntitySpec(
+        name="users",
+        streams=(Stream("/v1/users"),),
+        incremental=False,
+        columns={
+            "id": int,
+            "name": str,
+            "email": str,
+            "active_flag": int,
+            "is_admin": int,
+            "role_id": int,
+            "default_currency": str,
+            "timezone_name": str,
+            "created": str,
+            "modified": str,
+            "last_login": str,
+            "is_deleted": int,
+        },
+        transform=_users_transform,
+        description="Pipedrive users: deal and activity owners.",
+    )
+
+
+def _field_definitions(name: str, path: str, what: str) -> EntitySpec:
+    return EntitySpec(
+        name=name,
+        streams=(Stream(path),),
+        incremental=False,
+        pk="field_code",
+        columns={
+            "field_code": str,
+            "field_name": str,
+            "field_type": str,
+            "column_name": str,  # pdsync's readable column for a custom field
+            "is_custom_field": int,
+            "description": str,
+            "options": str,
+            "subfields": str,
+            "is_deleted": int,
+        },
+        description=f"{what} field definitions; custom fields get readable {what.lower()} columns.",
+    )
+
+
+def _deals_transform(row: Row, record: dict) -> None:
+    # One status for every way a deal can end: Pipedrive's deleted deals say so with a flag.
+    if record.get("is_deleted"):
+        row["status"] = "deleted"
+    row["is_archived"] = int(bool(record.get("is_archived")))
+    row["is_deleted"] = int(bool(record.get("is_deleted")))
+
+
+def _deals() -> EntitySpec:
+    return EntitySpec(
+        name="deals",
+        streams=(
+            # No status filter means open, won and lost; deleted (kept 30 days) needs asking.
+            Stream("/api/v2/deals", (("status", "open,won,lost,deleted"),)),
+            # Archived deals are only listed here (since 2025-07-15).
+            Stream("/api/v2/deals/archived"),
+        ),
+        incremental=True,
+        columns={
+            "id": int,
+            "title": str,
+            "pipeline_id": int,
+            "stage_id": int,
+            "owner_id": int,
+            "creator_user_id": int,
+            "person_id": int,
+            "org_id": int,
+            "value": float,
+            "currency": str,
+            "status": str,
+            "is_archived": int,
+            "is_deleted": int,
+            "add_time": str,
+            "update_time": str,
+            "stage_change_time": str,
+            "close_time": str,
+            "won_time": str,
+            "lost_time": str,
+            "archive_time": str,
+            "expected_close_date": str,
+            "probability": float,
+            "lost_reason": str,
+            "visible_to": int,
+            "label_ids": str,
+            "origin": str,
+            "origin_id": str,
+            "channel": int,
+            "channel_id": str,
+            "acv": float,
+            "arr": float,
+            "mrr": float,
+            "local_won_date": str,
+            "local_lost_date": str,
+            "local_close_date": str,
+            "custom_fields": str,
+        },
+        foreign_keys=(
+            ("pipeline_id", "pipelines", "id"),
+            ("stage_id", "stages", "id"),
+            ("owner_id", "users", "id"),
+            ("creator_user_id", "users", "id"),
+            ("person_id", "persons", "id"),
+            ("org_id", "organizations", "id"),
+        ),
+        indexes=(
+            ("pipeline_id",),
+            ("stage_id",),
+            ("status",),
+            ("owner_id",),
+            ("update_time",),
+            ("org_id",),
+            ("person_id",),
+            ("expected_close_date",),
+        ),
+        fields_table="deal_fields",
+        when_gone={"is_deleted": 1, "status": "deleted"},
+        transform=_deals_transform,
+        description="Deals: open, won, lost, and archived or deleted ones flagged.",
+    )
+
+
+def _organizations() -> EntitySpec:
+    return EntitySpec(
+        name="organizations",
+        streams=(Stream("/api/v2/organizations"),),
+        incremental=True,
+        columns={
+            "id": int,
+            "name": str,
+            "owner_id": int,
+            "add_time": str,
+            "update_time": str,
+            "address": str,
+            "is_deleted": int,
+            "visible_to": int,
+            "label_ids": str,
+            "website": str,
+            "industry": str,
+            "annual_revenue": float,
+            "employee_count": int,
+            "custom_fields": str,
+        },
+        foreign_keys=(("owner_id", "users", "id"),),
+        indexes=(("owner_id",), ("update_time",)),
+        fields_table="organization_fields",
+        description="Organizations (companies) that deals and persons belong to.",
+    )
+
+
+def _persons() -> EntitySpec:
+    return EntitySpec(
+        name="persons",
+        streams=(Stream("/api/v2/persons"),),
+        incremental=True,
+        columns={
+            "id": int,
+            "name": str,
+            "first_name": str,
+            "last_name": str,
+            "owner_id": int,
+            "org_id": int,
+            "add_time": str,
+            "update_time": str,
+            "emails": str,
+            "phones": str,
+            "is_deleted": int,
+            "visible_to": int,
+            "label_ids": str,
+            "job_title": str,
+            "custom_fields": str,
+        },
+        foreign_keys=(("owner_id", "users", "id"), ("org_id", "organizations", "id")),
+        indexes=(("org_id",), ("owner_id",), ("update_time",)),
+        fields_table="person_fields",
+        description="Persons (contacts).",
+    )
+
+
+def _activities() -> EntitySpec:
+    return EntitySpec(
+        name="activities",
+        streams=(Stream("/api/v2/activities"),),
+        incremental=True,
+        columns={
+            "id": int,
+            "subject": str,
+            "type": str,
+            "owner_id": int,
+            "deal_id": int,
+            "person_id": int,
+            "org_id": int,
+            "done": int,
+            "due_date": str,
+            "due_time": str,
+            "duration": str,
+            "busy": int,
+            "add_time": str,
+            "update_time": str,
+            "marked_as_done_time": str,
+            "is_deleted": int,
+            "note": str,
+            "public_description": str,
+            "location": str,
+            "participants": str,
+            "attendees": str,
+        },
+        foreign_keys=(
+            ("owner_id", "users", "id"),
+            ("deal_id", "deals", "id"),
+            ("person_id", "persons", "id"),
+            ("org_id", "organizations", "id"),
+        ),
+        indexes=(("deal_id",), ("owner_id",), ("update_time",), ("due_date",)),
+        description="Activities: calls, meetings, tasks, deadlines.",
+    )
+
+
+def _notes_transform(row: Row, record: dict) -> None:
+    # v1 marks a removed note with active_flag; everything else here says is_deleted.
+    row["is_deleted"] = int(record.get("active_flag") is False)
+
+
+def _notes() -> EntitySpec:
+    return EntitySpec(
+        name="notes",
+        streams=(Stream("/v1/notes", (("sort", "update_time ASC"),)),),
+        incremental=True,
+        columns={
+            "id": int,
+            "content": str,
+            "deal_id": int,
+            "person_id": int,
+            "org_id": int,
+            "user_id": int,
+            "lead_id": str,
+            "add_time": str,
+            "update_time": str,
+            "active_flag": int,
+            "pinned_to_deal_flag": int,
+            "pinned_to_person_flag": int,
+            "pinned_to_organization_flag": int,
+            "last_update_user_id": int,
+            "is_deleted": int,
+        },
+        foreign_keys=(
+            ("deal_id", "deals", "id"),
+            ("person_id", "persons", "id"),
+            ("org_id", "organizations", "id"),
+            ("user_id", "users", "id"),
+        ),
+        indexes=(("deal_id",), ("update_time",)),
+        drop=("deal", "person", "organization", "user", "project", "lead"),
+        transform=_notes_transform,
+        description="Notes on deals, persons and organizations (content is HTML).",
+    )
+
+
+def builtin_entities() -> list[EntitySpec]:
+    """pdsync's own specs, in the order their tables are created (referenced tables first)."""
+    return [
+        _pipelines(),
+        _stages(),
+        _users(),
+        _field_definitions("deal_fields", "/api/v2/dealFields", "Deal"),
+        _field_definitions("person_fields", "/api/v2/personFields", "Person"),
+        _field_definitions("organization_fields", "/api/v2/organizationFields", "Organization"),
+        _organizations(),
+        _persons(),
+        _deals(),
+        _activities(),
+        _notes(),
+    ]
+
+
+ENTITIES: list[EntitySpec] = builtin_entities()
+
+
+def by_name(entities: list[EntitySpec] | None = None) -> dict[str, EntitySpec]:
+    return {spec.name: spec for spec in (entities or ENTITIES)}

@@ -1,0 +1,146 @@
+"""The database's shape: sync bookkeeping tables (through migrations) and entity tables (from
+the entity specs), applied by idempotent functions before every sync.
+
+Migrations carry changes that need more than "add what is missing" (an older database's
+bookkeeping, rewriting stored timestamps); ``ensure_entity_tables`` adds the tables, columns,
+foreign keys and indexes the specs declare.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from .entities import EntitySpec
+from .timestamps import normalize
+
+migrations = Migrations("pdsync")
+
+SYNC_METADATA_COLUMNS = {
+    "entity_type": str,
+    "last_sync_time": str,
+    "last_sync_duration_ms": int,
+    "records_synced": int,
+    "records_total": int,
+    "status": str,  # success, failed, in_progress
+    "error_message": str,
+}
+
+
+@migrations()
+def m001_sync_metadata(db: sqlite_utils.Database) -> None:
+    # The original design's table, one row per entity; databases it made already have it.
+    if "sync_metadata" not in db.table_names():
+        db["sync_metadata"].create(SYNC_METADATA_COLUMNS, pk="entity_type")
+
+
+@migrations()
+def m002_incremental_state(db: sqlite_utils.Database) -> None:
+    table = db["sync_metadata"]
+    existing = set(table.columns_dict)
+    added = {
+        "watermark": str,  # largest update_time committed (smallest across the entity's streams)
+        "last_success_time": str,  # when the last successful sync of this entity started
+        "requests": int,
+        "tokens": int,
+        "full_pending": int,  # a full pass started and has not finished: resume it
+    }
+    for name, kind in added.items():
+        if name not in existing:
+            table.add_column(name, kind)
+    db["sync_streams"].create(
+        {"entity_type": str, "stream": str, "watermark": str, "updated_at": str},
+        pk=("entity_type", "stream"),
+        if_not_exists=True,
+    )
+    db["sync_runs"].create(
+        {
+            "id": int,
+            "started_at": str,
+            "finished_at": str,
+            "duration_ms": int,
+            "status": str,  # running, success, partial, failed, cancelled
+            "mode": str,  # incremental or full
+            "entities": str,
+            "records_synced": int,
+            "requests": int,
+            "tokens": int,
+            "errors": str,
+            "pdsync_version": str,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
+    # Ids seen during a full pass, kept on disk so a resumed pass still reconciles and
+    # 400k ids cost no memory.
+    db.execute(
+        "create table if not exists _pdsync_seen ("
+        "entity_type text not null, id integer not null, primary key (entity_type, id)"
+        ") without rowid"
+    )
+
+
+@migrations()
+def m003_utc_timestamps(db: sqlite_utils.Database) -> None:
+    # Older syncs stored v1's "2019-01-22 08:55:59"; every timestamp now has one shape.
+    db.register_function(normalize, name="pdsync_normalize_ts", deterministic=True, replace=True)
+    for name in db.table_names():
+        if name.startswith(("_", "sync_", "sqlite_")) or name.endswith(("_fts",)):
+            continue
+        for column in db[name].columns_dict:
+            if column.endswith("_time") or column in ("created", "modified", "last_login"):
+                db.execute(
+                    f"update [{name}] set [{column}] = pdsync_normalize_ts([{column}]) "
+                    f"where [{column}] is not null and [{column}] not like '%Z'"
+                )
+
+
+def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
+    """Create what the specs declare and is missing. Safe to run on every sync."""
+    for spec in entities:
+        table = db[spec.name]
+        fks = [fk for fk in spec.foreign_keys if fk[1] in db.table_names() or fk[1] == spec.name]
+        if not table.exists():
+            table.create(spec.columns, pk=spec.pk, foreign_keys=fks)
+        else:
+            existing = set(table.columns_dict)
+            for name, kind in spec.columns.items():
+                if name not in existing:
+                    table.add_column(name, kind)
+            declared = {(fk.column, fk.other_table) for fk in table.foreign_keys}
+            missing = [fk for fk in fks if (fk[0], fk[1]) not in declared]
+            if missing:
+                # Rebuilds the table once, for databases made before the key was declared.
+                table.add_foreign_keys([(spec.name, *fk) for fk in missing])
+        for columns in spec.indexes:
+            table.create_index(columns, if_not_exists=True, find_unique_name=False)
+
+
+def add_columns(db: sqlite_utils.Database, table: str, columns: dict[str, type]) -> list[str]:
+    """Add the columns ``table`` lacks; returns the names added."""
+    existing = set(db[table].columns_dict)
+    added = []
+    for name, kind in columns.items():
+        if name not in existing:
+            db[table].add_column(name, kind)
+            added.append(name)
+    return added
+
+
+def prepare(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
+    """Everything a sync needs before it writes: WAL, migrations, entity tables."""
+    if db.journal_mode != "wal" and db.conn.execute("pragma database_list").fetchone()[2]:
+        db.enable_wal()  # readers (Datasette) never wait for the writer
+    migrations.apply(db)
+    ensure_entity_tables(db, entities)
+
+
+def check_database(path: str) -> None:
+    """Raise ``sqlite3.DatabaseError`` if ``path`` exists and is not a SQLite database."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        conn.execute("pragma schema_version").fetchone()
+    finally:
+        conn.close()

@@ -1,0 +1,170 @@
+"""Writing to the database: pages of rows, watermarks and sync bookkeeping.
+
+Rows go in with one prepared ``INSERT ... ON CONFLICT DO UPDATE`` per page and column set,
+through ``executemany``: measured at about 3.6x the rows/s of ``Table.upsert_all`` on 40-column
+deals, which is what the 15,000 deals/s target needs. sqlite-utils still owns the shape
+(tables, added columns, foreign keys, indexes).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlite_utils
+
+from .entities import EntitySpec, Row
+from .schema import add_columns
+from .timestamps import now as utc_now
+
+_SQL_TYPES = {int: "INTEGER", float: "FLOAT", str: "TEXT", bytes: "BLOB"}
+
+
+class Store:
+    """The single writer. Callers group calls in ``with db.atomic():``."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+        self._columns: dict[str, set[str]] = {}
+        self._statements: dict[tuple[str, tuple[str, ...]], str] = {}
+
+    # -- rows -----------------------------------------------------------------------------
+
+    def columns(self, table: str) -> set[str]:
+        if table not in self._columns:
+            self._columns[table] = set(self.db[table].columns_dict)
+        return self._columns[table]
+
+    def ensure_columns(self, table: str, columns: dict[str, type]) -> None:
+        if not set(columns) <= self.columns(table):
+            add_columns(self.db, table, columns)
+            self._columns.pop(table, None)
+
+    def upsert(self, spec: EntitySpec, rows: list[Row]) -> None:
+        """Insert or update ``rows``; a row never overwrites a newer version of itself.
+
+        Two streams (deals and archived deals) can carry the same deal; the ``update_time``
+        guard keeps whichever Pipedrive changed last.
+        """
+        if not rows:
+            return
+        names: dict[str, None] = {}
+        for row in rows:
+            names.update(dict.fromkeys(row))
+        new = [n for n in names if n not in self.columns(spec.name)]
+        if new:
+            self.ensure_columns(spec.name, {n: _infer_type(rows, n) for n in new})
+        cols = tuple(names)
+        sql = self._statements.get((spec.name, cols))
+        if sql is None:
+            sql = self._statements[(spec.name, cols)] = _upsert_sql(spec, cols)
+        self.db.conn.executemany(sql, [tuple(row.get(c) for c in cols) for row in rows])
+
+    def mark_gone(self, spec: EntitySpec, keep_ids: list[Any] | None = None) -> int:
+        """Flag rows not seen upstream (never delete them). Returns how many changed.
+
+        ``keep_ids`` are the ids seen in a whole fetch; without it, ids seen in this entity's
+        full pass (``_pdsync_seen``) are kept.
+        """
+        assignments = ", ".join(f"[{c}] = ?" for c in spec.when_gone)
+        differs = " or ".join(f"[{c}] is not ?" for c in spec.when_gone)
+        values = list(spec.when_gone.values())
+        if keep_ids is None:
+            keep = "select id from _pdsync_seen where entity_type = ?"
+            keep_params: list[Any] = [spec.name]
+        else:
+            self.db.execute("create temp table if not exists _pdsync_keep (id primary key)")
+            self.db.execute("delete from temp._pdsync_keep")
+            self.db.conn.executemany(
+                "insert or ignore into temp._pdsync_keep values (?)", [(i,) for i in keep_ids]
+            )
+            keep = "select id from temp._pdsync_keep"
+            keep_params = []
+        cursor = self.db.execute(
+            f"update [{spec.name}] set {assignments} "
+            f"where [{spec.pk}] not in ({keep}) and ({differs})",
+            [*values, *keep_params, *values],
+        )
+        return cursor.rowcount
+
+    def mark_seen(self, spec: EntitySpec, ids: list[Any]) -> None:
+        self.db.conn.executemany(
+            "insert or ignore into _pdsync_seen (entity_type, id) values (?, ?)",
+            [(spec.name, i) for i in ids],
+        )
+
+    def clear_seen(self, spec: EntitySpec) -> None:
+        self.db.execute("delete from _pdsync_seen where entity_type = ?", [spec.name])
+
+    def count(self, spec: EntitySpec) -> int:
+        return self.db.execute(f"select count(*) from [{spec.name}]").fetchone()[0]
+
+    # -- watermarks -----------------------------------------------------------------------
+
+    def watermark(self, entity: str, stream: str) -> str | None:
+        row = self.db.execute(
+            "select watermark from sync_streams where entity_type = ? and stream = ?",
+            [entity, stream],
+        ).fetchone()
+        return row[0] if row else None
+
+    def set_watermark(self, entity: str, stream: str, watermark: str | None) -> None:
+        self.db.execute(
+            "insert into sync_streams (entity_type, stream, watermark, updated_at) "
+            "values (?, ?, ?, ?) on conflict (entity_type, stream) do update set "
+            "watermark = excluded.watermark, updated_at = excluded.updated_at",
+            [entity, stream, watermark, utc_now()],
+        )
+
+    def clear_watermarks(self, entity: str) -> None:
+        self.db.execute("delete from sync_streams where entity_type = ?", [entity])
+
+    # -- sync_metadata and sync_runs ------------------------------------------------------
+
+    def metadata(self, entity: str) -> dict[str, Any]:
+        rows = list(self.db["sync_metadata"].rows_where("entity_type = ?", [entity]))
+        return rows[0] if rows else {}
+
+    def update_metadata(self, entity: str, **values: Any) -> None:
+        self.db["sync_metadata"].upsert({"entity_type": entity, **values}, pk="entity_type")
+
+    def start_run(self, mode: str, entities: list[str], version: str) -> int:
+        table = self.db["sync_runs"]
+        table.insert(
+            {
+                "started_at": utc_now(),
+                "status": "running",
+                "mode": mode,
+                "entities": json.dumps(entities),
+                "pdsync_version": version,
+            }
+        )
+        return table.last_pk
+
+    def finish_run(self, run_id: int, **values: Any) -> None:
+        self.db["sync_runs"].update(run_id, values)
+
+
+def _upsert_sql(spec: EntitySpec, cols: tuple[str, ...]) -> str:
+    names = ", ".join(f"[{c}]" for c in cols)
+    marks = ", ".join("?" for _ in cols)
+    updates = ", ".join(f"[{c}] = excluded.[{c}]" for c in cols if c != spec.pk)
+    sql = f"insert into [{spec.name}] ({names}) values ({marks}) on conflict ([{spec.pk}]) do "
+    if not updates:
+        return sql + "nothing"
+    sql += f"update set {updates}"
+    if "update_time" in cols:
+        sql += (
+            f" where excluded.update_time is null or [{spec.name}].update_time is null"
+            f" or excluded.update_time >= [{spec.name}].update_time"
+        )
+    return sql
+
+
+def _infer_type(rows: list[Row], name: str) -> type:
+    # A column Pipedrive added since the spec was written: type it by its first real value.
+    for row in rows:
+        value = row.get(name)
+        if value is not None:
+            return type(value) if type(value) in _SQL_TYPES else str
+    return str

@@ -1,0 +1,557 @@
+"""The sync engine: fetch every entity's streams concurrently, write them with one writer.
+
+Fetcher threads page through Pipedrive and turn records into rows; the calling thread is the
+only writer and commits each page together with the watermark it reaches. A crash or a failed
+request therefore loses nothing: the next run resumes from the last committed page.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import sqlite_utils
+
+from . import timestamps
+from .client import AuthError, ConnectionFailed, PipedriveClient, Tally
+from .entities import ENTITIES, EntitySpec, Row, Stream
+from .records import BadRecord, CustomFieldMap, assign_column_names, to_row
+from .schema import prepare
+from .store import Store
+
+log = logging.getLogger("pdsync")
+
+# Ask again for a little before the watermark: a write Pipedrive commits late with an
+# earlier update_time would otherwise be skipped for good. Re-reading it is harmless.
+LOOKBACK = timedelta(seconds=60)
+# Pipedrive keeps deleted deals listable for 30 days; a deals sync older than that may have
+# missed deletions, so it reconciles with a full pass (a day early, to be safe).
+DELETED_DEALS_KEPT = timedelta(days=29)
+_QUEUE_PAGES = 8  # pages in flight between fetchers and the writer: bounds memory
+
+
+@dataclass
+class EntityResult:
+    entity: str
+    status: str = "pending"  # success, failed, cancelled
+    records: int = 0
+    rejected: int = 0
+    requests: int = 0
+    tokens: int = 0
+    retries: int = 0
+    duration_ms: int = 0
+    full_pass: bool = False
+    flagged_gone: int = 0
+    error: str | None = None
+
+
+@dataclass
+class SyncResult:
+    run_id: int
+    mode: str
+    status: str = "running"  # success, partial, failed, cancelled
+    started_at: str = ""
+    duration_ms: int = 0
+    entities: dict[str, EntityResult] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+    @property
+    def records(self) -> int:
+        return sum(e.records for e in self.entities.values())
+
+    @property
+    def requests(self) -> int:
+        return sum(e.requests for e in self.entities.values())
+
+    @property
+    def tokens(self) -> int:
+        return sum(e.tokens for e in self.entities.values())
+
+    @property
+    def errors(self) -> dict[str, str]:
+        return {name: e.error for name, e in self.entities.items() if e.error}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per entity, ready for a table or ``pandas.DataFrame``."""
+        return [
+            {
+                "entity": e.entity,
+                "status": e.status,
+                "records": e.records,
+                "requests": e.requests,
+                "tokens": e.tokens,
+                "seconds": round(e.duration_ms / 1000, 2),
+                "error": e.error or "",
+            }
+            for e in self.entities.values()
+        ]
+
+    def __str__(self) -> str:
+        lines = [
+            f"sync #{self.run_id} ({self.mode}): {self.status}, {self.records} records, "
+            f"{self.requests} requests, {self.tokens} tokens, {self.duration_ms / 1000:.1f}s"
+        ]
+        for row in self.rows():
+            error = f"  {row['error']}" if row["error"] else ""
+            lines.append(
+                f"  {row['entity']:<20} {row['status']:<9} {row['records']:>8} records "
+                f"{row['requests']:>5} requests{error}"
+            )
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        head = "".join(f"<th>{escape(k)}</th>" for k in self.rows()[0]) if self.entities else ""
+        body = "".join(
+            "<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in row.values()) + "</tr>"
+            for row in self.rows()
+        )
+        summary = escape(str(self).splitlines()[0])
+        return f"<p>{summary}</p><table><tr>{head}</tr>{body}</table>"
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    entity: str
+    records: int
+    requests: int
+    done: bool = False
+    status: str = "running"
+    error: str | None = None
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+class SyncCancelled(Exception):
+    """Raised inside fetchers to stop them; never escapes the engine."""
+
+
+def selected_entities(
+    only: list[str] | tuple[str, ...] | None, entities: list[EntitySpec] | None = None
+) -> list[EntitySpec]:
+    """The specs to sync, in dependency order. Unknown names raise ``ValueError``."""
+    entities = entities if entities is not None else ENTITIES
+    if not only:
+        return list(entities)
+    names = {spec.name for spec in entities}
+    unknown = [name for name in only if name not in names]
+    if unknown:
+        raise ValueError(
+            f"unknown entity {', '.join(repr(u) for u in unknown)}; "
+            f"choose from {', '.join(sorted(names))}"
+        )
+    return [spec for spec in entities if spec.name in only]
+
+
+class Sync:
+    """One sync run. ``Sync(db, client).run()`` returns a ``SyncResult``."""
+
+    def __init__(
+        self,
+        db: sqlite_utils.Database,
+        client: PipedriveClient,
+        *,
+        full: bool = False,
+        only: list[str] | tuple[str, ...] | None = None,
+        progress: ProgressCallback | None = None,
+        entities: list[EntitySpec] | None = None,
+        transform_record: Callable[[EntitySpec, dict], dict | None] | None = None,
+        version: str = "",
+    ) -> None:
+        self.db = db
+        self.client = client
+        self.full = full
+        self.all_entities = entities if entities is not None else ENTITIES
+        self.specs = selected_entities(only, self.all_entities)
+        self.progress = progress
+        self.transform_record = transform_record
+        self.version = version
+        self.store = Store(db)
+        self.stop = threading.Event()
+        self._fatal: str | None = None
+        self._full_pass: dict[str, bool] = {}
+        self._tallies: dict[str, Tally] = {}
+        self._custom: dict[str, CustomFieldMap] = {}
+        self._errors: dict[str, str] = {}
+        self._since: dict[tuple[str, str], str | None] = {}  # what fetchers ask for
+        self._since_committed: dict[tuple[str, str], str | None] = {}
+
+    # -- the run --------------------------------------------------------------------------
+
+    def run(self) -> SyncResult:
+        prepare(self.db, self.all_entities)
+        started = time.perf_counter()
+        started_at = timestamps.now()
+        mode = "full" if self.full else "incremental"
+        run_id = self.store.start_run(mode, [s.name for s in self.specs], self.version)
+        result = SyncResult(run_id=run_id, mode=mode, started_at=started_at)
+        for spec in self.specs:
+            result.entities[spec.name] = EntityResult(spec.name)
+            self._tallies[spec.name] = Tally()
+            self._begin_entity(spec)
+        try:
+            whole = [s for s in self.specs if not s.incremental]
+            incremental = [s for s in self.specs if s.incremental]
+            # Field definitions first: deals need them to name their custom-field columns.
+            self._run_streams(whole, result)
+            self._prepare_incremental()
+            self._run_streams(incremental, result)
+        except KeyboardInterrupt:
+            self.stop.set()
+            self._fatal = self._fatal or "interrupted"
+            self._finish(result, started, started_at, cancelled=True)
+            raise
+        self._finish(result, started, started_at)
+        return result
+
+    def _begin_entity(self, spec: EntitySpec) -> None:
+        meta = self.store.metadata(spec.name)
+        has_rows = self.store.count(spec) > 0
+        no_watermark = all(self.store.watermark(spec.name, s.key) is None for s in spec.streams)
+        stale_deals = spec.name == "deals" and _older_than(
+            meta.get("last_success_time"), DELETED_DEALS_KEPT
+        )
+        full_pass = spec.incremental and (
+            self.full
+            or bool(meta.get("full_pending"))
+            or (has_rows and no_watermark)
+            or (has_rows and stale_deals)
+        )
+        self._full_pass[spec.name] = full_pass
+        with self.db.atomic():
+            if full_pass and (self.full or not meta.get("full_pending")):
+                # A new full pass refetches from the beginning; a pending one resumes.
+                self.store.clear_watermarks(spec.name)
+                self.store.clear_seen(spec)
+            self.store.update_metadata(
+                spec.name,
+                status="in_progress",
+                error_message=None,
+                full_pending=int(full_pass),
+            )
+
+    def _finish(
+        self, result: SyncResult, started: float, started_at: str, cancelled: bool = False
+    ) -> None:
+        finished_at = timestamps.now()
+        for spec in self.specs:
+            entity = result.entities[spec.name]
+            tally = self._tallies[spec.name]
+            entity.requests, entity.tokens, entity.retries = (
+                tally.requests,
+                tally.tokens,
+                tally.retries,
+            )
+            entity.full_pass = self._full_pass.get(spec.name, False)
+            entity.error = self._errors.get(spec.name) or (self._fatal if cancelled else None)
+            if entity.status in ("pending", "running"):
+                entity.status = "cancelled" if cancelled else "failed"
+                entity.error = entity.error or self._fatal or "did not finish"
+            watermarks = [self.store.watermark(spec.name, s.key) for s in spec.streams]
+            values: dict[str, Any] = {
+                "status": "success" if entity.status == "success" else "failed",
+                "last_sync_time": finished_at,
+                "last_sync_duration_ms": entity.duration_ms,
+                "records_synced": entity.records,
+                "records_total": self.store.count(spec),
+                "error_message": entity.error,
+                "requests": entity.requests,
+                "tokens": entity.tokens,
+                "watermark": min((w for w in watermarks if w), default=None),
+            }
+            if entity.status == "success":
+                values["last_success_time"] = started_at
+            self.store.update_metadata(spec.name, **values)
+        statuses = {e.status for e in result.entities.values()}
+        if cancelled:
+            result.status = "cancelled"
+        elif statuses <= {"success"}:
+            result.status = "success"
+        elif "success" in statuses:
+            result.status = "partial"
+        else:
+            result.status = "failed"
+        result.duration_ms = int((time.perf_counter() - started) * 1000)
+        self.store.finish_run(
+            result.run_id,
+            finished_at=finished_at,
+            duration_ms=result.duration_ms,
+            status=result.status,
+            records_synced=result.records,
+            requests=result.requests,
+            tokens=result.tokens,
+            errors=_json(result.errors) if result.errors else None,
+        )
+
+    # -- fetchers and the writer ----------------------------------------------------------
+
+    def _run_streams(self, specs: list[EntitySpec], result: SyncResult) -> None:
+        if not specs:
+            return
+        pages: queue.Queue = queue.Queue(maxsize=_QUEUE_PAGES)
+        open_streams: dict[str, int] = {}
+        buffers: dict[str, list[Row]] = {}  # whole entities are written in one go
+        started: dict[str, float] = {}
+        threads = []
+        for spec in specs:
+            if self._fatal:
+                break
+            open_streams[spec.name] = len(spec.streams)
+            buffers[spec.name] = []
+            started[spec.name] = time.perf_counter()
+            result.entities[spec.name].status = "running"
+            for stream in spec.streams:
+                thread = threading.Thread(
+                    target=self._fetch,
+                    args=(spec, stream, pages),
+                    name=f"pdsync-{stream.key}",
+                    daemon=True,
+                )
+                threads.append(thread)
+        for thread in threads:
+            thread.start()
+
+        pending = len(threads)
+        by_name = {spec.name: spec for spec in specs}
+        while pending:
+            kind, name, stream, payload = pages.get()
+            spec = by_name[name]
+            entity = result.entities[name]
+            if kind == "page":
+                if self.stop.is_set() or name in self._errors:
+                    continue  # abandon: nothing half-written, the watermark stays put
+                rows, rejected, watermark = payload
+                entity.rejected += rejected
+                if spec.incremental:
+                    self._write_page(spec, stream, rows, watermark)
+                else:
+                    buffers[name].extend(rows)
+                entity.records += len(rows)
+                self._report(entity, spec)
+                continue
+            pending -= 1
+            if kind == "error":
+                self._fail(spec, payload)
+            elif kind == "cancelled":
+                self._errors.setdefault(name, self._fatal or "interrupted")
+            open_streams[name] -= 1
+            if open_streams[name] == 0:
+                entity.duration_ms = int((time.perf_counter() - started[name]) * 1000)
+                self._end_entity(spec, entity, buffers.pop(name))
+        for thread in threads:
+            thread.join(timeout=1)
+
+    def _fetch(self, spec: EntitySpec, stream: Stream, pages: queue.Queue) -> None:
+        """Fetcher thread: page through one stream; always ends with a done or error item."""
+        end: tuple = ("done", spec.name, stream, None)
+        try:
+            for records in self._pages(spec, stream):
+                if self.stop.is_set():
+                    raise SyncCancelled()
+                rows, rejected = self._rows(spec, records)
+                watermark = max(
+                    (r["update_time"] for r in rows if r.get("update_time")), default=None
+                )
+                self._put(pages, ("page", spec.name, stream, (rows, rejected, watermark)))
+        except SyncCancelled:
+            end = ("cancelled", spec.name, stream, None)
+        except Exception as exc:  # reported to the writer, which marks the entity failed
+            end = ("error", spec.name, stream, exc)
+        pages.put(end)
+
+    def _put(self, pages: queue.Queue, item: tuple) -> None:
+        while True:
+            if self.stop.is_set():
+                raise SyncCancelled()
+            try:
+                pages.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _pages(self, spec: EntitySpec, stream: Stream) -> Iterator[list]:
+        tally = self._tallies[spec.name]
+        params: dict[str, Any] = dict(stream.params)
+        if not spec.incremental:
+            pages = self.client.iter_v1 if stream.is_v1 else self.client.iter_v2
+            yield from pages(stream.path, params, tally)
+            return
+        since = self._since[(spec.name, stream.key)]
+        if stream.is_v1:
+            yield from self._v1_since(stream, params, since, tally)
+            return
+        params.update(sort_by="update_time", sort_direction="asc")
+        if since:
+            params["updated_since"] = since
+        yield from self.client.iter_v2(stream.path, params, tally)
+
+    def _v1_since(
+        self, stream: Stream, params: dict[str, Any], since: str | None, tally: Tally
+    ) -> Iterator[list]:
+        """Page a v1 list by moving ``updated_since`` forward instead of ``start``.
+
+        With offset pagination, a record updated between two requests moves to the end of
+        the sorted list and shifts the rest one place left, so plain ``start += limit``
+        silently skips a record. Restarting from the newest update_time seen cannot skip;
+        ``start`` only advances while a whole page shares one update_time.
+        """
+        since = since or "1970-01-01T00:00:00Z"
+        start = 0
+        while True:
+            query = {**params, "updated_since": since, "start": start, "limit": 500}
+            body = self.client.get(stream.path, query, tally)
+            data = body.get("data") or []
+            yield data
+            pagination = (body.get("additional_data") or {}).get("pagination") or {}
+            if not pagination.get("more_items_in_collection") or not data:
+                return
+            newest = max(
+                (
+                    timestamps.normalize(r.get("update_time")) or ""
+                    for r in data
+                    if isinstance(r, dict)
+                ),
+                default="",
+            )
+            if newest > since:
+                since, start = newest, 0
+            else:
+                start += len(data)
+
+    def _rows(self, spec: EntitySpec, records: list) -> tuple[list[Row], int]:
+        rows, rejected = [], 0
+        custom = self._custom.get(spec.name)
+        for record in records:
+            if self.transform_record is not None and isinstance(record, dict):
+                record = self.transform_record(spec, record)
+                if record is None:
+                    continue
+            try:
+                rows.append(to_row(spec, record, custom))
+            except BadRecord as exc:
+                rejected += 1
+                log.warning("skipped a record: %s", exc)
+        return rows, rejected
+
+    def _write_page(
+        self, spec: EntitySpec, stream: Stream, rows: list[Row], mark: str | None
+    ) -> None:
+        old = self._since_committed.get((spec.name, stream.key))
+        watermark = max(w for w in (old, mark) if w) if (old or mark) else None
+        with self.db.atomic():
+            self.store.upsert(spec, rows)
+            if self._full_pass[spec.name]:
+                self.store.mark_seen(spec, [row[spec.pk] for row in rows])
+            self.store.set_watermark(spec.name, stream.key, watermark)
+        self._since_committed[(spec.name, stream.key)] = watermark
+
+    def _end_entity(self, spec: EntitySpec, entity: EntityResult, rows: list[Row]) -> None:
+        if spec.name in self._errors:
+            entity.status = "failed"
+            entity.error = self._errors[spec.name]
+            self._report(entity, spec, done=True)
+            return
+        with self.db.atomic():
+            if not spec.incremental:
+                self._write_whole(spec, rows, entity)
+            elif self._full_pass[spec.name]:
+                if entity.records or self.store.count(spec) == 0:
+                    entity.flagged_gone = self.store.mark_gone(spec)
+                else:
+                    log.warning("%s: full pass saw no records; nothing flagged as gone", spec.name)
+                self.store.clear_seen(spec)
+                self.store.update_metadata(spec.name, full_pending=0)
+        entity.status = "success"
+        self._report(entity, spec, done=True)
+
+    def _write_whole(self, spec: EntitySpec, rows: list[Row], entity: EntityResult) -> None:
+        target = next((s for s in self.all_entities if s.fields_table == spec.name), None)
+        if target is not None:
+            taken = set(target.columns) | set(self.store.columns(target.name))
+            previous = {
+                r["field_code"]: r["column_name"]
+                for r in self.db[spec.name].rows
+                if r.get("column_name")
+            }
+            # Columns this definitions table already named are ours, not clashes.
+            taken -= set(previous.values())
+            assign_column_names(rows, taken)
+            self.store.ensure_columns(target.name, CustomFieldMap.from_definitions(rows).columns())
+        for row in rows:
+            row.setdefault("is_deleted", 0)
+        self.store.upsert(spec, rows)
+        if rows:
+            entity.flagged_gone = self.store.mark_gone(spec, [row[spec.pk] for row in rows])
+        else:
+            log.warning("%s: Pipedrive listed none; nothing flagged as gone", spec.name)
+
+    def _prepare_incremental(self) -> None:
+        """Read what fetcher threads need (they never touch the database connection)."""
+        for spec in self.specs:
+            for stream in spec.streams:
+                committed = self.store.watermark(spec.name, stream.key)
+                self._since_committed[(spec.name, stream.key)] = committed
+                self._since[(spec.name, stream.key)] = _minus(committed, LOOKBACK)
+            if spec.fields_table and spec.fields_table in self.db.table_names():
+                definitions = list(self.db[spec.fields_table].rows)
+                self._custom[spec.name] = CustomFieldMap.from_definitions(definitions)
+                self.store.ensure_columns(spec.name, self._custom[spec.name].columns())
+
+    def _fail(self, spec: EntitySpec, exc: BaseException) -> None:
+        message = str(exc) or type(exc).__name__
+        if isinstance(exc, (AuthError, ConnectionFailed)):
+            # Every other entity would fail the same way: stop them now.
+            self._fatal = message
+            self.stop.set()
+        elif not isinstance(exc, Exception) or type(exc).__module__ != "pdsync.client":
+            log.error("%s failed", spec.name, exc_info=exc)
+        self._errors.setdefault(spec.name, message)
+
+    def _report(self, entity: EntityResult, spec: EntitySpec, done: bool = False) -> None:
+        if self.progress is None:
+            return
+        self.progress(
+            ProgressEvent(
+                entity=spec.name,
+                records=entity.records,
+                requests=self._tallies[spec.name].requests,
+                done=done,
+                status=entity.status,
+                error=entity.error,
+            )
+        )
+
+
+def _older_than(value: str | None, age: timedelta) -> bool:
+    if not value:
+        return False
+    try:
+        return timestamps.parse(value) < datetime.now(timezone.utc) - age
+    except ValueError:
+        return True
+
+
+def _minus(value: str | None, delta: timedelta) -> str | None:
+    if not value:
+        return None
+    try:
+        return timestamps.format(timestamps.parse(value) - delta)
+    except ValueError:
+        return value
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,53 @@
+"""One timestamp format for every column: UTC, second precision, ``2025-01-15T10:30:00Z``.
+
+Pipedrive v2 sends RFC 3339 with or without milliseconds (and in principle with an offset);
+v1 sends ``2025-01-15 10:30:00`` in UTC. Storing one shape lets text comparison, ``ORDER BY``
+and SQLite's date functions agree.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+# Fast path for the shapes Pipedrive actually sends, so normalising 400k deals stays cheap.
+_UTC = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.\d+)?(Z|\+00:00)?$")
+
+
+def normalize(value: str | None) -> str | None:
+    """Return ``value`` as ``YYYY-MM-DDTHH:MM:SSZ`` in UTC; '' and None become None.
+
+    Text that is not a timestamp is returned unchanged rather than lost.
+    """
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        return value
+    match = _UTC.match(value)
+    if match:
+        return f"{match.group(1)}T{match.group(2)}Z"
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc).strftime(FORMAT)
+
+
+def parse(value: str) -> datetime:
+    """Parse a normalised timestamp into an aware UTC datetime."""
+    return datetime.strptime(value, FORMAT).replace(tzinfo=timezone.utc)
+
+
+def format(moment: datetime) -> str:  # noqa: A001 - mirrors datetime.strftime naming
+    """Format an aware datetime (or a naive one taken as UTC) in the stored shape."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime(FORMAT)
+
+
+def now() -> str:
+    return format(datetime.now(timezone.utc))
