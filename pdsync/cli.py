@@ -75,6 +75,13 @@ def auth(auth_path: str) -> None:
 @AUTH_OPTION
 @click.option("--every", metavar="INTERVAL", help="Keep syncing at this interval: 90s, 30m, 1h")
 @click.option("--wait", is_flag=True, help="Wait for a running sync of this file to finish")
+@click.option(
+    "--retries",
+    default=5,
+    show_default=True,
+    type=click.IntRange(0, 20),
+    help="Retries of a failed request (429, 5xx, timeouts) before the entity fails",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output (the default when not a TTY)")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request (method, path, status, ms)")
 def sync(
@@ -85,6 +92,7 @@ def sync(
     auth_path: str,
     every: str | None,
     wait: bool,
+    retries: int,
     quiet: bool,
     verbose: bool,
 ) -> None:
@@ -115,6 +123,7 @@ def sync(
                 progress=reporter,
                 auth_path=auth_path,
                 wait=wait or interval is not None,
+                client_options={"max_retries": retries, "connect_retries": min(retries, 2)},
             )
         finally:
             if reporter:

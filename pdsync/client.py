@@ -12,6 +12,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -75,46 +76,81 @@ def token_cost(path: str) -> int:
 
 
 class RateLimiter:
-    """Paces requests by Pipedrive's burst headers so a normal sync never sees a 429.
+    """Paces requests so that a normal sync never sees a 429.
 
-    ``x-ratelimit-remaining`` says how many requests the rolling window still allows and
-    ``x-ratelimit-reset`` when it frees up. Requests in flight are counted locally, because
-    several fetchers share one token.
+    Pipedrive's burst limit is ``x-ratelimit-limit`` requests per token in a rolling 2-second
+    window. The fetchers share one token, so the limiter keeps its own record of when requests
+    went out and never lets more than the limit into any window; when Pipedrive says
+    ``x-ratelimit-remaining: 0`` it also waits for ``x-ratelimit-reset``. Until the first answer
+    tells the limit, one request goes out at a time.
     """
 
+    WINDOW = 2.0
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._clock = clock
-        self.remaining: int | None = None
-        self.reset_at = 0.0
+        self._probing = False
+        self._sent: deque[float] = deque()
+        self.limit: int | None = None
+        self.known = False
+        self.blocked_until = 0.0
         self.waited = 0.0
 
     def acquire(self) -> None:
-        while True:
-            with self._lock:
+        with self._cond:
+            while True:
                 now = self._clock()
-                if self.remaining is None or self.remaining > 0 or now >= self.reset_at:
-                    if self.remaining is not None:
-                        self.remaining = max(self.remaining - 1, 0) if now < self.reset_at else None
+                wait = self._wait(now)
+                if wait <= 0:
+                    self._sent.append(now)
                     return
-                wait = self.reset_at - now
-                self.waited += wait
-            time.sleep(wait)
+                self._cond.wait(wait)
+                self.waited += self._clock() - now
+
+    def _wait(self, now: float) -> float:
+        if now < self.blocked_until:
+            return self.blocked_until - now
+        if not self.known:
+            if self._probing:
+                return 1.0  # woken early when the probe's answer arrives
+            self._probing = True
+            return 0.0
+        if self.limit is None:
+            return 0.0
+        # Pipedrive counts arrivals, we count departures: keep a slot and a little time spare
+        # for requests that travel at different speeds.
+        window = self.WINDOW + 0.05
+        while self._sent and self._sent[0] <= now - window:
+            self._sent.popleft()
+        if len(self._sent) < max(self.limit - 1, 1):
+            return 0.0
+        return self._sent[0] + window - now
 
     def update(self, headers: httpx.Headers) -> None:
+        limit = _int_header(headers, "x-ratelimit-limit")
         remaining = _int_header(headers, "x-ratelimit-remaining")
         reset = _int_header(headers, "x-ratelimit-reset")
-        if remaining is None:
-            return
-        with self._lock:
-            self.remaining = remaining
-            self.reset_at = self._clock() + (reset if reset is not None else 2)
+        with self._cond:
+            self._probing = False
+            self.known = True
+            self.limit = limit
+            if remaining == 0:
+                self.blocked_until = max(self.blocked_until, self._clock() + (reset or 1))
+            self._cond.notify_all()
+
+    def failed(self) -> None:
+        """A request got no answer: let the next one probe."""
+        with self._cond:
+            self._probing = False
+            self._cond.notify_all()
 
     def pause(self, seconds: float) -> None:
         """After a 429: nobody sends until the window has reset."""
-        with self._lock:
-            self.remaining = 0
-            self.reset_at = max(self.reset_at, self._clock() + seconds)
+        with self._cond:
+            self._probing = False
+            self.blocked_until = max(self.blocked_until, self._clock() + seconds)
+            self._cond.notify_all()
 
 
 def _int_header(headers: httpx.Headers, name: str) -> int | None:
@@ -158,6 +194,7 @@ class PipedriveClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.limiter = RateLimiter()
+        self._rejected: str | None = None  # after one 401, no request is sent again
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"x-api-token": token, "accept": "application/json", "user-agent": "pdsync"},
@@ -208,16 +245,22 @@ class PipedriveClient:
 
     def _attempt(self, path: str, params: dict[str, Any], tally: Tally) -> dict:
         self.limiter.acquire()
+        if self._rejected:
+            self.limiter.failed()
+            raise AuthError(self._rejected)
         started = time.perf_counter()
         tally.add(requests=1)
         try:
             response = self._http.get(path, params=params)
             body = response.content  # read fully here so a truncated body is a retry
         except httpx.ConnectError as exc:
+            self.limiter.failed()
             raise _Retry(f"could not connect: {_reason(exc)}") from None
         except httpx.TimeoutException:
+            self.limiter.failed()
             raise _Retry("timed out") from None
         except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            self.limiter.failed()
             raise _Retry(f"connection dropped: {_reason(exc)}") from None
         elapsed_ms = (time.perf_counter() - started) * 1000
         status = response.status_code
@@ -231,7 +274,8 @@ class PipedriveClient:
         if status >= 500:
             raise _Retry(f"HTTP {status}", _retry_delay(response.headers))
         if status == 401:
-            raise AuthError(f"Pipedrive rejected the API token (HTTP 401 on GET {path})")
+            self._rejected = f"Pipedrive rejected the API token (HTTP 401 on GET {path})"
+            raise AuthError(self._rejected)
         try:
             data = json.loads(body)
         except ValueError:

@@ -164,8 +164,8 @@ def _deals() -> EntitySpec:
         streams=(
             # No status filter means open, won and lost; deleted (kept 30 days) needs asking.
             Stream("/api/v2/deals", (("status", "open,won,lost,deleted"),)),
-            # Archived deals are only listed here (since 2025-07-15).
-            Stream("/api/v2/deals/archived"),
+            # Archived deals are only listed here (since 2025-07-15), deleted ones on request.
+            Stream("/api/v2/deals/archived", (("status", "open,won,lost,deleted"),)),
         ),
         incremental=True,
         columns={

@@ -11,8 +11,10 @@ from typing import Any
 from .entities import EntitySpec, Row
 from .timestamps import normalize
 
-# v1 users name their timestamps differently; everything else ends in _time.
+# v1 users name their timestamps differently; everything else ends in _time, except an
+# activity's due_time, which is a time of day.
 _V1_TIMESTAMPS = frozenset({"created", "modified", "last_login"})
+_TIMES_OF_DAY = frozenset({"due_time"})
 
 
 class BadRecord(ValueError):
@@ -25,7 +27,9 @@ def to_row(spec: EntitySpec, record: Any, custom: CustomFieldMap | None = None) 
     key = record.get(spec.pk)
     if key is None or isinstance(key, (bool, dict, list)):
         raise BadRecord(f"{spec.name}: record without a usable {spec.pk}: {str(record)[:80]}")
-    row: Row = {}
+    # Every declared column gets a value: Pipedrive leaves out some empty fields (a won
+    # deal has no lost_time), and an absent key must clear what an older version stored.
+    row: Row = dict.fromkeys(spec.columns)
     for name, value in record.items():
         if name in spec.drop:
             continue
@@ -33,7 +37,9 @@ def to_row(spec: EntitySpec, record: Any, custom: CustomFieldMap | None = None) 
             value = int(value)
         elif isinstance(value, (dict, list)):
             value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        elif isinstance(value, str) and (name.endswith("_time") or name in _V1_TIMESTAMPS):
+        elif isinstance(value, str) and (
+            (name.endswith("_time") and name not in _TIMES_OF_DAY) or name in _V1_TIMESTAMPS
+        ):
             value = normalize(value)
         row[name] = value
     if custom is not None:

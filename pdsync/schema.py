@@ -113,7 +113,7 @@ def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) 
             missing = [fk for fk in fks if (fk[0], fk[1]) not in declared]
             if missing:
                 # Rebuilds the table once, for databases made before the key was declared.
-                table.add_foreign_keys([(spec.name, *fk) for fk in missing])
+                db.add_foreign_keys([(spec.name, *fk) for fk in missing])
         for columns in spec.indexes:
             table.create_index(columns, if_not_exists=True, find_unique_name=False)
 

@@ -141,6 +141,14 @@ class Store:
         )
         return table.last_pk
 
+    def close_interrupted_runs(self) -> None:
+        with self.db.atomic():
+            self.db.execute("update sync_runs set status = 'interrupted' where status = 'running'")
+            self.db.execute(
+                "update sync_metadata set status = 'failed', error_message = "
+                "'the sync was interrupted' where status = 'in_progress'"
+            )
+
     def finish_run(self, run_id: int, **values: Any) -> None:
         self.db["sync_runs"].update(run_id, values)
 

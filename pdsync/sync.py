@@ -191,6 +191,8 @@ class Sync:
 
     def run(self) -> SyncResult:
         prepare(self.db, self.all_entities)
+        # The lock is ours, so a run still marked running was killed: say so.
+        self.store.close_interrupted_runs()
         started = time.perf_counter()
         started_at = timestamps.now()
         mode = "full" if self.full else "incremental"
@@ -478,14 +480,9 @@ class Sync:
     def _write_whole(self, spec: EntitySpec, rows: list[Row], entity: EntityResult) -> None:
         target = next((s for s in self.all_entities if s.fields_table == spec.name), None)
         if target is not None:
-            taken = set(target.columns) | set(self.store.columns(target.name))
-            previous = {
-                r["field_code"]: r["column_name"]
-                for r in self.db[spec.name].rows
-                if r.get("column_name")
-            }
-            # Columns this definitions table already named are ours, not clashes.
-            taken -= set(previous.values())
+            # Columns the previous definitions gave custom fields are theirs to keep, not clashes.
+            previous = CustomFieldMap.from_definitions(list(self.db[spec.name].rows)).columns()
+            taken = set(target.columns) | (set(self.store.columns(target.name)) - set(previous))
             assign_column_names(rows, taken)
             self.store.ensure_columns(target.name, CustomFieldMap.from_definitions(rows).columns())
         for row in rows:

@@ -1,0 +1,147 @@
+"""Sync benchmark: full-sync throughput, requests, tokens and peak memory, then the cost of an
+incremental sync after k upstream changes, against the fake Pipedrive.
+
+    python benchmarks/sync_bench.py                       # 100k and 400k deals, 500 changes
+    python benchmarks/sync_bench.py --deals 25000 --changes 10 500
+
+The fake runs in its own process (so its CPU and memory are not counted), and every sync
+runs in a fresh process, so peak RSS is that sync's own high-water mark.
+Targets (issue #2): >= 15,000 deals/s unthrottled; incremental with <= 500 changes <= 12
+requests; peak RSS <= 150 MB and within +-20 % between 100k and 400k deals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def serve_fake(conn, deals: int, seed: int) -> None:
+    from pdsync.fake import FakePipedrive, FakeServer
+
+    started = time.perf_counter()
+    fake = FakePipedrive(deals=deals, seed=seed)
+    built = time.perf_counter() - started
+    counts = {
+        e: fake.count(e) for e in ("deals", "persons", "organizations", "activities", "notes")
+    }
+    with FakeServer(fake) as server:
+        conn.send({"url": server.url, "token": fake.token, "build_s": built, "counts": counts})
+        while True:
+            command, arg = conn.recv()
+            if command == "stop":
+                break
+            if command == "mutate":
+                fake.advance(5)
+                fake.random_mutations(arg, random.Random(arg))
+                fake.advance(5)
+                conn.send("ok")
+    fake.close()
+
+
+def measure(db: str, url: str, token: str, full: bool) -> dict:
+    """Run one sync in this process and return its figures (called in a child process)."""
+    import pdsync
+
+    started = time.perf_counter()
+    result = pdsync.sync(db, token=token, base_url=url, full=full, auth_path=None)
+    seconds = time.perf_counter() - started
+    deals = result.entities["deals"]
+    return {
+        "ok": result.ok,
+        "errors": result.errors,
+        "seconds": seconds,
+        "records": result.records,
+        "deals": deals.records,
+        "deals_seconds": deals.duration_ms / 1000,
+        "requests": result.requests,
+        "tokens": result.tokens,
+        # ru_maxrss is in KiB on Linux.
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_child(db: str, url: str, token: str, full: bool) -> dict:
+    args = [sys.executable, __file__, "--child", db, url, token] + (["--full"] if full else [])
+    out = subprocess.run(args, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def bench(deals: int, changes: list[int], seed: int) -> dict:
+    parent, child = multiprocessing.Pipe()
+    process = multiprocessing.Process(target=serve_fake, args=(child, deals, seed), daemon=True)
+    process.start()
+    info = parent.recv()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = os.path.join(tmp, "bench.db")
+        full = run_child(db, info["url"], info["token"], full=False)
+        increments = []
+        for k in changes:
+            parent.send(("mutate", k))
+            parent.recv()
+            figures = run_child(db, info["url"], info["token"], full=False)
+            increments.append({"changes": k, **figures})
+        parent.send(("stop", None))
+    process.join(timeout=30)
+    return {"deals": deals, "fake": info, "full": full, "incremental": increments}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deals", type=int, nargs="+", default=[100_000, 400_000])
+    parser.add_argument("--changes", type=int, nargs="+", default=[0, 10, 500])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--child", nargs=3, metavar=("DB", "URL", "TOKEN"))
+    parser.add_argument("--full", action="store_true")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(*args.child, full=args.full)))
+        return
+
+    results = [bench(n, args.changes, args.seed) for n in args.deals]
+    print(
+        f"{'deals':>8} {'records':>9} {'full s':>7} {'deals/s':>8} {'records/s':>9} "
+        f"{'requests':>8} {'tokens':>7} {'peak RSS':>9}"
+    )
+    for r in results:
+        f = r["full"]
+        print(
+            f"{r['deals']:>8,} {f['records']:>9,} {f['seconds']:>7.1f} "
+            f"{f['deals'] / f['seconds']:>8,.0f} {f['records'] / f['seconds']:>9,.0f} "
+            f"{f['requests']:>8,} {f['tokens']:>7,} {f['peak_rss_mb']:>7.0f}MB"
+            + ("" if f["ok"] else f"  FAILED {f['errors']}")
+        )
+    print()
+    print(
+        f"{'deals':>8} {'changes':>8} {'requests':>8} {'tokens':>7} {'records':>8} {'seconds':>8}"
+    )
+    for r in results:
+        for inc in r["incremental"]:
+            print(
+                f"{r['deals']:>8,} {inc['changes']:>8} {inc['requests']:>8} {inc['tokens']:>7} "
+                f"{inc['records']:>8} {inc['seconds']:>8.2f}"
+                + ("" if inc["ok"] else f"  FAILED {inc['errors']}")
+            )
+    if len(results) > 1:
+        rss = [r["full"]["peak_rss_mb"] for r in results]
+        print(
+            f"\npeak RSS spread: {(max(rss) / min(rss) - 1) * 100:.0f} % "
+            f"({min(rss):.0f}-{max(rss):.0f} MB)"
+        )
+    for r in results:
+        print(
+            f"fake with {r['deals']:,} deals built in {r['fake']['build_s']:.1f}s: "
+            f"{r['fake']['counts']}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+import pytest
+from helpers import FAST_CLIENT
+
+from pdsync.fake import FakePipedrive, FakeServer
+
+
+@pytest.fixture
+def fake():
+    fake = FakePipedrive(deals=300, seed=7)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def server(fake):
+    with FakeServer(fake) as server:
+        yield server
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return str(tmp_path / "pipedrive.db")
+
+
+@pytest.fixture
+def run_sync(fake, server, db_path):
+    """Sync the fake into db_path through real HTTP, as the CLI would."""
+    import pdsync
+
+    def run(**kwargs):
+        kwargs.setdefault("token", fake.token)
+        kwargs.setdefault("base_url", server.url)
+        kwargs.setdefault("auth_path", None)
+        kwargs.setdefault("client_options", FAST_CLIENT)
+        return pdsync.sync(kwargs.pop("db", db_path), **kwargs)
+
+    return run

@@ -1,0 +1,133 @@
+"""Every retry and failure path, injected by the fake Pipedrive over real HTTP."""
+
+import pytest
+import sqlite_utils
+from helpers import differences
+
+from pdsync.client import PipedriveClient
+from pdsync.fake import FakePipedrive, FakeServer
+from pdsync.sync import Sync
+
+FAST = {"backoff": 0.01, "max_backoff": 0.05, "timeout": 1.0}
+RETRIED = ["429", "429-reset", "500", "502", "503", "timeout", "reset", "truncated", "invalid_json"]
+
+
+@pytest.fixture(scope="module")
+def big():
+    # Enough deals for three pages, so a fault can hit a middle page.
+    fake = FakePipedrive(deals=1400, seed=11)
+    fake.timeout_hold = 2.0
+    with FakeServer(fake) as server:
+        yield fake, server
+    fake.close()
+
+
+def sync(fake, server, path, **kwargs):
+    db = sqlite_utils.Database(str(path))
+    with PipedriveClient(fake.token, server.url, **FAST) as client:
+        return db, Sync(db, client, **kwargs).run()
+
+
+@pytest.mark.parametrize("kind", RETRIED)
+@pytest.mark.parametrize("page", ["first", "middle"])
+def test_transient_fault_is_retried_and_sync_converges(big, tmp_path, kind, page):
+    fake, server = big
+    fake.clear_faults()
+    fake.reset_log()
+    fake.inject("/api/v2/deals", kind, times=2, after=0 if page == "first" else 1)
+    db, result = sync(fake, server, tmp_path / "p.db", only=["deals"])
+    assert result.ok, result.errors
+    assert result.entities["deals"].retries == 2
+    assert differences(db, fake, entities=["deals"]) == []
+
+
+def test_retries_exhausted_fail_one_entity_and_keep_the_others(big, tmp_path):
+    fake, server = big
+    fake.clear_faults()
+    fake.inject("/api/v2/persons", "503", times=100)
+    db, result = sync(fake, server, tmp_path / "p.db")
+    assert result.status == "partial"
+    persons = result.entities["persons"]
+    assert persons.status == "failed"
+    assert "/api/v2/persons" in persons.error and "503" in persons.error
+    assert all(e.status == "success" for n, e in result.entities.items() if n != "persons")
+    meta = db["sync_metadata"].get("persons")
+    assert meta["status"] == "failed" and "503" in meta["error_message"]
+    fake.clear_faults()
+    db, again = sync(fake, server, tmp_path / "p.db")
+    assert again.ok
+    assert differences(db, fake) == []
+
+
+def test_failure_on_a_middle_page_keeps_committed_pages_and_resumes(big, tmp_path):
+    fake, server = big
+    fake.clear_faults()
+    fake.inject("/api/v2/deals", "500", times=100, after=1)
+    db, result = sync(fake, server, tmp_path / "p.db", only=["deals"])
+    assert result.entities["deals"].status == "failed"
+    committed = db["deals"].count
+    assert committed >= 500  # the first page is in, with its watermark
+    mark = db.execute(
+        "select watermark from sync_streams where stream like '/api/v2/deals?%'"
+    ).fetchone()[0]
+    assert mark
+    fake.clear_faults()
+    fake.reset_log()
+    db, again = sync(fake, server, tmp_path / "p.db", only=["deals"])
+    assert again.ok
+    first = next(r for r in fake.requests if r["path"] == "/api/v2/deals")
+    assert "updated_since=" in first["query"]  # resumed, not restarted
+    assert differences(db, fake, entities=["deals"]) == []
+
+
+def test_401_mid_run_stops_everything_without_retrying(big, tmp_path):
+    fake, server = big
+    fake.clear_faults()
+    fake.reset_log()
+    fake.inject("/api/v2/deals", "401", times=1, after=1)
+    db, result = sync(fake, server, tmp_path / "p.db")
+    assert result.status in ("failed", "partial")
+    assert "rejected the API token" in result.entities["deals"].error
+    unauthorized = [r for r in fake.requests if r["status"] == 401]
+    assert len(unauthorized) == 1
+    assert db["sync_metadata"].get("deals")["status"] == "failed"
+
+
+def test_wrong_token_is_one_clear_error(big, tmp_path):
+    fake, server = big
+    fake.clear_faults()
+    fake.reset_log()
+    db = sqlite_utils.Database(str(tmp_path / "p.db"))
+    with PipedriveClient("wrong-token", server.url, **FAST) as client:
+        result = Sync(db, client).run()
+    assert result.status == "failed"
+    assert {e.error for e in result.entities.values()} == {
+        next(iter(result.entities.values())).error
+    }
+    assert "rejected the API token" in next(iter(result.entities.values())).error
+    # No retries: every request the fake saw was a different first attempt.
+    seen = [(r["path"], r["query"]) for r in fake.requests]
+    assert len(seen) == len(set(seen))
+
+
+def test_pacing_keeps_a_normal_sync_under_the_burst_limit(tmp_path):
+    fake = FakePipedrive(deals=1400, seed=5, burst_limit=4)
+    try:
+        with FakeServer(fake) as server:
+            db, result = sync(fake, server, tmp_path / "p.db")
+        assert result.ok, result.errors
+        assert result.requests > 3 * 4  # more than three windows' worth: pacing had to work
+        assert fake.rate_limited == 0
+        assert differences(db, fake) == []
+    finally:
+        fake.close()
+
+
+def test_unreachable_base_url_fails_fast_with_one_message(tmp_path):
+    db = sqlite_utils.Database(str(tmp_path / "p.db"))
+    with PipedriveClient("t", "http://127.0.0.1:9", **FAST) as client:
+        result = Sync(db, client).run()
+    assert result.status == "failed"
+    errors = {e.error for e in result.entities.values()}
+    assert len(errors) == 1
+    assert "could not connect" in errors.pop()

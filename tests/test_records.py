@@ -1,0 +1,162 @@
+"""Record -> row: timestamps, JSON, custom fields. Pure functions, no HTTP."""
+
+import json
+
+import pytest
+
+from pdsync.entities import by_name
+from pdsync.records import BadRecord, CustomFieldMap, assign_column_names, slug, to_row
+from pdsync.timestamps import normalize
+
+
+@pytest.mark.parametrize(
+    "raw, stored",
+    [
+        ("2025-01-15T10:30:00Z", "2025-01-15T10:30:00Z"),
+        ("2025-01-15T10:30:00.123Z", "2025-01-15T10:30:00Z"),
+        ("2025-01-15 10:30:00", "2025-01-15T10:30:00Z"),  # v1, UTC
+        ("2025-01-15T12:30:00+02:00", "2025-01-15T10:30:00Z"),
+        ("2025-01-15T00:30:00.5-01:00", "2025-01-15T01:30:00Z"),
+        ("", None),
+        (None, None),
+        ("not a time", "not a time"),  # kept, never lost
+    ],
+)
+def test_timestamps_have_one_shape(raw, stored):
+    assert normalize(raw) == stored
+
+
+def test_slug():
+    assert slug("PO Number (SAR)") == "po_number_sar"
+    assert slug("Région") == "region"
+    assert slug("2nd contact") == "f_2nd_contact"
+    assert slug("€€€") == "field"
+
+
+DEFINITIONS = [
+    {
+        "field_code": "title",
+        "field_name": "Title",
+        "field_type": "varchar",
+        "is_custom_field": False,
+    },
+    {
+        "field_code": "a" * 40,
+        "field_name": "Priority",
+        "field_type": "enum",
+        "is_custom_field": True,
+        "options": [{"id": 1, "label": "Low"}, {"id": 2, "label": "High"}],
+    },
+    {
+        "field_code": "b" * 40,
+        "field_name": "Regions",
+        "field_type": "set",
+        "is_custom_field": True,
+        "options": [{"id": 7, "label": "Riyadh"}, {"id": 8, "label": "Jeddah"}],
+    },
+    {
+        "field_code": "c" * 40,
+        "field_name": "Budget",
+        "field_type": "monetary",
+        "is_custom_field": True,
+    },
+    {
+        "field_code": "d" * 40,
+        "field_name": "Window",
+        "field_type": "daterange",
+        "is_custom_field": True,
+    },
+    {
+        "field_code": "e" * 40,
+        "field_name": "Site",
+        "field_type": "address",
+        "is_custom_field": True,
+    },
+    {
+        "field_code": "f" * 40,
+        "field_name": "Title",
+        "field_type": "varchar",
+        "is_custom_field": True,
+    },
+    {
+        "field_code": "0" * 40,
+        "field_name": "Priority",
+        "field_type": "int",
+        "is_custom_field": True,
+    },
+]
+
+
+def test_custom_fields_become_readable_columns():
+    definitions = [dict(d) for d in DEFINITIONS]
+    assign_column_names(definitions, taken=set(by_name()["deals"].columns))
+    names = {d["field_code"][:1]: d["column_name"] for d in definitions if d["is_custom_field"]}
+    # Clashes with a built-in column or another field keep the field's hash prefix.
+    assert names == {
+        "a": "priority_aaaaaa",
+        "b": "regions",
+        "c": "budget",
+        "d": "window",
+        "e": "site",
+        "f": "title_ffffff",
+        "0": "priority_000000",
+    }
+    custom = CustomFieldMap.from_definitions(definitions)
+    row = to_row(
+        by_name()["deals"],
+        {
+            "id": 1,
+            "title": "<b>x</b>",
+            "is_archived": False,
+            "is_deleted": False,
+            "status": "open",
+            "update_time": "2025-01-15T10:30:00.000Z",
+            "label_ids": [1, 2],
+            "custom_fields": {
+                "a" * 40: 2,
+                "b" * 40: [8, 7, 99],
+                "c" * 40: {"value": 1500.5, "currency": "SAR"},
+                "d" * 40: {"value": "2025-01-01", "until": "2025-02-01"},
+                "e" * 40: {"value": "King Fahd Rd, Riyadh", "country": "Saudi Arabia"},
+                "f" * 40: None,
+            },
+        },
+        custom,
+    )
+    assert row["priority_aaaaaa"] == "High"
+    assert json.loads(row["regions"]) == ["Jeddah", "Riyadh", "99"]  # unknown ids kept
+    assert (row["budget"], row["budget_currency"]) == (1500.5, "SAR")
+    assert (row["window"], row["window_until"]) == ("2025-01-01", "2025-02-01")
+    assert row["site"] == "King Fahd Rd, Riyadh"
+    assert row["title_ffffff"] is None and row["priority_000000"] is None
+    assert row["title"] == "<b>x</b>"  # stored as is; escaping is the reader's job
+    assert row["update_time"] == "2025-01-15T10:30:00Z"
+    assert row["label_ids"] == "[1,2]"
+    assert json.loads(row["custom_fields"])["a" * 40] == 2  # the raw JSON is kept too
+    assert (row["is_archived"], row["is_deleted"], row["status"]) == (0, 0, "open")
+
+
+def test_deleted_deal_reads_as_status_deleted():
+    row = to_row(by_name()["deals"], {"id": 5, "status": "lost", "is_deleted": True})
+    assert (row["status"], row["is_deleted"]) == ("deleted", 1)
+
+
+def test_notes_drop_denormalised_copies():
+    row = to_row(
+        by_name()["notes"],
+        {
+            "id": 1,
+            "content": "<p>hi</p>",
+            "deal": {"title": "old"},
+            "active_flag": True,
+            "update_time": "2019-12-09 14:26:11",
+        },
+    )
+    assert "deal" not in row
+    assert row["update_time"] == "2019-12-09T14:26:11Z" and row["is_deleted"] == 0
+
+
+@pytest.mark.parametrize("record", [{"title": "no id"}, {"id": None}, {"id": {"x": 1}}, "text", 5])
+def test_records_without_a_usable_id_are_refused(record):
+    with pytest.raises(BadRecord):
+        to_row(by_name()["deals"], record)
