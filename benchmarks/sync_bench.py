@@ -47,12 +47,12 @@ def serve_fake(conn, deals: int, seed: int) -> None:
     fake.close()
 
 
-def measure(db: str, url: str, token: str, full: bool) -> dict:
+def measure(db: str, url: str, token: str, full: bool, only: list[str] | None = None) -> dict:
     """Run one sync in this process and return its figures (called in a child process)."""
     import pdsync
 
     started = time.perf_counter()
-    result = pdsync.sync(db, token=token, base_url=url, full=full, auth_path=None)
+    result = pdsync.sync(db, token=token, base_url=url, full=full, auth_path=None, only=only)
     seconds = time.perf_counter() - started
     deals = result.entities["deals"]
     return {
@@ -69,8 +69,9 @@ def measure(db: str, url: str, token: str, full: bool) -> dict:
     }
 
 
-def run_child(db: str, url: str, token: str, full: bool) -> dict:
+def run_child(db: str, url: str, token: str, full: bool, only: list[str] | None = None) -> dict:
     args = [sys.executable, __file__, "--child", db, url, token] + (["--full"] if full else [])
+    args += [f"--only={name}" for name in only or []]
     out = subprocess.run(args, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
@@ -81,6 +82,9 @@ def bench(deals: int, changes: list[int], seed: int) -> dict:
     process.start()
     info = parent.recv()
     with tempfile.TemporaryDirectory() as tmp:
+        deals_only = run_child(
+            os.path.join(tmp, "deals.db"), info["url"], info["token"], False, ["deals"]
+        )
         db = os.path.join(tmp, "bench.db")
         full = run_child(db, info["url"], info["token"], full=False)
         increments = []
@@ -91,7 +95,13 @@ def bench(deals: int, changes: list[int], seed: int) -> dict:
             increments.append({"changes": k, **figures})
         parent.send(("stop", None))
     process.join(timeout=30)
-    return {"deals": deals, "fake": info, "full": full, "incremental": increments}
+    return {
+        "deals": deals,
+        "fake": info,
+        "deals_only": deals_only,
+        "full": full,
+        "incremental": increments,
+    }
 
 
 def main() -> None:
@@ -101,12 +111,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--child", nargs=3, metavar=("DB", "URL", "TOKEN"))
     parser.add_argument("--full", action="store_true")
+    parser.add_argument("--only", action="append")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(*args.child, full=args.full)))
+        print(json.dumps(measure(*args.child, full=args.full, only=args.only)))
         return
 
     results = [bench(n, args.changes, args.seed) for n in args.deals]
+    print("First sync of deals alone (--only deals):")
+    print(
+        f"{'deals':>8} {'seconds':>8} {'deals/s':>8} {'requests':>8} {'tokens':>7} {'peak RSS':>9}"
+    )
+    for r in results:
+        d = r["deals_only"]
+        print(
+            f"{r['deals']:>8,} {d['seconds']:>8.1f} {d['deals'] / d['seconds']:>8,.0f} "
+            f"{d['requests']:>8,} {d['tokens']:>7,} {d['peak_rss_mb']:>7.0f}MB"
+        )
+    print("\nFirst sync of the whole account (deals and everything else):")
     print(
         f"{'deals':>8} {'records':>9} {'full s':>7} {'deals/s':>8} {'records/s':>9} "
         f"{'requests':>8} {'tokens':>7} {'peak RSS':>9}"

@@ -2,8 +2,8 @@
 
 from .api import __version__, open_database, sync
 from .client import AuthError, ConnectionFailed, PipedriveClient, PipedriveError
+from .engine import EntityResult, ProgressEvent, SyncResult
 from .lock import LockHeld
-from .sync import EntityResult, ProgressEvent, SyncResult
 
 __all__ = [
     "AuthError",

@@ -9,9 +9,9 @@ import sqlite_utils
 
 from .auth import resolve_base_url, resolve_token
 from .client import PipedriveClient
+from .engine import ProgressCallback, Sync, SyncResult, selected_entities
 from .lock import SyncLock
 from .schema import check_database
-from .sync import ProgressCallback, Sync, SyncResult, selected_entities
 
 __version__ = "0.1.0"
 

@@ -18,9 +18,9 @@ import click
 from . import api, timestamps
 from .auth import ConfigError, save_auth
 from .client import AuthError, ConnectionFailed, PipedriveError
+from .engine import ProgressEvent, SyncResult, selected_entities
 from .entities import ENTITIES
 from .lock import LockHeld
-from .sync import ProgressEvent, SyncResult, selected_entities
 
 AUTH_OPTION = click.option(
     "-a",

@@ -9,6 +9,7 @@ deals, which is what the 15,000 deals/s target needs. sqlite-utils still owns th
 from __future__ import annotations
 
 import json
+from operator import itemgetter
 from typing import Any
 
 import sqlite_utils
@@ -58,7 +59,13 @@ class Store:
         sql = self._statements.get((spec.name, cols))
         if sql is None:
             sql = self._statements[(spec.name, cols)] = _upsert_sql(spec, cols)
-        self.db.conn.executemany(sql, [tuple(row.get(c) for c in cols) for row in rows])
+        width = len(cols)
+        for row in rows:
+            if len(row) != width:  # rows hold a subset of cols: equal size, equal keys
+                for c in cols:
+                    row.setdefault(c, None)
+        values = map(itemgetter(*cols), rows) if width > 1 else ((row[cols[0]],) for row in rows)
+        self.db.conn.executemany(sql, values)
 
     def mark_gone(self, spec: EntitySpec, keep_ids: list[Any] | None = None) -> int:
         """Flag rows not seen upstream (never delete them). Returns how many changed.

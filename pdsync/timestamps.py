@@ -25,6 +25,11 @@ def normalize(value: str | None) -> str | None:
         return None
     if not isinstance(value, str):
         return value
+    # Most of what v2 sends is already in shape, with or without milliseconds.
+    if len(value) == 20 and value[10] == "T" and value[19] == "Z":
+        return value
+    if len(value) == 24 and value[10] == "T" and value[19] == "." and value[23] == "Z":
+        return value[:19] + "Z"
     match = _UTC.match(value)
     if match:
         return f"{match.group(1)}T{match.group(2)}Z"

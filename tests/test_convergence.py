@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pdsync.client import PipedriveClient
+from pdsync.engine import Sync
 from pdsync.fake import FakePipedrive, FakeServer
-from pdsync.sync import Sync
 
 TEXT = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40

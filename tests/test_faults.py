@@ -5,8 +5,8 @@ import sqlite_utils
 from helpers import differences
 
 from pdsync.client import PipedriveClient
+from pdsync.engine import Sync
 from pdsync.fake import FakePipedrive, FakeServer
-from pdsync.sync import Sync
 
 FAST = {"backoff": 0.01, "max_backoff": 0.05, "timeout": 1.0}
 RETRIED = ["429", "429-reset", "500", "502", "503", "timeout", "reset", "truncated", "invalid_json"]

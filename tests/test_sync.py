@@ -14,7 +14,7 @@ from helpers import (
 
 import pdsync
 from pdsync.client import PipedriveClient
-from pdsync.sync import Sync
+from pdsync.engine import Sync
 
 
 def test_first_sync_copies_everything(fake, run_sync, db_path):
