@@ -15,6 +15,7 @@ from sqlite_utils import Migrations
 
 from .entities import EntitySpec
 from .timestamps import normalize
+from .views import ensure_fts, ensure_views
 
 migrations = Migrations("pdsync")
 
@@ -119,10 +120,11 @@ def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) 
 
 
 def ensure_indexes(db: sqlite_utils.Database, spec: EntitySpec) -> None:
-    """Create the read-path indexes. An empty table gets them after its first load instead:
-    building an index once is far cheaper than updating eight of them on every insert."""
+    """Create the read paths: indexes and full-text search. An empty table gets them after its
+    first load instead: building an index once is far cheaper than updating it per insert."""
     for columns in spec.indexes:
         db[spec.name].create_index(columns, if_not_exists=True, find_unique_name=False)
+    ensure_fts(db, spec.name)
 
 
 def _has_rows(db: sqlite_utils.Database, table: str) -> bool:
@@ -154,6 +156,7 @@ def prepare(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     db.execute("pragma journal_size_limit = 33554432")
     migrations.apply(db)
     ensure_entity_tables(db, entities)
+    ensure_views(db)
 
 
 def check_database(path: str) -> None:

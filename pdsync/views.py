@@ -1,0 +1,94 @@
+"""Views over the synced tables, for Datasette, canned queries, notebooks and plain sqlite3.
+
+Plain SQL only (no custom functions), so they work from any SQLite client. Ages are whole
+days from now in UTC; every timestamp column holds ``YYYY-MM-DDTHH:MM:SSZ``, which SQLite's
+``julianday`` reads as UTC.
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+VIEWS = {
+    # One row per deal with the names people look for, and the ages canned queries use.
+    "deal_details": """
+select
+  deals.id,
+  deals.title,
+  deals.status,
+  deals.pipeline_id,
+  pipelines.name as pipeline,
+  deals.stage_id,
+  stages.name as stage,
+  stages.order_nr as stage_order,
+  deals.owner_id,
+  users.name as owner,
+  deals.org_id,
+  organizations.name as org_name,
+  deals.person_id,
+  persons.name as person_name,
+  deals.value,
+  deals.currency,
+  coalesce(deals.probability, stages.deal_probability) as probability,
+  deals.expected_close_date,
+  deals.add_time,
+  deals.update_time,
+  deals.stage_change_time,
+  deals.close_time,
+  deals.won_time,
+  deals.lost_time,
+  deals.lost_reason,
+  deals.is_archived,
+  deals.is_deleted,
+  cast(julianday('now') - julianday(deals.update_time) as integer) as days_since_update,
+  cast(
+    julianday('now') - julianday(coalesce(deals.stage_change_time, deals.add_time)) as integer
+  ) as days_in_stage,
+  cast(julianday('now') - julianday(deals.add_time) as integer) as age_days,
+  stages.is_deal_rot_enabled,
+  stages.days_to_rotten
+from deals
+  left join pipelines on pipelines.id = deals.pipeline_id
+  left join stages on stages.id = deals.stage_id
+  left join users on users.id = deals.owner_id
+  left join organizations on organizations.id = deals.org_id
+  left join persons on persons.id = deals.person_id
+""",
+}
+
+# Full-text search, kept current by triggers (sqlite-utils' enable_fts).
+FTS = {
+    "deals": ["title"],
+    "organizations": ["name"],
+    "persons": ["name"],
+    "notes": ["content"],
+}
+
+
+def ensure_views(db: sqlite_utils.Database) -> None:
+    """Create or replace the views (only when their definition changed)."""
+    tables = set(db.table_names())
+    for name, sql in VIEWS.items():
+        if not {"deals", "pipelines", "stages", "users", "organizations", "persons"} <= tables:
+            return
+        existing = db.execute(
+            "select sql from sqlite_master where type = 'view' and name = ?", [name]
+        ).fetchone()
+        wanted = f"CREATE VIEW [{name}] AS {sql.strip()}"
+        if existing and existing[0] == wanted:
+            continue
+        with db.atomic():
+            db.execute(f"drop view if exists [{name}]")
+            db.execute(wanted)
+
+
+def ensure_fts(db: sqlite_utils.Database, table: str) -> None:
+    """Full-text index ``table`` if it should have one and does not yet.
+
+    Called after a table's first load: filling the index once is far cheaper than a trigger
+    per inserted row; the triggers then keep it current.
+    """
+    columns = FTS.get(table)
+    if not columns or db[table].detect_fts():
+        return
+    db[table].enable_fts(columns, create_triggers=True, tokenize="unicode61")
