@@ -4,6 +4,7 @@ from .api import __version__, open_database, sync
 from .client import AuthError, ConnectionFailed, PipedriveClient, PipedriveError
 from .engine import EntityResult, ProgressEvent, SyncResult
 from .lock import LockHeld
+from .queries import datasette, queries, query
 
 __all__ = [
     "AuthError",
@@ -15,6 +16,9 @@ __all__ = [
     "ProgressEvent",
     "SyncResult",
     "__version__",
+    "datasette",
     "open_database",
+    "queries",
+    "query",
     "sync",
 ]

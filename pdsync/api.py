@@ -7,6 +7,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from . import plugins
 from .auth import resolve_base_url, resolve_token
 from .client import PipedriveClient
 from .engine import ProgressCallback, Sync, SyncResult, selected_entities
@@ -62,9 +63,11 @@ def sync(
         lock.acquire(wait=wait)
     try:
         with PipedriveClient(token, base_url, **(client_options or {})) as client:
-            return Sync(
+            result = Sync(
                 database, client, full=full, only=only, progress=progress, version=__version__
             ).run()
+        plugins.pm.hook.pdsync_after_sync(db=database, result=result)
+        return result
     finally:
         if lock:
             lock.release()

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import click
 
-from . import api, timestamps
+from . import api, plugins, timestamps
 from .auth import ConfigError, save_auth
 from .client import AuthError, ConnectionFailed, PipedriveError
 from .engine import ProgressEvent, SyncResult, selected_entities
-from .entities import ENTITIES
 from .lock import LockHeld
+from .serve import DEFAULT_PORT
+from .serve import serve as serve_database
 
 AUTH_OPTION = click.option(
     "-a",
@@ -69,7 +70,7 @@ def auth(auth_path: str) -> None:
     multiple=True,
     metavar="ENTITY",
     help="Sync only this entity (repeatable, or comma-separated): "
-    + ", ".join(spec.name for spec in ENTITIES),
+    + ", ".join(spec.name for spec in plugins.entities()),
 )
 @click.option("--base-url", help="Pipedrive base URL, e.g. https://COMPANY.pipedrive.com")
 @AUTH_OPTION
@@ -187,13 +188,34 @@ def status(db_path: str, as_json: bool) -> None:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
+HOST_OPTION = click.option("-h", "--host", default="127.0.0.1", show_default=True)
+PORT_OPTION = click.option("-p", "--port", default=DEFAULT_PORT, show_default=True, type=int)
+
+
+@cli.command()
+@click.argument("db_path", type=click.Path(dir_okay=False, exists=True))
+@HOST_OPTION
+@PORT_OPTION
+def serve(db_path: str, host: str, port: int) -> None:
+    """Explore DB_PATH in Datasette, with pdsync's canned queries, labels and plugins."""
+    try:
+        api.open_database(db_path)
+    except sqlite3.DatabaseError as exc:
+        raise click.ClickException(f"{db_path} is not a SQLite database ({exc})") from None
+    click.echo(f"Serving {db_path} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+    serve_database(db_path, host, port)
+
+
 @cli.command()
 @click.argument("db_path", default="pipedrive.db", type=click.Path(dir_okay=False))
 @click.option("--deals", default=2000, show_default=True, help="Size of the demo company")
 @click.option("--seed", default=1, show_default=True, help="Seed for the demo company")
 @click.option("--no-serve", is_flag=True, help="Stop after the sync")
-def demo(db_path: str, deals: int, seed: int, no_serve: bool) -> None:
-    """Sync a built-in fake Pipedrive with a realistic demo company into DB_PATH.
+@HOST_OPTION
+@PORT_OPTION
+def demo(db_path: str, deals: int, seed: int, no_serve: bool, host: str, port: int) -> None:
+    """Sync a built-in fake Pipedrive with a realistic demo company into DB_PATH, then serve
+    it with Datasette.
 
     No Pipedrive account needed: the fake runs in-process on 127.0.0.1.
     """
@@ -222,8 +244,11 @@ def demo(db_path: str, deals: int, seed: int, no_serve: bool) -> None:
     _report(result, quiet=False, tty=reporter is not None)
     if not result.ok:
         sys.exit(1)
-    if not no_serve:
-        click.echo(f"\nExplore it:  datasette {db_path}")
+    if no_serve:
+        click.echo(f"Explore it with: pdsync serve {db_path}", err=True)
+        return
+    click.echo(f"Serving {db_path} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+    serve_database(db_path, host, port)
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -344,3 +369,6 @@ def _ago(value: str | None) -> str:
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt()
+
+
+plugins.pm.hook.pdsync_register_commands(cli=cli)

@@ -18,9 +18,9 @@ from typing import Any
 
 import sqlite_utils
 
-from . import timestamps
+from . import plugins, timestamps
 from .client import AuthError, ConnectionFailed, PipedriveClient, Tally
-from .entities import ENTITIES, EntitySpec, Row, Stream
+from .entities import EntitySpec, Row, Stream
 from .records import BadRecord, CustomFieldMap, assign_column_names, to_row
 from .schema import ensure_indexes, prepare
 from .store import Store
@@ -141,7 +141,7 @@ def selected_entities(
     only: list[str] | tuple[str, ...] | None, entities: list[EntitySpec] | None = None
 ) -> list[EntitySpec]:
     """The specs to sync, in dependency order. Unknown names raise ``ValueError``."""
-    entities = entities if entities is not None else ENTITIES
+    entities = entities if entities is not None else plugins.entities()
     if not only:
         return list(entities)
     names = {spec.name for spec in entities}
@@ -172,9 +172,11 @@ class Sync:
         self.db = db
         self.client = client
         self.full = full
-        self.all_entities = entities if entities is not None else ENTITIES
+        self.all_entities = entities if entities is not None else plugins.entities()
         self.specs = selected_entities(only, self.all_entities)
         self.progress = progress
+        if transform_record is None and plugins.has_record_transforms():
+            transform_record = _plugin_transform
         self.transform_record = transform_record
         self.version = version
         self.store = Store(db)
@@ -531,6 +533,10 @@ class Sync:
                 error=entity.error,
             )
         )
+
+
+def _plugin_transform(spec: EntitySpec, record: dict) -> dict | None:
+    return plugins.transform_record(spec.name, record)
 
 
 def _older_than(value: str | None, age: timedelta) -> bool:

@@ -1,8 +1,8 @@
 """One declarative spec per Pipedrive entity: where it comes from and how it is stored.
 
 The sync engine, the database shape and the CLI's ``--only`` choices are all driven by
-``ENTITIES``. Adding an entity means adding a spec here (or through the ``pdsync_entities``
-plugin hook), not writing a function.
+these specs. Adding an entity means adding a spec here (or returning one from a plugin's
+``pdsync_entities`` hook), not writing a function.
 """
 
 from __future__ import annotations

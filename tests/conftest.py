@@ -1,7 +1,12 @@
-import pytest
-from helpers import FAST_CLIENT
+import sys
 
-from pdsync.fake import FakePipedrive, FakeServer
+# Installed pdsync plugins stay out of pdsync's own tests (set before pdsync is imported).
+sys._pdsync_test = True
+
+import pytest  # noqa: E402
+from helpers import FAST_CLIENT  # noqa: E402
+
+from pdsync.fake import FakePipedrive, FakeServer  # noqa: E402
 
 
 @pytest.fixture

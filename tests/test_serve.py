@@ -1,0 +1,133 @@
+"""Serving: `pdsync serve`, the metadata plugin for any database name, and the wheel."""
+
+import asyncio
+import glob
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from datasette.app import Datasette
+
+import pdsync
+from pdsync.serve import metadata_path, plugins_dir
+
+
+@pytest.fixture(scope="module")
+def synced(tmp_path_factory):
+    from pdsync.fake import FakePipedrive, FakeServer
+
+    path = tmp_path_factory.mktemp("serve") / "acme.db"
+    fake = FakePipedrive(deals=200, seed=2)
+    with FakeServer(fake) as server:
+        assert pdsync.sync(str(path), token=fake.token, base_url=server.url, auth_path=None).ok
+    fake.close()
+    return path
+
+
+def pipedrive_queries():
+    return set(yaml.safe_load(metadata_path().read_text())["databases"]["pipedrive"]["queries"])
+
+
+def test_any_database_name_gets_the_canned_queries_and_labels(synced):
+    async def check():
+        ds = Datasette([str(synced)], plugins_dir=str(plugins_dir()))
+        try:
+            queries = await ds.get_canned_queries("acme", None)
+            assert set(queries) == pipedrive_queries()
+            response = await ds.client.get("/acme/sync_status.json?_shape=array")
+            assert response.status_code == 200
+            assert {r["entity_type"] for r in response.json()} >= {"deals", "notes"}
+            assert ds.metadata("label_column", database="acme", table="stages") == "name"
+        finally:
+            _unregister_plugins()
+
+    asyncio.run(check())
+
+
+def test_a_database_that_is_not_pdsyncs_gets_nothing(tmp_path):
+    import sqlite_utils
+
+    path = tmp_path / "other.db"
+    sqlite_utils.Database(str(path))["deals"].insert({"id": 1})
+
+    async def check():
+        ds = Datasette([str(path)], plugins_dir=str(plugins_dir()))
+        try:
+            assert await ds.get_canned_queries("other", None) == {}
+        finally:
+            _unregister_plugins()
+
+    asyncio.run(check())
+
+
+def _unregister_plugins():
+    # Plugins loaded from a plugins dir stay registered for the whole process otherwise.
+    from datasette.plugins import pm
+
+    for plugin in list(pm.get_plugins()):
+        if getattr(plugin, "__name__", "") == "pdsync_metadata.py" or (
+            getattr(plugin, "__file__", "") or ""
+        ).endswith("pdsync_metadata.py"):
+            pm.unregister(plugin)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_pdsync_serve_runs_datasette_with_metadata_and_plugins(synced):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pdsync", "serve", str(synced), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                httpx.get(base + "/-/versions.json", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        plugins = {p["name"] for p in httpx.get(base + "/-/plugins.json").json()}
+        assert "pdsync_metadata.py" in plugins
+        title = yaml.safe_load(metadata_path().read_text()).get("title")
+        assert httpx.get(base + "/-/metadata.json").json().get("title") == title
+        response = httpx.get(base + "/acme/sync_status.json?_shape=array")
+        assert response.status_code == 200 and response.json()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_serve_refuses_a_missing_file(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "pdsync", "serve", str(tmp_path / "nope.db")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert "does not exist" in out.stderr
+
+
+def test_wheel_ships_metadata_and_plugins(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), "."],
+        check=True,
+        capture_output=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    wheel = zipfile.ZipFile(glob.glob(str(tmp_path / "pdsync-*.whl"))[0])
+    names = set(wheel.namelist())
+    assert {"pdsync/metadata.yml", "pdsync/datasette_plugins/pdsync_metadata.py"} <= names
+    assert wheel.read("pdsync/metadata.yml") == metadata_path().read_bytes()
+    assert any(n.startswith("pdsync/fake/") for n in names)
