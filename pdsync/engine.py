@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -328,23 +329,33 @@ class Sync:
 
         pending = len(threads)
         by_name = {spec.name: spec for spec in specs}
+        failed: set[tuple[str, str]] = set()
         while pending:
             kind, name, stream, payload = pages.get()
             spec = by_name[name]
             entity = result.entities[name]
             if kind == "page":
-                if self.stop.is_set() or name in self._errors:
-                    continue  # abandon: nothing half-written, the watermark stays put
+                # After a stream's page failed, its later pages must not move its watermark
+                # past the gap; other streams (and entities) carry on.
+                if self.stop.is_set() or (name, stream.key) in failed:
+                    continue
+                if not spec.incremental and name in self._errors:
+                    continue
                 # Records become rows here, in the writer: Python work on a fetcher thread
                 # would hold the GIL that executemany gives up and takes back for every
                 # row (measured: 80,000 rows/s alone, a few hundred beside a busy thread).
                 rows, rejected = self._rows(spec, payload)
-                watermark = max(
-                    (r["update_time"] for r in rows if r.get("update_time")), default=None
-                )
                 entity.rejected += rejected
                 if spec.incremental:
-                    self._write_page(spec, stream, rows, watermark)
+                    watermark = max(
+                        (r["update_time"] for r in rows if r.get("update_time")), default=None
+                    )
+                    try:
+                        self._write_page(spec, stream, rows, watermark)
+                    except sqlite3.Error as exc:
+                        failed.add((name, stream.key))
+                        self._errors.setdefault(name, f"could not save {name}: {exc}")
+                        continue
                 else:
                     buffers[name].extend(rows)
                 entity.records += len(rows)
@@ -374,7 +385,11 @@ class Sync:
             end = ("cancelled", spec.name, stream, None)
         except Exception as exc:  # reported to the writer, which marks the entity failed
             end = ("error", spec.name, stream, exc)
-        pages.put(end)
+        try:
+            # After an interrupt nobody may be reading any more: do not hang on a full queue.
+            pages.put(end, timeout=5 if self.stop.is_set() else None)
+        except queue.Full:
+            pass
 
     def _put(self, pages: queue.Queue, item: tuple) -> None:
         while True:
@@ -463,24 +478,28 @@ class Sync:
         self._since_committed[(spec.name, stream.key)] = watermark
 
     def _end_entity(self, spec: EntitySpec, entity: EntityResult, rows: list[Row]) -> None:
-        ensure_indexes(self.db, spec)
-        if spec.name in self._errors:
-            entity.status = "failed"
-            entity.error = self._errors[spec.name]
-            self._report(entity, spec, done=True)
-            return
-        with self.db.atomic():
-            if not spec.incremental:
-                self._write_whole(spec, rows, entity)
-            elif self._full_pass[spec.name]:
-                if entity.records or self.store.count(spec) == 0:
-                    entity.flagged_gone = self.store.mark_gone(spec)
-                else:
-                    log.warning("%s: full pass saw no records; nothing flagged as gone", spec.name)
-                self.store.clear_seen(spec)
-                self.store.update_metadata(spec.name, full_pending=0)
-        entity.status = "success"
+        try:
+            ensure_indexes(self.db, spec)
+            if spec.name not in self._errors:
+                with self.db.atomic():
+                    if not spec.incremental:
+                        self._write_whole(spec, rows, entity)
+                    elif self._full_pass[spec.name]:
+                        self._reconcile(spec, entity)
+        except sqlite3.Error as exc:
+            self._errors.setdefault(spec.name, f"could not save {spec.name}: {exc}")
+        entity.status = "failed" if spec.name in self._errors else "success"
+        entity.error = self._errors.get(spec.name)
         self._report(entity, spec, done=True)
+
+    def _reconcile(self, spec: EntitySpec, entity: EntityResult) -> None:
+        """End of a full pass: flag what it did not see, then forget what it saw."""
+        if self.store.seen_count(spec) or self.store.count(spec) == 0:
+            entity.flagged_gone = self.store.mark_gone(spec)
+        else:
+            log.warning("%s: full pass saw no records; nothing flagged as gone", spec.name)
+        self.store.clear_seen(spec)
+        self.store.update_metadata(spec.name, full_pending=0)
 
     def _write_whole(self, spec: EntitySpec, rows: list[Row], entity: EntityResult) -> None:
         target = next((s for s in self.all_entities if s.fields_table == spec.name), None)

@@ -154,6 +154,9 @@ def prepare(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     # on a virtual disk took longer than writing the pages. The WAL is kept at that size.
     db.execute("pragma wal_autocheckpoint = 8192")
     db.execute("pragma journal_size_limit = 33554432")
+    # 16 MB of page cache (default 2 MB): inserts sorted by update_time land at random ids,
+    # and a cache that holds the upper B-tree levels made them a quarter faster.
+    db.execute("pragma cache_size = -16000")
     migrations.apply(db)
     ensure_entity_tables(db, entities)
     ensure_views(db)

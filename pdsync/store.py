@@ -100,6 +100,11 @@ class Store:
             [(spec.name, i) for i in ids],
         )
 
+    def seen_count(self, spec: EntitySpec) -> int:
+        return self.db.execute(
+            "select count(*) from _pdsync_seen where entity_type = ?", [spec.name]
+        ).fetchone()[0]
+
     def clear_seen(self, spec: EntitySpec) -> None:
         self.db.execute("delete from _pdsync_seen where entity_type = ?", [spec.name])
 

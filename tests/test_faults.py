@@ -131,3 +131,31 @@ def test_unreachable_base_url_fails_fast_with_one_message(tmp_path):
     errors = {e.error for e in result.entities.values()}
     assert len(errors) == 1
     assert "could not connect" in errors.pop()
+
+
+def test_a_page_that_cannot_be_saved_fails_its_stream_without_a_gap(big, tmp_path, monkeypatch):
+    import sqlite3
+
+    from pdsync.store import Store
+
+    fake, server = big
+    fake.clear_faults()
+    real_upsert = Store.upsert
+    calls = {"deals": 0}
+
+    def flaky_upsert(self, spec, rows):
+        if spec.name == "deals" and not rows[0]["is_archived"]:  # /api/v2/deals, not archived
+            calls["deals"] += 1
+            if calls["deals"] == 2:
+                raise sqlite3.OperationalError("disk I/O error")
+        return real_upsert(self, spec, rows)
+
+    monkeypatch.setattr(Store, "upsert", flaky_upsert)
+    db, result = sync(fake, server, tmp_path / "p.db")
+    assert result.entities["deals"].status == "failed"
+    assert "could not save deals: disk I/O error" in result.entities["deals"].error
+    assert result.entities["persons"].status == "success"
+    monkeypatch.setattr(Store, "upsert", real_upsert)
+    db, again = sync(fake, server, tmp_path / "p.db")
+    assert again.ok
+    assert differences(db, fake) == []
