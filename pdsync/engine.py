@@ -269,6 +269,7 @@ class Sync:
                 "last_sync_time": finished_at,
                 "last_sync_duration_ms": entity.duration_ms,
                 "records_synced": entity.records,
+                "records_rejected": entity.rejected,
                 "records_total": self.store.count(spec),
                 "error_message": entity.error,
                 "requests": entity.requests,

@@ -98,6 +98,13 @@ def m003_utc_timestamps(db: sqlite_utils.Database) -> None:
                 )
 
 
+@migrations()
+def m004_rejected_records(db: sqlite_utils.Database) -> None:
+    # Records Pipedrive sent that pdsync refused to store (no usable id, not an object).
+    if "records_rejected" not in db["sync_metadata"].columns_dict:
+        db["sync_metadata"].add_column("records_rejected", int)
+
+
 def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     """Create what the specs declare and is missing. Safe to run on every sync."""
     for spec in entities:

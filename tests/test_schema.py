@@ -43,7 +43,12 @@ def test_original_design_database_upgrades_in_place(fake, run_sync, db_path):
         (fk.column, fk.other_table) for fk in db["deals"].foreign_keys
     }
     applied = [m.name for m in migrations.applied(db)]
-    assert applied == ["m001_sync_metadata", "m002_incremental_state", "m003_utc_timestamps"]
+    assert applied == [
+        "m001_sync_metadata",
+        "m002_incremental_state",
+        "m003_utc_timestamps",
+        "m004_rejected_records",
+    ]
 
 
 def test_shape_is_idempotent(run_sync, db_path):
