@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -190,20 +192,24 @@ def status(db_path: str, as_json: bool) -> None:
 
 HOST_OPTION = click.option("-h", "--host", default="127.0.0.1", show_default=True)
 PORT_OPTION = click.option("-p", "--port", default=DEFAULT_PORT, show_default=True, type=int)
+ROOT_OPTION = click.option(
+    "--root", is_flag=True, help="Print a link that signs you in as root (who may press Sync now)"
+)
 
 
 @cli.command()
 @click.argument("db_path", type=click.Path(dir_okay=False, exists=True))
 @HOST_OPTION
 @PORT_OPTION
-def serve(db_path: str, host: str, port: int) -> None:
+@ROOT_OPTION
+def serve(db_path: str, host: str, port: int, root: bool) -> None:
     """Explore DB_PATH in Datasette, with pdsync's canned queries, labels and plugins."""
     try:
         api.open_database(db_path)
     except sqlite3.DatabaseError as exc:
         raise click.ClickException(f"{db_path} is not a SQLite database ({exc})") from None
     click.echo(f"Serving {db_path} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
-    serve_database(db_path, host, port)
+    serve_database(db_path, host, port, root)
 
 
 @cli.command()
@@ -217,7 +223,9 @@ def demo(db_path: str, deals: int, seed: int, no_serve: bool, host: str, port: i
     """Sync a built-in fake Pipedrive with a realistic demo company into DB_PATH, then serve
     it with Datasette.
 
-    No Pipedrive account needed: the fake runs in-process on 127.0.0.1.
+    No Pipedrive account needed: the fake runs in-process on 127.0.0.1. While Datasette
+    serves, the fake keeps changing a few records a minute, and the printed root link signs
+    you in to press "Sync now" on the status page (/-/pdsync).
     """
     from .fake import FakePipedrive, FakeServer
 
@@ -239,16 +247,31 @@ def demo(db_path: str, deals: int, seed: int, no_serve: bool, host: str, port: i
             finally:
                 if reporter:
                     reporter.close()
+            _report(result, quiet=False, tty=reporter is not None)
+            if not result.ok:
+                sys.exit(1)
+            if no_serve:
+                click.echo(f"Explore it with: pdsync serve {db_path}", err=True)
+                return
+            # Datasette's "Sync now" (and pdsync sync) reach the fake through these.
+            os.environ["PIPEDRIVE_API_TOKEN"] = fake.token
+            os.environ["PIPEDRIVE_BASE_URL"] = server.url
+            threading.Thread(target=_keep_changing, args=(fake,), daemon=True).start()
+            click.echo(f"Serving {db_path} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+            serve_database(db_path, host, port, root=True)
     finally:
         fake.close()
-    _report(result, quiet=False, tty=reporter is not None)
-    if not result.ok:
-        sys.exit(1)
-    if no_serve:
-        click.echo(f"Explore it with: pdsync serve {db_path}", err=True)
-        return
-    click.echo(f"Serving {db_path} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
-    serve_database(db_path, host, port)
+
+
+def _keep_changing(fake) -> None:
+    """Make the demo company live: a few upstream changes a minute for Sync now to find."""
+    rng = random.Random()
+    while True:
+        time.sleep(20)
+        try:
+            fake.random_mutations(3, rng)
+        except Exception:  # the fake closed: the demo is over
+            return
 
 
 # -- helpers ----------------------------------------------------------------------------

@@ -189,6 +189,7 @@ class Sync:
         self._errors: dict[str, str] = {}
         self._since: dict[tuple[str, str], str | None] = {}  # what fetchers ask for
         self._since_committed: dict[tuple[str, str], str | None] = {}
+        self._started_at = ""
 
     # -- the run --------------------------------------------------------------------------
 
@@ -197,7 +198,7 @@ class Sync:
         # The lock is ours, so a run still marked running was killed: say so.
         self.store.close_interrupted_runs()
         started = time.perf_counter()
-        started_at = timestamps.now()
+        started_at = self._started_at = timestamps.now()
         mode = "full" if self.full else "incremental"
         run_id = self.store.start_run(mode, [s.name for s in self.specs], self.version)
         result = SyncResult(run_id=run_id, mode=mode, started_at=started_at)
@@ -215,9 +216,9 @@ class Sync:
         except KeyboardInterrupt:
             self.stop.set()
             self._fatal = self._fatal or "interrupted"
-            self._finish(result, started, started_at, cancelled=True)
+            self._finish(result, started, cancelled=True)
             raise
-        self._finish(result, started, started_at)
+        self._finish(result, started)
         return result
 
     def _begin_entity(self, spec: EntitySpec) -> None:
@@ -246,39 +247,14 @@ class Sync:
                 full_pending=int(full_pass),
             )
 
-    def _finish(
-        self, result: SyncResult, started: float, started_at: str, cancelled: bool = False
-    ) -> None:
+    def _finish(self, result: SyncResult, started: float, cancelled: bool = False) -> None:
         finished_at = timestamps.now()
         for spec in self.specs:
             entity = result.entities[spec.name]
-            tally = self._tallies[spec.name]
-            entity.requests, entity.tokens, entity.retries = (
-                tally.requests,
-                tally.tokens,
-                tally.retries,
-            )
-            entity.full_pass = self._full_pass.get(spec.name, False)
-            entity.error = self._errors.get(spec.name) or (self._fatal if cancelled else None)
             if entity.status in ("pending", "running"):
                 entity.status = "cancelled" if cancelled else "failed"
-                entity.error = entity.error or self._fatal or "did not finish"
-            watermarks = [self.store.watermark(spec.name, s.key) for s in spec.streams]
-            values: dict[str, Any] = {
-                "status": "success" if entity.status == "success" else "failed",
-                "last_sync_time": finished_at,
-                "last_sync_duration_ms": entity.duration_ms,
-                "records_synced": entity.records,
-                "records_rejected": entity.rejected,
-                "records_total": self.store.count(spec),
-                "error_message": entity.error,
-                "requests": entity.requests,
-                "tokens": entity.tokens,
-                "watermark": min((w for w in watermarks if w), default=None),
-            }
-            if entity.status == "success":
-                values["last_success_time"] = started_at
-            self.store.update_metadata(spec.name, **values)
+                entity.error = self._errors.get(spec.name) or self._fatal or "did not finish"
+                self._record(spec, entity)
         statuses = {e.status for e in result.entities.values()}
         if cancelled:
             result.status = "cancelled"
@@ -299,6 +275,28 @@ class Sync:
             tokens=result.tokens,
             errors=_json(result.errors) if result.errors else None,
         )
+
+    def _record(self, spec: EntitySpec, entity: EntityResult) -> None:
+        """Write the entity's outcome to sync_metadata, as soon as the entity is done."""
+        tally = self._tallies[spec.name]
+        entity.requests, entity.tokens, entity.retries = tally.requests, tally.tokens, tally.retries
+        entity.full_pass = self._full_pass.get(spec.name, False)
+        watermarks = [self.store.watermark(spec.name, s.key) for s in spec.streams]
+        values: dict[str, Any] = {
+            "status": "success" if entity.status == "success" else "failed",
+            "last_sync_time": timestamps.now(),
+            "last_sync_duration_ms": entity.duration_ms,
+            "records_synced": entity.records,
+            "records_rejected": entity.rejected,
+            "records_total": self.store.count(spec),
+            "error_message": entity.error,
+            "requests": entity.requests,
+            "tokens": entity.tokens,
+            "watermark": min((w for w in watermarks if w), default=None),
+        }
+        if entity.status == "success":
+            values["last_success_time"] = self._started_at
+        self.store.update_metadata(spec.name, **values)
 
     # -- fetchers and the writer ----------------------------------------------------------
 
@@ -491,6 +489,7 @@ class Sync:
             self._errors.setdefault(spec.name, f"could not save {spec.name}: {exc}")
         entity.status = "failed" if spec.name in self._errors else "success"
         entity.error = self._errors.get(spec.name)
+        self._record(spec, entity)
         self._report(entity, spec, done=True)
 
     def _reconcile(self, spec: EntitySpec, entity: EntityResult) -> None:

@@ -19,14 +19,17 @@ def plugins_dir() -> Path:
 
 
 def datasette_args(
-    db_path: str | os.PathLike, host: str = "127.0.0.1", port: int = DEFAULT_PORT
+    db_path: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    root: bool = False,
 ) -> list[str]:
     """Arguments for ``datasette serve`` (see ``serve``)."""
+    metadata = ["--metadata", str(metadata_path())] if metadata_path().exists() else []
     return [
         "serve",
         str(db_path),
-        "--metadata",
-        str(metadata_path()),
+        *metadata,
         "--plugins-dir",
         str(plugins_dir()),
         "--host",
@@ -36,11 +39,18 @@ def datasette_args(
         "--setting",
         "sql_time_limit_ms",
         "3000",
+        # --root prints a one-time link that signs you in as root, who may press "Sync now".
+        *(["--root"] if root else []),
     ]
 
 
-def serve(db_path: str | os.PathLike, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+def serve(
+    db_path: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    root: bool = False,
+) -> None:
     """Run Datasette in this process until interrupted (a CLI helper: it blocks)."""
     from datasette.cli import cli as datasette_cli
 
-    datasette_cli.main(datasette_args(db_path, host, port), prog_name="datasette")
+    datasette_cli.main(datasette_args(db_path, host, port, root), prog_name="datasette")

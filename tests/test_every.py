@@ -25,9 +25,12 @@ def test_every_runs_again_survives_a_failed_run_and_stops_on_sigterm(fake, serve
         time.sleep(0.2)
         if os.path.exists(db_path):
             db = sqlite_utils.Database(db_path)
-            if "sync_runs" in db.table_names() and db.execute(
-                "select count(*) from sync_runs where status = 'success' and id > 2"
-            ).fetchone()[0]:
+            if (
+                "sync_runs" in db.table_names()
+                and db.execute(
+                    "select count(*) from sync_runs where status = 'success' and id > 2"
+                ).fetchone()[0]
+            ):
                 break
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)

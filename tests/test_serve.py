@@ -71,9 +71,9 @@ def _unregister_plugins():
     from datasette.plugins import pm
 
     for plugin in list(pm.get_plugins()):
-        if getattr(plugin, "__name__", "") == "pdsync_metadata.py" or (
-            getattr(plugin, "__file__", "") or ""
-        ).endswith("pdsync_metadata.py"):
+        name = getattr(plugin, "__name__", "") or ""
+        path = getattr(plugin, "__file__", "") or ""
+        if any(n.startswith("pdsync_") and n.endswith(".py") for n in (name, path.rsplit("/")[-1])):
             pm.unregister(plugin)
 
 

@@ -1,0 +1,344 @@
+"""Canned-query benchmark: every canned query, the deals table page and a faceted deals page,
+through a real ``datasette serve`` over HTTP, against a pdsync database of N deals.
+
+    python benchmarks/query_bench.py                          # 100k deals, built in a temp dir
+    python benchmarks/query_bench.py --deals 1000000 --db /tmp/bench-1m/pipedrive.db
+    python benchmarks/query_bench.py --db pipedrive.db        # reuse an existing database
+    python benchmarks/query_bench.py --db x.db --with-proposed-indexes   # adds indexes to x.db
+
+The database is built by syncing the fake Pipedrive (run in its own process, as in
+sync_bench.py) and kept when --db names a file that does not exist yet. Datasette runs as a
+subprocess on 127.0.0.1 with the arguments `pdsync serve` uses (metadata.yml, plugins and
+settings), so the figures are what a dashboard gets. Each URL is requested --warmup times,
+then --runs times; the table shows median and p95 wall time per request (client side,
+keep-alive connection). Parameters are picked from the database (its busiest pipeline, that
+pipeline's last stage, the owner with most deals, ...), so any pdsync database works.
+Target at 100k deals: median <= 20 ms and p95 <= 50 ms per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET_MEDIAN_MS = 20.0
+TARGET_P95_MS = 50.0
+
+# Indexes proposed for pdsync's deals table: wider versions of the single-column status,
+# pipeline_id and owner_id indexes (same prefix, so they can replace them), the "in stage
+# since" expression stuck_deals and deals_in_stage sort by, and currency for its facet.
+PROPOSED_INDEXES = {
+    "idx_deals_status_summary": "deals(status, pipeline_id, stage_id, currency, owner_id, value, "
+    "probability, expected_close_date, is_archived, is_deleted)",
+    "idx_deals_pipeline_id_update_time": "deals(pipeline_id, update_time)",
+    "idx_deals_owner_id_update_time": "deals(owner_id, update_time)",
+    "idx_deals_in_stage_since": "deals(coalesce(stage_change_time, add_time))",
+    "idx_deals_currency": "deals(currency)",
+}
+
+
+# -- building the database ------------------------------------------------------------------
+
+
+def serve_fake(conn, deals: int, seed: int) -> None:
+    """Run the fake Pipedrive in this (child) process until told to stop."""
+    from pdsync.fake import FakePipedrive, FakeServer
+
+    started = time.perf_counter()
+    fake = FakePipedrive(deals=deals, seed=seed)
+    built = time.perf_counter() - started
+    with FakeServer(fake) as server:
+        conn.send({"url": server.url, "token": fake.token, "build_s": built})
+        conn.recv()  # "stop"
+    fake.close()
+
+
+def build_database(path: Path, deals: int, seed: int) -> None:
+    import pdsync
+
+    print(f"Building a fake Pipedrive with {deals:,} deals...", flush=True)
+    parent, child = multiprocessing.Pipe()
+    process = multiprocessing.Process(target=serve_fake, args=(child, deals, seed), daemon=True)
+    process.start()
+    try:
+        info = parent.recv()
+        print(f"  fake built in {info['build_s']:.1f}s; syncing into {path}...", flush=True)
+        started = time.perf_counter()
+        result = pdsync.sync(str(path), token=info["token"], base_url=info["url"], auth_path=None)
+        if not result.ok:
+            raise SystemExit(f"sync failed: {result.errors}")
+        print(f"  synced {result.records:,} records in {time.perf_counter() - started:.1f}s")
+    finally:
+        parent.send("stop")
+        process.join(timeout=60)
+
+
+def add_proposed_indexes(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        for name, target in PROPOSED_INDEXES.items():
+            started = time.perf_counter()
+            conn.execute(f"create index if not exists {name} on {target}")
+            print(f"  index {name}: {time.perf_counter() - started:.1f}s")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+# -- parameters from the database -----------------------------------------------------------
+
+
+def pick_parameters(path: Path) -> dict[str, str]:
+    """Representative values: the busiest pipeline, its last stage, the busiest owner..."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+
+        def one(sql: str) -> object:
+            row = conn.execute(sql).fetchone()
+            return row[0] if row else None
+
+        pipeline_id = one(
+            "select pipeline_id from deals where status = 'open' "
+            "group by pipeline_id order by count(*) desc limit 1"
+        )
+        pipeline_name = one(f"select name from pipelines where id = {pipeline_id or 0}")
+        last_stage = one(
+            f"select name from stages where pipeline_id = {pipeline_id or 0} "
+            "and coalesce(is_deleted, 0) = 0 order by order_nr desc limit 1"
+        )
+        owner = one(
+            "select users.name from deals join users on users.id = deals.owner_id "
+            "where deals.status = 'open' group by deals.owner_id order by count(*) desc limit 1"
+        )
+        deal_id = one(
+            "select deal_id from notes where deal_id is not null "
+            "group by deal_id order by count(*) desc limit 1"
+        )
+        org_name = one(
+            "select name from organizations where id = (select org_id from deals "
+            "where org_id is not null group by org_id order by count(*) desc limit 1)"
+        )
+    finally:
+        conn.close()
+    return {
+        "pipeline_id": str(pipeline_id or ""),
+        "pipeline_name": pipeline_name or "",
+        "last_stage": last_stage or "",
+        "owner": owner or "",
+        "deal_id": str(deal_id or ""),
+        # the longest word of the busiest organization's name, as a 5-letter prefix
+        "org_word": max(str(org_name or "a").split(), key=len)[:5],
+    }
+
+
+def requests_to_time(route: str, p: dict[str, str]) -> list[tuple[str, str]]:
+    """(label, path) pairs: representative calls of every canned query, and table pages."""
+
+    def q(name: str, **params: str) -> tuple[str, str]:
+        label = name + (" " + " ".join(f"{k}={v}" for k, v in params.items()) if params else "")
+        return label, f"/{route}/{name}.json?" + urlencode({**params, "_shape": "array"})
+
+    pid, pname = p["pipeline_id"], p["pipeline_name"]
+    return [
+        q("overdue_deals"),
+        q("overdue_deals", pipeline=pid, min_days="7"),
+        q("stuck_deals"),
+        q("stuck_deals", pipeline=pname, min_days="30"),
+        q("rotten_deals"),
+        q("rotten_deals", pipeline=pid),
+        q("near_invoicing"),
+        q("near_invoicing", pipeline=pid),
+        q("deals_in_stage", pipeline=pid, stage=p["last_stage"], min_days="14"),
+        q("deals_by_owner", owner=p["owner"]),
+        q("deals_by_owner", owner=p["owner"], status="won", pipeline=pid),
+        q("cashflow_forecast"),
+        q("cashflow_forecast", pipeline=pid, months="6"),
+        q("owner_kpis"),
+        q("owner_kpis", pipeline=pid, status="won"),
+        q("pipeline_summary"),
+        q("pipeline_summary", pipeline=pname),
+        q("search_deals", q=p["org_word"]),
+        q("search_deals", q=f"{p['org_word']} {p['last_stage'][:3]}", owner=p["owner"]),
+        q("deal_notes", deal_id=p["deal_id"]),
+        q("sync_status"),
+        ("table: deals.json (metadata facets)", f"/{route}/deals.json"),
+        (
+            "table: deals.json open + pipeline, facet stage_id",
+            f"/{route}/deals.json?"
+            + urlencode({"status": "open", "pipeline_id": pid, "_facet": "stage_id"}),
+        ),
+    ]
+
+
+# -- serving and timing ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def datasette_command(db: Path, port: int, settings: list[tuple[str, str]]) -> list[str]:
+    try:
+        from pdsync.serve import datasette_args
+
+        args = datasette_args(db, "127.0.0.1", port)
+    except ImportError:  # an older pdsync: the same thing by hand
+        args = ["serve", str(db), "--metadata", str(REPO / "metadata.yml")]
+        args += ["--host", "127.0.0.1", "--port", str(port)]
+    for name, value in settings:
+        args += ["--setting", name, value]
+    return [sys.executable, "-m", "datasette", *args]
+
+
+def wait_until_up(client: httpx.Client, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"datasette exited with status {process.returncode}")
+        try:
+            if client.get("/-/versions.json").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("datasette did not start in time")
+
+
+def time_request(client: httpx.Client, label: str, path: str, warmup: int, runs: int) -> dict:
+    for _ in range(warmup):
+        client.get(path)
+    times = []
+    response = None
+    for _ in range(runs):
+        started = time.perf_counter()
+        response = client.get(path)
+        times.append((time.perf_counter() - started) * 1000)
+    assert response is not None
+    rows, error = None, ""
+    body = response.json()
+    if response.status_code == 200:
+        rows = len(body) if isinstance(body, list) else len(body.get("rows", []))
+    elif isinstance(body, dict):
+        error = str(body.get("error") or body.get("title") or "")[:60]
+    times.sort()
+    return {
+        "label": label,
+        "status": response.status_code,
+        "rows": rows,
+        "bytes": len(response.content),
+        "median": statistics.median(times),
+        "p95": times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))],
+        "error": error,
+    }
+
+
+def within_target(result: dict) -> bool:
+    return (
+        result["status"] == 200
+        and result["median"] <= TARGET_MEDIAN_MS
+        and result["p95"] <= TARGET_P95_MS
+    )
+
+
+def run_and_print(
+    client: httpx.Client, requests: list[tuple[str, str]], deals: int, warmup: int, runs: int
+) -> list[dict]:
+    """Time every request, printing each line of the table as soon as it is measured."""
+    width = max(len(label) for label, _ in requests)
+    print(
+        f"\n{deals:,} deals, {runs} timed requests each; target median <= "
+        f"{TARGET_MEDIAN_MS:.0f} ms, p95 <= {TARGET_P95_MS:.0f} ms"
+    )
+    print(f"{'request':<{width}} {'status':>6} {'rows':>5} {'KB':>6} {'median':>8} {'p95':>8}")
+    results = []
+    for label, path in requests:
+        r = time_request(client, label, path, warmup, runs)
+        rows = "-" if r["rows"] is None else str(r["rows"])
+        print(
+            f"{label:<{width}} {r['status']:>6} {rows:>5} {r['bytes'] / 1024:>6.0f} "
+            f"{r['median']:>6.1f}ms {r['p95']:>6.1f}ms"
+            + ("" if within_target(r) else "  MISS")
+            + (f" ({r['error']})" if r["error"] else ""),
+            flush=True,
+        )
+        results.append(r)
+    good = sum(1 for r in results if within_target(r))
+    print(f"\n{good} of {len(results)} requests within target.")
+    return results
+
+
+def count_deals(path: Path) -> int:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute("select count(*) from deals").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deals", type=int, default=100_000, help="deals to build (100000)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--db", type=Path, help="reuse this database, or build it here and keep it")
+    parser.add_argument("--runs", type=int, default=50, help="timed requests per URL (50)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed requests per URL (5)")
+    parser.add_argument(
+        "--with-proposed-indexes",
+        action="store_true",
+        help="add PROPOSED_INDEXES to the database first (changes the file)",
+    )
+    parser.add_argument(
+        "--setting",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="extra Datasette setting, e.g. --setting cache_size_kb 100000",
+    )
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="pdsync-query-bench-") as tmp:
+        db = args.db or Path(tmp) / "pipedrive.db"
+        if db.exists():
+            print(f"Reusing {db}")
+        else:
+            build_database(db, args.deals, args.seed)
+        if args.with_proposed_indexes:
+            add_proposed_indexes(db)
+        deals = count_deals(db)
+        params = pick_parameters(db)
+        port = free_port()
+        command = datasette_command(db, port, [tuple(s) for s in args.setting])
+        print("Serving:", " ".join(command[1:]), flush=True)
+        log = open(Path(tmp) / "datasette.log", "wb")
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+                wait_until_up(client, process)
+                requests = requests_to_time(db.stem, params)
+                run_and_print(client, requests, deals, args.warmup, args.runs)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            log.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,961 @@
+"""The canned queries of metadata.yml, through Datasette, against a database synced from the
+fake Pipedrive. Expected rows are computed here in Python from the fake's own records
+(``fake.records(...)``), never by running the same SQL.
+
+The queries measure ages from SQLite's real 'now'. The fake is created with its clock frozen
+at real now (T0), the special deals below are placed at exact ages from T0, and every check
+computes its expectation both just before and just after the request: the answer must equal
+one of the two (they differ only if a deal crosses a day boundary during the request).
+"""
+
+import asyncio
+import math
+import re
+import sqlite3
+import unicodedata
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+import yaml
+from datasette.app import Datasette
+from helpers import FAST_CLIENT, utc
+
+import pdsync
+from pdsync.fake import FakePipedrive, FakeServer
+
+METADATA_PATH = Path(__file__).resolve().parent.parent / "metadata.yml"
+
+# DESIGN.md, "Contract: canned queries": name -> parameters.
+CONTRACT = {
+    "overdue_deals": ["pipeline", "min_days"],
+    "stuck_deals": ["pipeline", "min_days"],
+    "rotten_deals": ["pipeline"],
+    "near_invoicing": ["pipeline", "stages"],
+    "deals_in_stage": ["pipeline", "stage", "min_days"],
+    "deals_by_owner": ["owner", "pipeline", "status"],
+    "cashflow_forecast": ["pipeline", "months"],
+    "owner_kpis": ["pipeline", "status"],
+    "pipeline_summary": ["pipeline"],
+    "search_deals": ["q", "pipeline", "owner"],
+    "deal_notes": ["deal_id"],
+    "sync_status": [],
+}
+DEAL_LISTS = [
+    "overdue_deals",
+    "stuck_deals",
+    "rotten_deals",
+    "near_invoicing",
+    "deals_in_stage",
+    "deals_by_owner",
+    "search_deals",
+]
+DEAL_COLUMNS = ["id", "title", "pipeline", "stage", "owner", "org_name", "value", "currency"]
+DEAL_COLUMNS += ["update_time"]
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+
+
+# -- the world: a fake company with hand-placed deals, synced, served ----------------------
+
+
+class World:
+    """The synced database, the Datasette serving it, and the fake's records."""
+
+    def __init__(self, path: Path, fake: FakePipedrive, special: dict[str, int]) -> None:
+        self.path = path
+        self.special = special
+        self.deals = fake.records("deals")
+        self.pipelines = {p["id"]: p for p in fake.records("pipelines")}
+        self.stages = {s["id"]: s for s in fake.records("stages")}
+        self.users = {u["id"]: u["name"] for u in fake.records("users")}
+        self.orgs = {o["id"]: o["name"] for o in fake.records("organizations")}
+        self.persons = {p["id"]: p["name"] for p in fake.records("persons")}
+        self.notes = fake.records("notes")
+        self.metadata = yaml.safe_load(METADATA_PATH.read_text())
+        self.ds = Datasette([str(path)], metadata=self.metadata)
+        self.loop = asyncio.new_event_loop()
+
+    def get(self, path: str, **kwargs):
+        return self.loop.run_until_complete(self.ds.client.get(path, **kwargs))
+
+    def rows(self, name: str, **params: str) -> list[dict]:
+        response = self.get(f"/pipedrive/{name}.json?" + urlencode({**params, "_shape": "array"}))
+        assert response.status_code == 200, (name, params, response.text)
+        return response.json()
+
+    # -- ground truth from the fake's records ----------------------------------------------
+
+    def pipeline_ids(self, value: str) -> set[int] | None:
+        """None for every pipeline; an id (digits) or else an exact name."""
+        value = value.strip()
+        if value == "":
+            return None
+        if value.isdigit():
+            return {int(value)} & set(self.pipelines)
+        return {i for i, p in self.pipelines.items() if p["name"] == value}
+
+    def stage_ids(self, value: str) -> set[int] | None:
+        value = value.strip()
+        if value == "":
+            return None
+        if value.isdigit():
+            return {int(value)} & set(self.stages)
+        return {i for i, s in self.stages.items() if s["name"] == value}
+
+    def owner_ids(self, value: str) -> set[int] | None:
+        value = value.strip()
+        if value == "":
+            return None
+        if value.isdigit():
+            return {int(value)} & set(self.users)
+        return {i for i, name in self.users.items() if name == value}
+
+    def row(self, deal: dict) -> dict:
+        return {
+            "id": deal["id"],
+            "title": deal["title"],
+            "pipeline": self.pipelines[deal["pipeline_id"]]["name"],
+            "stage": self.stages[deal["stage_id"]]["name"],
+            "owner": self.users.get(deal["owner_id"]),
+            "org_name": self.orgs.get(deal.get("org_id")),
+            "value": float(deal["value"]),
+            "currency": deal["currency"],
+            "update_time": utc(deal["update_time"]),
+        }
+
+    def probability(self, deal: dict) -> float:
+        if deal.get("probability") is not None:
+            return deal["probability"]
+        return self.stages[deal["stage_id"]].get("deal_probability") or 0
+
+
+def status_of(deal: dict) -> str:
+    return "deleted" if deal.get("is_deleted") else deal["status"]
+
+
+def live(deal: dict) -> bool:
+    return not deal.get("is_archived") and not deal.get("is_deleted")
+
+
+def live_open(deal: dict) -> bool:
+    return live(deal) and deal["status"] == "open"
+
+
+def in_ids(value: int | None, ids: set[int] | None) -> bool:
+    return ids is None or value in ids
+
+
+def days(since: str, now: datetime) -> int:
+    then = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    return math.floor((now - then).total_seconds() / 86400)
+
+
+def in_stage_since(deal: dict) -> str:
+    return utc(deal.get("stage_change_time")) or utc(deal["add_time"])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    t0 = datetime.now(timezone.utc).replace(microsecond=0)
+    fake = FakePipedrive(deals=600, seed=11, now=t0)
+    try:
+        special = place_special_records(fake, t0)
+        path = tmp_path_factory.mktemp("canned") / "pipedrive.db"
+        with FakeServer(fake) as server:
+
+            def sync(**kwargs):
+                result = pdsync.sync(
+                    str(path),
+                    token=fake.token,
+                    base_url=server.url,
+                    auth_path=None,
+                    client_options=FAST_CLIENT,
+                    **kwargs,
+                )
+                assert result.ok, result.errors
+
+            sync()
+            # A note deleted after it was synced: the next full sync flags it is_deleted.
+            fake.delete_note(special["deleted_note"])
+            sync(full=True)
+        world = World(path, fake, special)
+    finally:
+        fake.close()
+    yield world
+    world.loop.close()
+
+
+def place_special_records(fake: FakePipedrive, t0: datetime) -> dict[str, int]:
+    """Deals at exact ages, HTML, archived and deleted candidates, renamed pipeline/stage."""
+    special: dict[str, int] = {}
+    stages = fake.records("stages")
+    rotting = next(s for s in stages if s["is_deal_rot_enabled"] and s["days_to_rotten"])
+    plain = next(s for s in stages if not s["is_deal_rot_enabled"])
+
+    def deal_at(moment: datetime, key: str, **fields) -> int:
+        fake.freeze(moment)
+        fields.setdefault("stage_id", plain["id"])
+        fields.setdefault("owner_id", 3)
+        fields.setdefault("value", 1000)
+        fields.setdefault("currency", "SAR")
+        special[key] = fake.add_deal(title=key.replace("_", " "), **fields)["id"]
+        return special[key]
+
+    deal_at(t0 - 7 * DAY, "exactly_7_days_old")
+    deal_at(t0 - 7 * DAY + HOUR, "almost_7_days_old")
+    deal_at(t0 - 30 * DAY, "exactly_30_days_in_stage")
+    deal_at(t0 - 30 * DAY + HOUR, "almost_30_days_in_stage")
+    rot = timedelta(days=rotting["days_to_rotten"])
+    deal_at(t0 - rot, "just_rotten", stage_id=rotting["id"])
+    deal_at(t0 - rot + HOUR, "almost_rotten", stage_id=rotting["id"])
+    # HTML in a title and in notes must reach pages escaped.
+    html = deal_at(t0 - 20 * DAY, "html", value=250.5, currency="USD")
+    fake.update_deal(html, title="<b>Bold</b> deal")
+    fake.freeze(t0 - 20 * DAY + HOUR)
+    special["first_note"] = fake.add_note("<p>First <b>note</b></p>", deal_id=html)["id"]
+    fake.freeze(t0 - 10 * DAY)
+    special["second_note"] = fake.add_note("<script>alert(1)</script> second", deal_id=html)["id"]
+    special["deleted_note"] = fake.add_note("deleted later", deal_id=html)["id"]
+    # Would be overdue, stuck and rotten if they were not archived / deleted.
+    deal_at(t0 - 40 * DAY, "archived_candidate", stage_id=rotting["id"])
+    fake.archive_deal(special["archived_candidate"])
+    deal_at(t0 - 40 * DAY, "deleted_candidate", stage_id=rotting["id"])
+    fake.freeze(t0 - 20 * DAY)  # listed as deleted for 30 days, then purged
+    fake.delete_deal(special["deleted_candidate"])
+    # Expected to close in the coming months, in two currencies, with and without probability.
+    today = t0.date()
+    soon = date(today.year + (today.month == 12), today.month % 12 + 1, 15)
+    deal_at(t0 - 2 * DAY, "closes_next_month_eur", currency="EUR", expected_close_date=soon)
+    fake.update_deal(special["closes_next_month_eur"], probability=50)
+    deal_at(t0 - 2 * DAY, "closes_next_month_sar", expected_close_date=soon, value=3000)
+    # A pipeline whose name starts with digits, and a stage name used in two pipelines.
+    fake.rename_pipeline(6, "5 Stars")
+    fake.rename_stage(6, "Qualified")  # stage 1 of pipeline 1 is "Qualified" too
+    fake.freeze(t0)
+    return special
+
+
+def check(world: World, name: str, expect, params: dict[str, str] | None = None) -> list[dict]:
+    """The query's rows must equal expect(now) for now just before or just after the call."""
+    params = params or {}
+    before = datetime.now(timezone.utc)
+    got = world.rows(name, **params)
+    after = datetime.now(timezone.utc)
+    options = [expect(before), expect(after)]
+    wanted = options[0] or options[1]
+    keys = list(wanted[0]) if wanted else []
+    projected = [{k: r[k] for k in keys} for r in got]
+    assert projected in options, (name, params, len(projected), len(options[0]))
+    return got
+
+
+# -- contract ------------------------------------------------------------------------------
+
+
+def test_every_contract_query_is_defined_with_title_description_and_params(world):
+    queries = world.loop.run_until_complete(world.ds.get_canned_queries("pipedrive", None))
+    assert set(queries) == set(CONTRACT)
+    for name, params in CONTRACT.items():
+        query = queries[name]
+        assert query.get("title"), name
+        assert len(query.get("description") or "") > 40, name
+        assert query.get("params", []) == params, name
+        assert not query.get("write"), name
+        for param in params:
+            assert param in query["description"], (name, param)
+
+
+def test_every_query_answers_without_parameters(world):
+    for name in CONTRACT:
+        response = world.get(f"/pipedrive/{name}.json")
+        assert response.status_code == 200, (name, response.text)
+        assert response.json()["ok"] is True
+
+
+def test_deal_lists_carry_the_contract_columns(world):
+    for name in DEAL_LISTS:
+        params = {"owner": "3"} if name == "deals_by_owner" else {}
+        rows = world.rows(name, **params)
+        assert rows, name
+        assert set(DEAL_COLUMNS) <= set(rows[0]), (name, sorted(rows[0]))
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACT))
+def test_odd_parameter_values_never_cause_a_server_error(world, name):
+    odd = ["abc", "-1", "7.5", " ", '"', "'", "%", "*", "AND(", 'NEAR("a" b)', "ü", "<b>x</b>"]
+    odd += ["99999999999999999999999", "1; delete from deals", "0", "1e3"]
+    for param in CONTRACT[name]:
+        for value in odd:
+            response = world.get(f"/pipedrive/{name}.json?" + urlencode({param: value}))
+            assert response.status_code == 200, (name, param, value, response.text)
+    assert deal_count(world) == len(world.deals)
+
+
+# -- overdue_deals --------------------------------------------------------------------------
+
+
+def overdue(world: World, pipeline: str = "", min_days: int = 7):
+    ids = world.pipeline_ids(pipeline)
+
+    def expect(now):
+        deals = [
+            d
+            for d in world.deals
+            if live_open(d)
+            and in_ids(d["pipeline_id"], ids)
+            and days(utc(d["update_time"]), now) >= min_days
+        ]
+        deals.sort(key=lambda d: (utc(d["update_time"]), d["id"]))
+        return [{**world.row(d), "overdue_days": days(utc(d["update_time"]), now)} for d in deals]
+
+    return expect
+
+
+def test_overdue_deals_default_is_seven_days(world):
+    rows = check(world, "overdue_deals", overdue(world))
+    by_id = {r["id"]: r for r in rows}
+    assert by_id[world.special["exactly_7_days_old"]]["overdue_days"] == 7
+    assert world.special["almost_7_days_old"] not in by_id
+    assert all(r["overdue_days"] >= 7 for r in rows)
+
+
+@pytest.mark.parametrize("value", ["", "abc", "-3", "7.5", " "])
+def test_overdue_deals_min_days_not_a_whole_number_means_the_default(world, value):
+    check(world, "overdue_deals", overdue(world), {"min_days": value})
+
+
+@pytest.mark.parametrize("min_days", [0, 6, 8, 30, 400])
+def test_overdue_deals_min_days(world, min_days):
+    rows = check(
+        world, "overdue_deals", overdue(world, min_days=min_days), {"min_days": str(min_days)}
+    )
+    ids = {r["id"] for r in rows}
+    assert (world.special["exactly_7_days_old"] in ids) == (min_days <= 7)
+    assert (world.special["almost_7_days_old"] in ids) == (min_days <= 6)
+
+
+@pytest.mark.parametrize("pipeline", ["1", "4", "Aramco PO", "5", "5 Stars", " 4 "])
+def test_overdue_deals_by_pipeline_id_or_name(world, pipeline):
+    rows = check(world, "overdue_deals", overdue(world, pipeline=pipeline), {"pipeline": pipeline})
+    assert rows
+    assert len({r["pipeline"] for r in rows}) == 1
+
+
+def test_pipeline_name_starting_with_digits_is_not_an_id(world):
+    five = {r["pipeline"] for r in world.rows("overdue_deals", pipeline="5")}
+    stars = {r["pipeline"] for r in world.rows("overdue_deals", pipeline="5 Stars")}
+    assert five == {world.pipelines[5]["name"]}
+    assert stars == {"5 Stars"} and world.pipelines[6]["name"] == "5 Stars"
+
+
+@pytest.mark.parametrize(
+    "name", ["overdue_deals", "stuck_deals", "rotten_deals", "near_invoicing", "deals_in_stage"]
+)
+@pytest.mark.parametrize("pipeline", ["No such pipeline", "999", "aramco po", "Aramco"])
+def test_unknown_pipeline_gives_no_rows(world, name, pipeline):
+    assert world.rows(name, pipeline=pipeline) == []
+
+
+def test_unknown_pipeline_gives_no_rows_in_aggregates_and_owner_lists(world):
+    for name in ["cashflow_forecast", "owner_kpis", "pipeline_summary", "deals_by_owner"]:
+        assert world.rows(name, pipeline="No such pipeline") == [], name
+    assert world.rows("search_deals", q="deal", pipeline="999") == []
+
+
+def test_archived_and_deleted_deals_are_left_out(world):
+    excluded = {d["id"] for d in world.deals if not live(d)}
+    assert {world.special["archived_candidate"], world.special["deleted_candidate"]} <= excluded
+    for name in DEAL_LISTS:
+        params = {"min_days": "0"} if "min_days" in CONTRACT[name] else {}
+        ids = {r["id"] for r in world.rows(name, **params)}
+        assert ids and not ids & excluded, name
+
+
+# -- stuck_deals, deals_in_stage -------------------------------------------------------------
+
+
+def in_stage(world: World, pipeline="", min_days=30, stage=""):
+    pipelines, stages = world.pipeline_ids(pipeline), world.stage_ids(stage)
+
+    def expect(now):
+        deals = [
+            d
+            for d in world.deals
+            if live_open(d)
+            and in_ids(d["pipeline_id"], pipelines)
+            and in_ids(d["stage_id"], stages)
+            and days(in_stage_since(d), now) >= min_days
+        ]
+        deals.sort(key=lambda d: (in_stage_since(d), d["id"]))
+        return [{**world.row(d), "days_in_stage": days(in_stage_since(d), now)} for d in deals]
+
+    return expect
+
+
+def test_stuck_deals_default_is_thirty_days(world):
+    rows = check(world, "stuck_deals", in_stage(world))
+    by_id = {r["id"]: r for r in rows}
+    assert by_id[world.special["exactly_30_days_in_stage"]]["days_in_stage"] == 30
+    assert world.special["almost_30_days_in_stage"] not in by_id
+
+
+@pytest.mark.parametrize(
+    "params, kwargs",
+    [
+        ({"min_days": "abc"}, {}),
+        ({"min_days": "0"}, {"min_days": 0}),
+        ({"min_days": "90"}, {"min_days": 90}),
+        ({"pipeline": "3"}, {"pipeline": "3"}),
+        (
+            {"pipeline": "Aramco Projects", "min_days": "10"},
+            {"pipeline": "Aramco Projects", "min_days": 10},
+        ),
+    ],
+)
+def test_stuck_deals_parameters(world, params, kwargs):
+    check(world, "stuck_deals", in_stage(world, **kwargs), params)
+
+
+@pytest.mark.parametrize(
+    "params, kwargs",
+    [
+        ({}, {"min_days": 0}),
+        ({"stage": "Invoiced"}, {"stage": "Invoiced", "min_days": 0}),
+        ({"stage": "21", "min_days": "30"}, {"stage": "21", "min_days": 30}),
+        ({"stage": "Qualified"}, {"stage": "Qualified", "min_days": 0}),
+        (
+            {"stage": "Qualified", "pipeline": "1"},
+            {"stage": "Qualified", "pipeline": "1", "min_days": 0},
+        ),
+        (
+            {"stage": "Qualified", "pipeline": "Prospecting"},
+            {"stage": "Qualified", "pipeline": "Prospecting", "min_days": 0},
+        ),
+        ({"stage": "No such stage"}, {"stage": "No such stage", "min_days": 0}),
+        ({"stage": "999"}, {"stage": "999", "min_days": 0}),
+        ({"min_days": "x"}, {"min_days": 0}),
+    ],
+)
+def test_deals_in_stage_parameters(world, params, kwargs):
+    check(world, "deals_in_stage", in_stage(world, **kwargs), params)
+
+
+def test_a_stage_name_used_in_two_pipelines_matches_both_unless_pipeline_narrows_it(world):
+    both = {r["pipeline"] for r in world.rows("deals_in_stage", stage="Qualified")}
+    assert both == {world.pipelines[1]["name"], world.pipelines[2]["name"]}
+    one = {r["pipeline"] for r in world.rows("deals_in_stage", stage="Qualified", pipeline="2")}
+    assert one == {world.pipelines[2]["name"]}
+
+
+# -- rotten_deals ---------------------------------------------------------------------------
+
+
+def rotten(world: World, pipeline=""):
+    ids = world.pipeline_ids(pipeline)
+
+    def expect(now):
+        rows = []
+        for d in world.deals:
+            stage = world.stages[d["stage_id"]]
+            if not (live_open(d) and in_ids(d["pipeline_id"], ids)):
+                continue
+            if not stage["is_deal_rot_enabled"] or stage.get("days_to_rotten") is None:
+                continue
+            idle = days(utc(d["update_time"]), now)
+            if idle >= stage["days_to_rotten"]:
+                rows.append((d, idle, idle - stage["days_to_rotten"]))
+        rows.sort(key=lambda r: (utc(r[0]["update_time"]), r[0]["id"]))
+        return [
+            {**world.row(d), "days_since_update": idle, "rotten_days": late}
+            for d, idle, late in rows
+        ]
+
+    return expect
+
+
+@pytest.mark.parametrize("pipeline", ["", "1", "Aramco PO", "5 Stars"])
+def test_rotten_deals(world, pipeline):
+    rows = check(world, "rotten_deals", rotten(world, pipeline), {"pipeline": pipeline})
+    if pipeline == "":
+        by_id = {r["id"]: r for r in rows}
+        assert by_id[world.special["just_rotten"]]["rotten_days"] == 0
+        assert world.special["almost_rotten"] not in by_id
+
+
+# -- near_invoicing -------------------------------------------------------------------------
+
+
+def near_invoicing(world: World, stages="", pipeline=""):
+    pipelines = world.pipeline_ids(pipeline)
+    if stages.strip() == "":
+        chosen = set()
+        for pid in world.pipelines:
+            alive = [s for s in world.stages.values() if s["pipeline_id"] == pid]
+            alive = [s for s in alive if not s.get("is_deleted")]
+            if alive:
+                last = max(s["order_nr"] for s in alive)
+                chosen |= {s["id"] for s in alive if s["order_nr"] == last}
+    else:
+        chosen = set()
+        for part in stages.split(","):
+            if part.strip():
+                chosen |= world.stage_ids(part) or set()
+
+    def expect(now):
+        deals = [
+            d
+            for d in world.deals
+            if live_open(d) and d["stage_id"] in chosen and in_ids(d["pipeline_id"], pipelines)
+        ]
+        ecd = "expected_close_date"
+        deals.sort(key=lambda d: (d.get(ecd) is None, d.get(ecd) or "", d["id"]))
+        return [
+            {
+                **world.row(d),
+                ecd: d.get(ecd),
+                "days_in_stage": days(in_stage_since(d), now),
+            }
+            for d in deals
+        ]
+
+    return expect
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"pipeline": "4"},
+        {"pipeline": "Aramco Projects"},
+        {"stages": "Shipped, Invoiced"},
+        {"stages": "Shipped,Invoiced,", "pipeline": "Aramco PO"},
+        {"stages": "21, Closed Out"},
+        {"stages": "Qualified"},
+        {"stages": "No such stage"},
+        {"stages": " , "},
+    ],
+)
+def test_near_invoicing(world, params):
+    rows = check(world, "near_invoicing", near_invoicing(world, **params), params)
+    if not params or "pipeline" in params:
+        assert rows
+
+
+# -- deals_by_owner -------------------------------------------------------------------------
+
+
+def by_owner(world: World, owner="", pipeline="", status=""):
+    owners, pipelines = world.owner_ids(owner), world.pipeline_ids(pipeline)
+    status = status.strip().lower()
+
+    def wanted(d):
+        if status in ("", "open", "won", "lost"):
+            return live(d) and d["status"] == (status or "open")
+        if status == "all":
+            return live(d) and d["status"] in ("open", "won", "lost")
+        if status == "archived":
+            return bool(d.get("is_archived")) and not d.get("is_deleted")
+        if status == "deleted":
+            return status_of(d) == "deleted"
+        return False
+
+    def expect(now):
+        deals = [
+            d
+            for d in world.deals
+            if wanted(d) and in_ids(d["owner_id"], owners) and in_ids(d["pipeline_id"], pipelines)
+        ]
+        deals.sort(key=lambda d: (utc(d["update_time"]), d["id"]), reverse=True)
+        return [{**world.row(d), "status": status_of(d)} for d in deals]
+
+    return expect
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"owner": "3"},
+        {"owner": "Omar Haddad"},
+        {"owner": "3", "status": "won"},
+        {"owner": "3", "status": "LOST"},
+        {"owner": "3", "status": "all", "pipeline": "4"},
+        {"owner": "3", "status": "archived"},
+        {"owner": "3", "status": "deleted"},
+        {"status": "deleted"},
+        {"owner": "3", "status": "bogus"},
+        {"owner": "Nobody"},
+        {"owner": "99"},
+    ],
+)
+def test_deals_by_owner(world, params):
+    check(world, "deals_by_owner", by_owner(world, **params), params)
+
+
+def test_archived_and_deleted_deals_show_only_when_asked_for(world):
+    archived = {r["id"] for r in world.rows("deals_by_owner", owner="3", status="archived")}
+    deleted = {r["id"] for r in world.rows("deals_by_owner", owner="3", status="deleted")}
+    everything = {r["id"] for r in world.rows("deals_by_owner", owner="3", status="all")}
+    assert world.special["archived_candidate"] in archived - everything
+    assert world.special["deleted_candidate"] in deleted - everything
+
+
+# -- aggregates: never across currencies -----------------------------------------------------
+
+
+def assert_groups(got: list[dict], key: tuple, expected: dict) -> None:
+    rows = {tuple(r[k] for k in key): r for r in got}
+    assert len(rows) == len(got), "one row per group"
+    assert set(rows) == set(expected)
+    for group, (count, value, weighted) in expected.items():
+        row = rows[group]
+        assert row["deals"] == count, group
+        assert row["value"] == pytest.approx(value, abs=0.011), group
+        if weighted is not None:
+            assert row["weighted_value"] == pytest.approx(weighted, abs=0.011), group
+
+
+def cashflow(world: World, now: datetime, months=6, pipeline=""):
+    pipelines = world.pipeline_ids(pipeline)
+    today = now.date()
+    end_month = today.month - 1 + months
+    end = date(today.year + end_month // 12, end_month % 12 + 1, 1).isoformat()
+    groups: dict[tuple, list] = {}
+    for d in world.deals:
+        ecd = d.get("expected_close_date")
+        if not (live_open(d) and ecd and ecd < end and in_ids(d["pipeline_id"], pipelines)):
+            continue
+        month = "overdue" if ecd < today.isoformat() else ecd[:7]
+        group = groups.setdefault((month, d["currency"]), [0, 0.0, 0.0])
+        group[0] += 1
+        group[1] += d["value"]
+        group[2] += d["value"] * world.probability(d) / 100
+    return groups
+
+
+@pytest.mark.parametrize(
+    "params, kwargs",
+    [
+        ({}, {}),
+        ({"months": "1"}, {"months": 1}),
+        ({"months": "0"}, {"months": 0}),
+        ({"months": "24"}, {"months": 24}),
+        ({"months": "soon"}, {}),
+        ({"pipeline": "1"}, {"pipeline": "1"}),
+        ({"pipeline": "5 Stars", "months": "3"}, {"pipeline": "5 Stars", "months": 3}),
+    ],
+)
+def test_cashflow_forecast(world, params, kwargs):
+    got = world.rows("cashflow_forecast", **params)
+    now = datetime.now(timezone.utc)
+    assert_groups(got, ("month", "currency"), cashflow(world, now, **kwargs))
+    months = [r["month"] for r in got]
+    overdue = [m for m in months if m == "overdue"]
+    assert months[: len(overdue)] == overdue  # the overdue rows come first
+    assert months[len(overdue) :] == sorted(months[len(overdue) :])
+
+
+def test_cashflow_forecast_keeps_currencies_apart(world):
+    rows = world.rows("cashflow_forecast", months="2")
+    soon = next(d for d in world.deals if d["id"] == world.special["closes_next_month_eur"])[
+        "expected_close_date"
+    ][:7]
+    month = {r["currency"]: r for r in rows if r["month"] == soon}
+    assert {"EUR", "SAR"} <= set(month)
+    eur = [
+        d for d in world.deals if live_open(d) and (d.get("expected_close_date") or "")[:7] == soon
+    ]
+    assert month["EUR"]["value"] == pytest.approx(
+        sum(d["value"] for d in eur if d["currency"] == "EUR"), abs=0.011
+    )
+
+
+def owner_kpis(world: World, pipeline="", status=""):
+    deals = by_owner(world, pipeline=pipeline, status=status)(datetime.now(timezone.utc))
+    groups: dict[tuple, list] = {}
+    currency = {d["id"]: d["currency"] for d in world.deals}
+    owner_of = {d["id"]: d["owner_id"] for d in world.deals}
+    for row in deals:
+        group = groups.setdefault((owner_of[row["id"]], currency[row["id"]]), [0, 0.0, None])
+        group[0] += 1
+        group[1] += row["value"]
+    return groups
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"status": "won"}, {"status": "all", "pipeline": "4"}, {"pipeline": "Aramco PO"}],
+)
+def test_owner_kpis(world, params):
+    got = world.rows("owner_kpis", **params)
+    assert_groups(got, ("owner_id", "currency"), owner_kpis(world, **params))
+    for row in got:
+        assert row["owner"] == world.users[row["owner_id"]]
+    assert [(r["owner"], r["owner_id"], r["currency"]) for r in got] == sorted(
+        (r["owner"], r["owner_id"], r["currency"]) for r in got
+    )
+
+
+def pipeline_summary(world: World, pipeline=""):
+    ids = world.pipeline_ids(pipeline)
+    groups: dict[tuple, list] = {}
+    for d in world.deals:
+        if live_open(d) and in_ids(d["pipeline_id"], ids):
+            group = groups.setdefault((d["stage_id"], d["currency"]), [0, 0.0, 0.0])
+            group[0] += 1
+            group[1] += d["value"]
+            group[2] += d["value"] * world.probability(d) / 100
+    for stage in world.stages.values():
+        busy = any(s == stage["id"] for s, _ in groups)
+        if in_ids(stage["pipeline_id"], ids) and not busy and not stage.get("is_deleted"):
+            groups[(stage["id"], None)] = [0, 0.0, 0.0]
+    return groups
+
+
+@pytest.mark.parametrize("pipeline", ["", "4", "Prospecting", "5 Stars"])
+def test_pipeline_summary(world, pipeline):
+    got = world.rows("pipeline_summary", pipeline=pipeline)
+    assert_groups(got, ("stage_id", "currency"), pipeline_summary(world, pipeline))
+    order = [
+        (
+            world.pipelines[r["pipeline_id"]]["order_nr"],
+            r["pipeline_id"],
+            world.stages[r["stage_id"]]["order_nr"],
+            r["stage_id"],
+            r["currency"] or "",
+        )
+        for r in got
+    ]
+    assert order == sorted(order)  # pipelines, then stages, in Pipedrive's order
+
+
+def test_pipeline_summary_shows_a_stage_without_open_deals(world):
+    empty = [r for r in world.rows("pipeline_summary") if r["deals"] == 0]
+    assert empty or all(
+        any(live_open(d) and d["stage_id"] == s for d in world.deals) for s in world.stages
+    )
+    for row in empty:
+        assert row["currency"] is None and row["value"] == 0
+
+
+# -- search_deals ---------------------------------------------------------------------------
+
+
+def fold(text: str) -> list[str]:
+    """unicode61 tokens: letters and digits, case and diacritics folded."""
+    plain = "".join(
+        c for c in unicodedata.normalize("NFKD", text or "") if not unicodedata.combining(c)
+    )
+    return re.findall(r"[^\W_]+", plain.lower())
+
+
+def search(world: World, q="", pipeline="", owner=""):
+    pipelines, owners = world.pipeline_ids(pipeline), world.owner_ids(owner)
+    # the query splits q on spaces, tabs and line ends; FTS5 drops a word without tokens
+    # ("&"), and a query made only of such words matches nothing
+    parts = [part for part in re.split(r"[ \t\r\n]+", q) if part]
+    words = [fold(part) for part in parts if fold(part)]
+
+    def matches(text):
+        tokens = fold(text)
+        # each query word is a phrase of its own tokens, the last one a prefix
+        for phrase in words:
+            n = len(phrase)
+            if not any(
+                tokens[i : i + n - 1] == phrase[:-1] and tokens[i + n - 1].startswith(phrase[-1])
+                for i in range(len(tokens) - n + 1)
+            ):
+                return False
+        return True
+
+    def found(deal):
+        if not parts:
+            return True
+        if not words:
+            return False
+        return (
+            matches(deal["title"])
+            or matches(world.orgs.get(deal.get("org_id")))
+            or matches(world.persons.get(deal.get("person_id")))
+        )
+
+    def expect(now):
+        deals = [
+            d
+            for d in world.deals
+            if live(d)
+            and in_ids(d["pipeline_id"], pipelines)
+            and in_ids(d["owner_id"], owners)
+            and found(d)
+        ]
+        deals.sort(key=lambda d: (utc(d["update_time"]), d["id"]), reverse=True)
+        return [{"id": d["id"], "status": status_of(d)} for d in deals]
+
+    return expect
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"q": "gulf"},
+        {"q": "GULF st"},
+        {"q": "muller"},
+        {"q": "al-mutairi"},
+        {"q": "bold"},
+        {"q": "substation", "pipeline": "4"},
+        {"q": "trading", "owner": "Omar Haddad"},
+        {"q": "zzzz-nothing"},
+        {},
+        {"owner": "3"},
+    ],
+)
+def test_search_deals(world, params):
+    rows = check(world, "search_deals", search(world, **params), params)
+    if params.get("q") in ("gulf", "bold"):
+        assert rows
+
+
+@pytest.mark.parametrize(
+    "q", ['"', '""', "AND(", "NEAR(a b)", "a*", "-x", "'", "^", ":", "\t", " \n ", "gulf &"]
+)
+def test_search_input_is_never_read_as_fts_syntax(world, q):
+    check(world, "search_deals", search(world, q=q), {"q": q})
+
+
+def test_search_ignores_accents_and_case(world):
+    accented = next(
+        (org, word)
+        for d in world.deals
+        if live(d) and d.get("org_id")
+        for org in [world.orgs.get(d["org_id"]) or ""]
+        for word in org.split()
+        if word.isalpha() and not word.isascii() and fold(word) and fold(word)[0].isascii()
+    )
+    org, word = accented
+    plain = fold(word)[0].upper()
+    rows = check(world, "search_deals", search(world, q=plain), {"q": plain})
+    assert org in {r["org_name"] for r in rows}
+
+
+def test_search_finds_deals_by_person_name(world):
+    person_deal = next(d for d in world.deals if live(d) and d.get("person_id"))
+    name = world.persons[person_deal["person_id"]]
+    ids = {r["id"] for r in world.rows("search_deals", q=name)}
+    assert person_deal["id"] in ids
+
+
+# -- deal_notes, sync_status ----------------------------------------------------------------
+
+
+def test_deal_notes_oldest_first_without_deleted_ones(world):
+    deal_id = world.special["html"]
+    rows = world.rows("deal_notes", deal_id=str(deal_id))
+    assert [r["id"] for r in rows] == [world.special["first_note"], world.special["second_note"]]
+    assert rows[0]["content"] == "<p>First <b>note</b></p>"  # JSON carries the HTML as it is
+    assert all(r["deal_id"] == deal_id and r["deal_title"] == "<b>Bold</b> deal" for r in rows)
+    conn = sqlite3.connect(f"file:{world.path}?mode=ro", uri=True)
+    try:
+        flagged = conn.execute(
+            "select is_deleted from notes where id = ?", [world.special["deleted_note"]]
+        ).fetchone()
+    finally:
+        conn.close()
+    assert flagged == (1,)  # in the table, flagged, and left out of the query
+
+
+def test_deal_notes_match_the_fake(world):
+    by_deal: dict[int, list] = {}
+    for note in world.notes:
+        if note.get("deal_id"):
+            by_deal.setdefault(note["deal_id"], []).append(note)
+    deal_id, notes = max(by_deal.items(), key=lambda item: len(item[1]))
+    notes.sort(key=lambda n: (utc(n["add_time"]), n["id"]))
+    rows = world.rows("deal_notes", deal_id=str(deal_id))
+    assert [(r["id"], r["content"], r["author"]) for r in rows] == [
+        (n["id"], n["content"], world.users[n["user_id"]]) for n in notes
+    ]
+
+
+@pytest.mark.parametrize("deal_id", ["", "abc", "-1", "1.5", "999999"])
+def test_deal_notes_without_a_deal_id_give_no_rows(world, deal_id):
+    assert world.rows("deal_notes", deal_id=deal_id) == []
+
+
+def test_sync_status_shows_every_entity(world):
+    rows = world.rows("sync_status")
+    entities = {
+        "pipelines",
+        "stages",
+        "users",
+        "deal_fields",
+        "person_fields",
+        "organization_fields",
+        "organizations",
+        "persons",
+        "deals",
+        "activities",
+        "notes",
+    }
+    assert {r["entity_type"] for r in rows} == entities
+    assert all(r["status"] == "success" and r["error_message"] is None for r in rows)
+    assert all(0 <= r["minutes_since_sync"] < 60 for r in rows)
+
+
+# -- pages, safety, table metadata ----------------------------------------------------------
+
+
+def test_html_in_titles_and_notes_is_escaped_on_pages(world):
+    page = world.get("/pipedrive/overdue_deals").text
+    assert "&lt;b&gt;Bold&lt;/b&gt; deal" in page
+    assert "<b>Bold</b>" not in page
+    notes = world.get(f"/pipedrive/deal_notes?deal_id={world.special['html']}").text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in notes
+    assert "<script>alert(1)" not in notes
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "delete from deals",
+        "update deals set title = 'x'",
+        "drop table deals",
+        "with x as (select 1) delete from deals",
+        "insert into deals (id) values (999999)",
+        "attach database '/tmp/x.db' as x",
+        "pragma writable_schema = 1",
+    ],
+)
+def test_arbitrary_sql_cannot_write(world, sql):
+    response = world.get("/pipedrive.json?" + urlencode({"sql": sql}))
+    assert response.status_code in (400, 403), response.text
+    assert deal_count(world) == len(world.deals)
+
+
+def deal_count(world: World) -> int:
+    conn = sqlite3.connect(f"file:{world.path}?mode=ro", uri=True)
+    try:
+        return conn.execute("select count(*) from deals").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_table_metadata_labels_facets_and_hidden_tables(world):
+    labels = {"pipelines": "name", "stages": "name", "users": "name"}
+    labels |= {"organizations": "name", "persons": "name", "deals": "title"}
+    for table, column in labels.items():
+        assert world.ds.metadata("label_column", database="pipedrive", table=table) == column
+    path = f"/pipedrive/deals.json?id={world.special['html']}&_labels=on&_shape=array"
+    row = world.get(path).json()[0]
+    for column, table in [("pipeline_id", world.pipelines), ("owner_id", world.users)]:
+        label = table[row[column]["value"]]
+        assert row[column]["label"] == (label if isinstance(label, str) else label["name"])
+    facets = world.get("/pipedrive/deals.json").json()["facet_results"]
+    assert set(facets) == {"status", "pipeline_id", "stage_id", "owner_id", "currency"}
+    assert not any(f.get("timed_out") for f in facets.values())
+    tables = {t["name"]: t for t in world.get("/pipedrive.json").json()["tables"]}
+    for hidden in ("_pdsync_seen", "_sqlite_migrations", "sync_streams", "deals_fts"):
+        assert tables[hidden]["hidden"], hidden
+    for shown in ("deals", "pipelines", "stages", "notes", "sync_metadata", "sync_runs"):
+        assert not tables[shown]["hidden"], shown
