@@ -20,7 +20,7 @@ from typing import Any
 import sqlite_utils
 
 from . import plugins, timestamps
-from .client import AuthError, ConnectionFailed, PipedriveClient, Tally
+from .client import PAGE_LIMIT, AuthError, ConnectionFailed, PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
 from .records import BadRecord, CustomFieldMap, assign_column_names, to_row
 from .schema import ensure_indexes, prepare
@@ -429,7 +429,7 @@ class Sync:
         since = since or "1970-01-01T00:00:00Z"
         start = 0
         while True:
-            query = {**params, "updated_since": since, "start": start, "limit": 500}
+            query = {**params, "updated_since": since, "start": start, "limit": PAGE_LIMIT}
             body = self.client.get(stream.path, query, tally)
             data = body.get("data") or []
             yield data

@@ -74,5 +74,5 @@ def datasette(db: str | os.PathLike | sqlite_utils.Database, **kwargs: Any):
         [str(db)],
         metadata=_metadata(),
         plugins_dir=str(plugins_dir()),
-        **kwargs,
+        **{"settings": {"suggest_facets": False}, **kwargs},
     )

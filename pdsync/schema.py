@@ -105,6 +105,13 @@ def m004_rejected_records(db: sqlite_utils.Database) -> None:
         db["sync_metadata"].add_column("records_rejected", int)
 
 
+@migrations()
+def m005_deals_read_indexes(db: sqlite_utils.Database) -> None:
+    # Replaced by wider indexes the canned queries can walk (see entities.py, deals).
+    for name in ("idx_deals_status", "idx_deals_pipeline_id", "idx_deals_owner_id"):
+        db.execute(f"drop index if exists [{name}]")
+
+
 def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     """Create what the specs declare and is missing. Safe to run on every sync."""
     for spec in entities:
@@ -131,6 +138,10 @@ def ensure_indexes(db: sqlite_utils.Database, spec: EntitySpec) -> None:
     first load instead: building an index once is far cheaper than updating it per insert."""
     for columns in spec.indexes:
         db[spec.name].create_index(columns, if_not_exists=True, find_unique_name=False)
+    for name, expression in spec.expression_indexes.items():
+        db.execute(
+            f"create index if not exists [idx_{spec.name}_{name}] on [{spec.name}] ({expression})"
+        )
     ensure_fts(db, spec.name)
 
 

@@ -56,9 +56,9 @@ def test_schema_declares_foreign_keys_indexes_and_wal(run_sync, db_path):
         ("person_id", "persons"),
     } <= fks
     assert ("deal_id", "deals") in {(fk.column, fk.other_table) for fk in db["notes"].foreign_keys}
-    indexed = {tuple(index.columns) for index in db["deals"].indexes}
+    leading = {index.columns[0] for index in db["deals"].indexes}
     for column in ("pipeline_id", "stage_id", "status", "owner_id", "update_time"):
-        assert (column,) in indexed
+        assert column in leading  # each read path can start from an index
     assert db.journal_mode == "wal"
     assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
 
