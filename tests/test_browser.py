@@ -86,8 +86,6 @@ def site(tmp_path_factory):
             client_options=FAST_CLIENT,
         ).ok
         metadata = yaml.safe_load(metadata_path().read_text()) or {}
-        dashboards = yaml.safe_load((ROOT / "dashboards.yml").read_text())
-        metadata.setdefault("plugins", {}).update(dashboards["plugins"])
         metadata["plugins"]["pdsync"] = {"base_url": server.url, "auth_file": ""}
         (work / "metadata.yml").write_text(yaml.safe_dump(metadata, sort_keys=False))
         port = free_port()

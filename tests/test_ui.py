@@ -26,10 +26,9 @@ SECRET = "tok-3f9c1e7a-secret-never-shown"
 
 
 def metadata(**pdsync_config):
-    """metadata.yml merged with dashboards.yml, plus this plugin's configuration."""
+    """metadata.yml, plus this plugin's configuration."""
     merged = yaml.safe_load(metadata_path().read_text()) or {}
-    dashboards = yaml.safe_load((ROOT / "dashboards.yml").read_text())
-    merged.setdefault("plugins", {}).update(dashboards["plugins"])
+    merged.setdefault("plugins", {})
     if pdsync_config:
         merged["plugins"]["pdsync"] = pdsync_config
     return merged
@@ -558,7 +557,7 @@ def test_no_periodic_sync_without_an_interval(synced, configured):
 
 
 def dashboard_config():
-    return yaml.safe_load((ROOT / "dashboards.yml").read_text())["plugins"]["datasette-dashboards"]
+    return yaml.safe_load(metadata_path().read_text())["plugins"]["datasette-dashboards"]
 
 
 def test_dashboard_page_uses_only_local_scripts(synced):
