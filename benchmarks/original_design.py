@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import random
 import sqlite3
 import sys
 import tempfile
@@ -27,32 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def serve_fake(conn, deals: int, seed: int) -> None:
-    from pdsync.fake import FakePipedrive, FakeServer
-
-    fake = FakePipedrive(deals=deals, seed=seed)
-    with FakeServer(fake) as server:
-        conn.send({"url": server.url, "token": fake.token})
-        while True:
-            command, arg = conn.recv()
-            if command == "stop":
-                break
-            if command == "mutate":
-                fake.advance(5)
-                fake.random_mutations(arg, random.Random(arg))
-                fake.advance(5)
-                conn.send("ok")
-            if command == "truth":
-                conn.send(
-                    {
-                        d["id"]: "open"
-                        if d["status"] == "open" and not d["is_archived"]
-                        else "closed"
-                        for d in fake.iter_records("deals")
-                    }
-                )
-    fake.close()
+from sync_bench import serve_fake  # noqa: E402  (the same fake process)
 
 
 class OriginalDesign:
@@ -153,7 +127,7 @@ def main() -> None:
             started = time.perf_counter()
             original.sync()
             theirs_s = time.perf_counter() - started
-            parent.send(("truth", None))
+            parent.send(("deal_states", None))
             truth = parent.recv()
             closed = {i for i, s in truth.items() if s == "closed"}
             rows.append(

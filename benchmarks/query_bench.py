@@ -4,7 +4,6 @@ through a real ``datasette serve`` over HTTP, against a pdsync database of N dea
     python benchmarks/query_bench.py                          # 100k deals, built in a temp dir
     python benchmarks/query_bench.py --deals 1000000 --db /tmp/bench-1m/pipedrive.db
     python benchmarks/query_bench.py --db pipedrive.db        # reuse an existing database
-    python benchmarks/query_bench.py --db x.db --with-proposed-indexes   # adds indexes to x.db
 
 The database is built by syncing the fake Pipedrive (run in its own process, as in
 sync_bench.py) and kept when --db names a file that does not exist yet. Datasette runs as a
@@ -35,19 +34,6 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 TARGET_MEDIAN_MS = 20.0
 TARGET_P95_MS = 50.0
-
-# Indexes proposed for pdsync's deals table: wider versions of the single-column status,
-# pipeline_id and owner_id indexes (same prefix, so they can replace them), the "in stage
-# since" expression stuck_deals and deals_in_stage sort by, and currency for its facet.
-PROPOSED_INDEXES = {
-    "idx_deals_status_summary": "deals(status, pipeline_id, stage_id, currency, owner_id, value, "
-    "probability, expected_close_date, is_archived, is_deleted)",
-    "idx_deals_pipeline_id_update_time": "deals(pipeline_id, update_time)",
-    "idx_deals_owner_id_update_time": "deals(owner_id, update_time)",
-    "idx_deals_in_stage_since": "deals(coalesce(stage_change_time, add_time))",
-    "idx_deals_currency": "deals(currency)",
-}
-
 
 # -- building the database ------------------------------------------------------------------
 
@@ -83,18 +69,6 @@ def build_database(path: Path, deals: int, seed: int) -> None:
     finally:
         parent.send("stop")
         process.join(timeout=60)
-
-
-def add_proposed_indexes(path: Path) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        for name, target in PROPOSED_INDEXES.items():
-            started = time.perf_counter()
-            conn.execute(f"create index if not exists {name} on {target}")
-            print(f"  index {name}: {time.perf_counter() - started:.1f}s")
-        conn.commit()
-    finally:
-        conn.close()
 
 
 # -- parameters from the database -----------------------------------------------------------
@@ -297,11 +271,6 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50, help="timed requests per URL (50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed requests per URL (5)")
     parser.add_argument(
-        "--with-proposed-indexes",
-        action="store_true",
-        help="add PROPOSED_INDEXES to the database first (changes the file)",
-    )
-    parser.add_argument(
         "--setting",
         nargs=2,
         action="append",
@@ -317,8 +286,6 @@ def main() -> None:
             print(f"Reusing {db}")
         else:
             build_database(db, args.deals, args.seed)
-        if args.with_proposed_indexes:
-            add_proposed_indexes(db)
         deals = count_deals(db)
         params = pick_parameters(db)
         port = free_port()

@@ -44,6 +44,15 @@ def serve_fake(conn, deals: int, seed: int) -> None:
                 fake.random_mutations(arg, random.Random(arg))
                 fake.advance(5)
                 conn.send("ok")
+            if command == "deal_states":  # ground truth for benchmarks/original_design.py
+                conn.send(
+                    {
+                        d["id"]: "open"
+                        if d["status"] == "open" and not d["is_archived"]
+                        else "closed"
+                        for d in fake.iter_records("deals")
+                    }
+                )
     fake.close()
 
 

@@ -95,7 +95,6 @@ class RateLimiter:
         self.limit: int | None = None
         self.known = False
         self.blocked_until = 0.0
-        self.waited = 0.0
 
     def acquire(self) -> None:
         with self._cond:
@@ -106,7 +105,6 @@ class RateLimiter:
                     self._sent.append(now)
                     return
                 self._cond.wait(wait)
-                self.waited += self._clock() - now
 
     def _wait(self, now: float) -> float:
         if now < self.blocked_until:

@@ -401,8 +401,5 @@ def builtin_entities() -> list[EntitySpec]:
     ]
 
 
-ENTITIES: list[EntitySpec] = builtin_entities()
-
-
 def by_name(entities: list[EntitySpec] | None = None) -> dict[str, EntitySpec]:
-    return {spec.name: spec for spec in (entities or ENTITIES)}
+    return {spec.name: spec for spec in (entities or builtin_entities())}
