@@ -71,3 +71,5 @@ def sync(
     finally:
         if lock:
             lock.release()
+        if database is not db:  # we opened it: close it (a scheduler calls this for days)
+            database.close()
