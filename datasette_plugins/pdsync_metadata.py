@@ -8,12 +8,13 @@ data rather than the file name. Datasette lets local metadata override what plug
 
 from __future__ import annotations
 
-import sqlite3
 from functools import lru_cache
 from pathlib import Path
 
 import yaml
 from datasette import hookimpl
+
+from pdsync.schema import table_names
 
 # From a checkout: the repository's metadata.yml; from a wheel: pdsync/metadata.yml.
 METADATA = Path(__file__).resolve().parent.parent / "metadata.yml"
@@ -29,17 +30,7 @@ def pipedrive_metadata() -> dict:
 
 @lru_cache(maxsize=64)
 def is_pdsync_database(path: str | None) -> bool:
-    if not path:
-        return False
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            names = {r[0] for r in conn.execute("select name from sqlite_master")}
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return False
-    return PDSYNC_TABLES <= names
+    return PDSYNC_TABLES <= table_names(path)
 
 
 @hookimpl

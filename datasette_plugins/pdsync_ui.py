@@ -39,6 +39,7 @@ import pdsync
 from pdsync import plugins as pdsync_plugins
 from pdsync.auth import ConfigError, resolve_base_url, resolve_token
 from pdsync.lock import LockHeld, SyncLock
+from pdsync.schema import table_names
 
 CONFIG = "pdsync"
 PERMISSION = "pdsync-sync"
@@ -385,19 +386,7 @@ def start_sync(database: str, path: str, config: dict, trigger: str) -> SyncJob:
 
 
 def is_pdsync_file(path: str | None) -> bool:
-    if not path:
-        return False
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            row = conn.execute(
-                "select 1 from sqlite_master where type = 'table' and name = 'sync_metadata'"
-            ).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return False
-    return row is not None
+    return "sync_metadata" in table_names(path)
 
 
 def last_success_started(path: str) -> str | None:

@@ -180,6 +180,20 @@ def prepare(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     ensure_views(db)
 
 
+def table_names(path: str | None) -> set[str]:
+    """Tables and views of the SQLite file at ``path``, read-only; empty if it is not one."""
+    if not path:
+        return set()
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return {r[0] for r in conn.execute("select name from sqlite_master")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return set()
+
+
 def check_database(path: str) -> None:
     """Raise ``sqlite3.DatabaseError`` if ``path`` exists and is not a SQLite database."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)

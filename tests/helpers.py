@@ -3,7 +3,9 @@ of pdsync's own code (so a bug there cannot hide behind the same bug here)."""
 
 import json
 import re
+import time
 
+import httpx
 import sqlite_utils
 
 # Per table, the columns compared with the fake's records.
@@ -134,3 +136,14 @@ def custom_field_problems(db, fake):
                 ):
                     problems.append(f"deal {deal['id']} {column}: got {got!r}")
     return problems
+
+
+def wait_for_server(base: str, tries: int = 100) -> None:
+    """Until a Datasette started in a subprocess answers (10 s at most)."""
+    for _ in range(tries):
+        try:
+            httpx.get(base + "/-/versions.json", timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing answered at {base}")

@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 import sqlite_utils
 import yaml
-from helpers import FAST_CLIENT
+from helpers import FAST_CLIENT, wait_for_server
 
 import pdsync
 from pdsync.fake import FakePipedrive, FakeServer
@@ -125,12 +124,7 @@ def site(tmp_path_factory):
                     login = match.group(1)
             assert login, "datasette --root prints a login URL"
             base = f"http://127.0.0.1:{port}"
-            for _ in range(100):
-                try:
-                    httpx.get(base + "/-/versions.json", timeout=1)
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+            wait_for_server(base)
             yield {"base": base, "login": login, "db": db_path, "fake": fake, "token": fake.token}
         finally:
             proc.terminate()

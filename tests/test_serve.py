@@ -5,7 +5,6 @@ import glob
 import socket
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import httpx
 import pytest
 import yaml
 from datasette.app import Datasette
+from helpers import wait_for_server
 
 import pdsync
 from pdsync.serve import metadata_path, plugins_dir
@@ -92,12 +92,7 @@ def test_pdsync_serve_runs_datasette_with_metadata_and_plugins(synced):
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                httpx.get(base + "/-/versions.json", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_for_server(base)
         plugins = {p["name"] for p in httpx.get(base + "/-/plugins.json").json()}
         assert "pdsync_metadata.py" in plugins
         title = yaml.safe_load(metadata_path().read_text()).get("title")
