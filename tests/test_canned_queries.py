@@ -23,6 +23,7 @@ from datasette.app import Datasette
 from helpers import FAST_CLIENT, utc
 
 import pdsync
+from pdsync.entities import builtin_entities
 from pdsync.fake import FakePipedrive, FakeServer
 
 METADATA_PATH = Path(__file__).resolve().parent.parent / "metadata.yml"
@@ -885,19 +886,7 @@ def test_deal_notes_without_a_deal_id_give_no_rows(world, deal_id):
 
 def test_sync_status_shows_every_entity(world):
     rows = world.rows("sync_status")
-    entities = {
-        "pipelines",
-        "stages",
-        "users",
-        "deal_fields",
-        "person_fields",
-        "organization_fields",
-        "organizations",
-        "persons",
-        "deals",
-        "activities",
-        "notes",
-    }
+    entities = {spec.name for spec in builtin_entities()}
     assert {r["entity_type"] for r in rows} == entities
     assert all(r["status"] == "success" and r["error_message"] is None for r in rows)
     assert all(0 <= r["minutes_since_sync"] < 60 for r in rows)

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pdsync.fake import FakePipedrive, FakeServer
+from pdsync.fake.core import ENTITIES as FAKE_ENTITIES
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / "shared" / "pipedrive-api"
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -989,19 +990,7 @@ def test_same_seed_and_now_give_the_same_company():
 
 
 def test_records_and_count_agree(fake):
-    for entity in (
-        "deals",
-        "persons",
-        "organizations",
-        "activities",
-        "notes",
-        "pipelines",
-        "stages",
-        "users",
-        "deal_fields",
-        "person_fields",
-        "organization_fields",
-    ):
+    for entity in FAKE_ENTITIES:
         assert fake.count(entity) == len(fake.records(entity)), entity
     with pytest.raises(ValueError):
         fake.records("leads")
