@@ -50,6 +50,26 @@ def test_any_database_name_gets_the_canned_queries_and_labels(synced):
     asyncio.run(check())
 
 
+def test_local_metadata_for_the_database_is_merged_over_the_plugins(synced):
+    local = {"databases": {"acme": {"title": "Acme CRM", "queries": {"mine": "select 1"}}}}
+
+    async def check():
+        ds = Datasette([str(synced)], metadata=local, plugins_dir=str(plugins_dir()))
+        try:
+            queries = await ds.get_canned_queries("acme", None)
+            assert set(queries) == pipedrive_queries() | {"mine"}
+            assert ds.metadata("title", database="acme") == "Acme CRM"
+            assert (await ds.client.get("/acme/mine.json")).status_code == 200
+            # The merge must not leak into the section served to other databases.
+            plain = Datasette([str(synced)], plugins_dir=str(plugins_dir()))
+            assert plain.metadata("title", database="acme") != "Acme CRM"
+            assert "mine" not in await plain.get_canned_queries("acme", None)
+        finally:
+            _unregister_plugins()
+
+    asyncio.run(check())
+
+
 def test_a_database_that_is_not_pdsyncs_gets_nothing(tmp_path):
     import sqlite_utils
 
