@@ -142,6 +142,11 @@ def ensure_indexes(db: sqlite_utils.Database, spec: EntitySpec) -> None:
         db.execute(
             f"create index if not exists [idx_{spec.name}_{name}] on [{spec.name}] ({expression})"
         )
+    for name, (columns, where) in spec.partial_indexes.items():
+        db.execute(
+            f"create index if not exists [idx_{spec.name}_{name}] on [{spec.name}] ({columns})"
+            f" where {where}"
+        )
     ensure_fts(db, spec.name)
 
 

@@ -948,3 +948,28 @@ def test_table_metadata_labels_facets_and_hidden_tables(world):
         assert tables[hidden]["hidden"], hidden
     for shown in ("deals", "pipelines", "stages", "notes", "sync_metadata", "sync_runs"):
         assert not tables[shown]["hidden"], shown
+
+
+# The default lists walk a partial index of open deals in their ORDER BY and stop after
+# Datasette's 1,001st row. A query whose WHERE drifts from OPEN_DEAL (entities.py) silently
+# loses its index and reads every deal instead: 10x slower at 100k deals.
+OPEN_DEAL_WALKS = {
+    ("overdue_deals", ""): "idx_deals_open_update_time",
+    ("overdue_deals", "3"): "idx_deals_open_pipeline_update_time",
+    ("stuck_deals", ""): "idx_deals_open_stage_since",
+    ("rotten_deals", ""): "idx_deals_open_update_time",
+    ("near_invoicing", ""): "idx_deals_open_expected_close",
+}
+
+
+@pytest.mark.parametrize("name, pipeline", list(OPEN_DEAL_WALKS))
+def test_open_deal_lists_walk_their_partial_index(world, name, pipeline):
+    sql = world.metadata["databases"]["pipedrive"]["queries"][name]["sql"]
+    params = dict.fromkeys(re.findall(r":(\w+)", sql), "") | {"pipeline": pipeline}
+    conn = sqlite3.connect(f"file:{world.path}?mode=ro", uri=True)
+    try:
+        plan = [row[3] for row in conn.execute("explain query plan " + sql, params)]
+    finally:
+        conn.close()
+    assert any(OPEN_DEAL_WALKS[name, pipeline] in step for step in plan), plan
+    assert not any("TEMP B-TREE FOR ORDER BY" in step for step in plan), plan
