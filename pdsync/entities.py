@@ -262,6 +262,16 @@ def _deals() -> EntitySpec:
                 "expected_close_date is null, expected_close_date, id, stage_id",
                 OPEN_DEAL,
             ),
+            # Covering (hence the status columns) for the owner and pipeline totals.
+            "open_owner_totals": (
+                "owner_id, currency, value, pipeline_id, status, is_archived, is_deleted",
+                OPEN_DEAL,
+            ),
+            "open_stage_totals": (
+                "pipeline_id, stage_id, currency, value, probability, status, is_archived,"
+                " is_deleted",
+                OPEN_DEAL,
+            ),
         },
         fields_table="deal_fields",
         when_gone={"is_deleted": 1, "status": "deleted"},
