@@ -9,6 +9,7 @@ data rather than the file name. Datasette lets local metadata override what plug
 from __future__ import annotations
 
 import copy
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,9 +30,27 @@ def pipedrive_metadata() -> dict:
     return yaml.safe_load(METADATA.read_text()) or {}
 
 
-@lru_cache(maxsize=64)
+_known: set[str] = set()  # pdsync databases stay pdsync databases
+_not_yet: dict[str, float] = {}  # path -> when it was last seen not to be one
+RECHECK_SECONDS = 2.0
+
+
 def is_pdsync_database(path: str | None) -> bool:
-    return PDSYNC_TABLES <= table_names(path)
+    """Datasette asks ~25 times per request. A file that is not (yet) a pdsync database is
+    looked at again every few seconds: a first sync may be filling it right now."""
+    if path is None:
+        return False
+    if path in _known:
+        return True
+    checked = _not_yet.get(path)
+    if checked is not None and time.monotonic() - checked < RECHECK_SECONDS:
+        return False
+    if PDSYNC_TABLES <= table_names(path):
+        _known.add(path)
+        _not_yet.pop(path, None)
+        return True
+    _not_yet[path] = time.monotonic()
+    return False
 
 
 @hookimpl

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import yaml
 from datasette.app import Datasette
+from datasette.plugins import pm
 from helpers import wait_for_server
 
 import pdsync
@@ -64,6 +65,32 @@ def test_local_metadata_for_the_database_is_merged_over_the_plugins(synced):
             plain = Datasette([str(synced)], plugins_dir=str(plugins_dir()))
             assert plain.metadata("title", database="acme") != "Acme CRM"
             assert "mine" not in await plain.get_canned_queries("acme", None)
+        finally:
+            _unregister_plugins()
+
+    asyncio.run(check())
+
+
+def test_a_database_filled_while_served_gets_the_canned_queries(tmp_path):
+    from pdsync.fake import FakePipedrive, FakeServer
+
+    path = tmp_path / "acme.db"
+    path.touch()  # served before its first sync, as `pdsync serve` right after `auth` would
+
+    async def check():
+        ds = Datasette([str(path)], plugins_dir=str(plugins_dir()))
+        try:
+            assert await ds.get_canned_queries("acme", None) == {}
+            fake = FakePipedrive(deals=50, seed=3)
+            with FakeServer(fake) as server:
+                result = pdsync.sync(
+                    str(path), token=fake.token, base_url=server.url, auth_path=None
+                )
+                assert result.ok
+            fake.close()
+            plugin = next(p for p in pm.get_plugins() if hasattr(p, "RECHECK_SECONDS"))
+            plugin._not_yet.clear()  # instead of waiting RECHECK_SECONDS
+            assert set(await ds.get_canned_queries("acme", None)) == pipedrive_queries()
         finally:
             _unregister_plugins()
 
