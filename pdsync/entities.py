@@ -239,7 +239,9 @@ def _deals() -> EntitySpec:
                 "is_archived",
                 "is_deleted",
             ),
-            ("owner_id", "update_time"),
+            # deals_by_owner walks one owner's deals newest first; the other columns let it
+            # filter on status and pipeline without reading each row.
+            ("owner_id", "update_time", "status", "pipeline_id", "is_archived", "is_deleted"),
             ("update_time",),
             ("org_id",),
             ("person_id",),

@@ -112,6 +112,12 @@ def m005_deals_read_indexes(db: sqlite_utils.Database) -> None:
         db.execute(f"drop index if exists [{name}]")
 
 
+@migrations()
+def m006_deals_owner_index(db: sqlite_utils.Database) -> None:
+    # Replaced by one that also carries status and pipeline (see entities.py, deals).
+    db.execute("drop index if exists [idx_deals_owner_id_update_time]")
+
+
 def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     """Create what the specs declare and is missing. Safe to run on every sync."""
     for spec in entities:
