@@ -49,6 +49,7 @@ def test_original_design_database_upgrades_in_place(fake, run_sync, db_path):
         "m003_utc_timestamps",
         "m004_rejected_records",
         "m005_deals_read_indexes",
+        "m006_deals_owner_index",
     ]
 
 
