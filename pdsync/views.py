@@ -89,6 +89,13 @@ def ensure_fts(db: sqlite_utils.Database, table: str) -> None:
     per inserted row; the triggers then keep it current.
     """
     columns = FTS.get(table)
-    if not columns or db[table].detect_fts():
+    if not columns:
         return
+    if db[table].detect_fts():
+        triggers = {t.name for t in db[table].triggers}
+        if {f"{table}_ai", f"{table}_ad", f"{table}_au"} <= triggers:
+            return
+        # enable_fts commits in steps (index table, rows, triggers, in that order): a sync
+        # killed between them left an index without triggers, often empty. Build it again.
+        db[table].disable_fts()
     db[table].enable_fts(columns, create_triggers=True, tokenize="unicode61")
