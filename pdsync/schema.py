@@ -137,6 +137,8 @@ def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) 
                 db.add_foreign_keys([(spec.name, *fk) for fk in missing])
         if _has_rows(db, spec.name):
             ensure_indexes(db, spec)
+        else:
+            ensure_fts(db, spec.name)  # empty until the first load, but there to be queried
 
 
 def ensure_indexes(db: sqlite_utils.Database, spec: EntitySpec) -> None:

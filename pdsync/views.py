@@ -83,19 +83,42 @@ def ensure_views(db: sqlite_utils.Database) -> None:
 
 
 def ensure_fts(db: sqlite_utils.Database, table: str) -> None:
-    """Full-text index ``table`` if it should have one and does not yet.
+    """Full-text index ``table`` if it should have one.
 
-    Called after a table's first load: filling the index once is far cheaper than a trigger
-    per inserted row; the triggers then keep it current.
+    The index exists from the table's creation, so search_deals answers (with what is
+    indexed so far) while a first sync runs. It is filled once after the first load, far
+    cheaper than a trigger per inserted row, and kept current by triggers from then on.
+    Filling and arming happen in one transaction: a sync killed in between leaves it as it
+    was, and the next sync does it (sqlite-utils' enable_fts commits in three steps).
     """
     columns = FTS.get(table)
     if not columns:
         return
-    if db[table].detect_fts():
-        triggers = {t.name for t in db[table].triggers}
-        if {f"{table}_ai", f"{table}_ad", f"{table}_au"} <= triggers:
-            return
-        # enable_fts commits in steps (index table, rows, triggers, in that order): a sync
-        # killed between them left an index without triggers, often empty. Build it again.
-        db[table].disable_fts()
-    db[table].enable_fts(columns, create_triggers=True, tokenize="unicode61")
+    fts = f"{table}_fts"
+    quoted = ", ".join(f"[{c}]" for c in columns)
+    if not db[fts].exists():
+        # sqlite-utils' own shape, so that detect_fts and search() find it.
+        db.execute(
+            f"CREATE VIRTUAL TABLE [{fts}] USING FTS5 (\n    {quoted},\n"
+            f"    tokenize='unicode61',\n    content=[{table}]\n)"
+        )
+    if set(_fts_triggers(table)) <= {t.name for t in db[table].triggers}:
+        return
+    if not db.execute(f"select exists (select 1 from [{table}])").fetchone()[0]:
+        return  # still empty: armed after its first load
+    new = ", ".join(f"new.[{c}]" for c in columns)
+    old = ", ".join(f"old.[{c}]" for c in columns)
+    insert = f"insert into [{fts}] (rowid, {quoted}) values (new.rowid, {new});"
+    delete = f"insert into [{fts}] ([{fts}], rowid, {quoted}) values ('delete', old.rowid, {old});"
+    ai, ad, au = _fts_triggers(table)
+    with db.atomic():
+        db.execute(f"insert into [{fts}] ([{fts}]) values ('rebuild')")
+        for name in (ai, ad, au):
+            db.execute(f"drop trigger if exists [{name}]")
+        db.execute(f"create trigger [{ai}] after insert on [{table}] begin {insert} end")
+        db.execute(f"create trigger [{ad}] after delete on [{table}] begin {delete} end")
+        db.execute(f"create trigger [{au}] after update on [{table}] begin {delete} {insert} end")
+
+
+def _fts_triggers(table: str) -> tuple[str, str, str]:
+    return (f"{table}_ai", f"{table}_ad", f"{table}_au")  # sqlite-utils' names

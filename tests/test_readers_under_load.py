@@ -5,7 +5,6 @@ here, in this process, so that the database can be compared with it afterwards.
 """
 
 import random
-import re
 import sys
 from pathlib import Path
 
@@ -27,7 +26,6 @@ LATENCY = 1.0
 MIN_RESPONSES = 20  # per client and phase: ~100 seen on a busy 2-core machine
 # A first sync creates a table's full-text index after loading the table; until then the
 # search_deals canned query fails with "no such table: deals_fts" (or organizations_fts, ...).
-MISSING_FTS = re.compile(r"no such table: (deals|organizations|persons)_fts")
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +60,8 @@ def compare(db, fake):
         database.close()
 
 
-def errors(phase, ignore=None):
-    return [(s.label, s.error) for s in phase.samples if s.error and not (ignore and ignore(s))]
-
-
-def known_fts_gap(sample):
-    return sample.label.startswith("search_deals") and MISSING_FTS.search(sample.error)
+def errors(phase):
+    return [(s.label, s.error) for s in phase.samples if s.error]
 
 
 @pytest.mark.parametrize("name", ["first", "full"])
@@ -91,16 +85,8 @@ def test_readers_get_no_errors_during_a_full_sync(phases):
     assert errors(phases["full"][0]) == []
 
 
-def test_readers_get_no_errors_during_a_first_sync_but_search_before_its_index(phases):
-    assert errors(phases["first"][0], ignore=known_fts_gap) == []
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="pdsync bug: during a first sync search_deals answers 400 'no such table: "
-    "deals_fts' until the deals are loaded (the FTS tables are made after the first load)",
-)
 def test_readers_get_no_errors_during_a_first_sync(phases):
+    # search_deals included: its full-text tables exist (empty) from the start of the sync.
     assert errors(phases["first"][0]) == []
 
 
