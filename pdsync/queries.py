@@ -46,7 +46,10 @@ def query(
     db: str | os.PathLike | sqlite_utils.Database, name: str, **params: Any
 ) -> list[dict[str, Any]]:
     """Run canned query ``name`` with Datasette's rules: every parameter is text, a missing
-    one is ''. Returns a list of dicts (``pandas.DataFrame(rows)`` takes it as it is)."""
+    one is ''. Returns a list of dicts (``pandas.DataFrame(rows)`` takes it as it is).
+
+    Unlike Datasette's pages, which show a list's first 100 rows, a list returns every row
+    here unless ``limit`` is given: a notebook wants all of them."""
     definitions = _definitions()
     if name not in definitions:
         raise KeyError(f"no canned query {name!r}; choose from {', '.join(sorted(definitions))}")
@@ -56,6 +59,8 @@ def query(
     if unknown:
         raise TypeError(f"{name} takes {', '.join(sorted(names)) or 'no parameters'}")
     values = {p: "" if params.get(p) is None else str(params[p]) for p in names}
+    if "limit" in names and params.get("limit") is None:
+        values["limit"] = "all"
     database = open_database(db)
     return list(database.query(sql, values))
 

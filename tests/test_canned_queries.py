@@ -28,18 +28,18 @@ from pdsync.fake import FakePipedrive, FakeServer
 
 METADATA_PATH = Path(__file__).resolve().parent.parent / "metadata.yml"
 
-# DESIGN.md, "Contract: canned queries": name -> parameters.
+# DESIGN.md, "Contract: canned queries": name -> parameters; pdsync adds limit to the lists.
 CONTRACT = {
-    "overdue_deals": ["pipeline", "min_days"],
-    "stuck_deals": ["pipeline", "min_days"],
-    "rotten_deals": ["pipeline"],
-    "near_invoicing": ["pipeline", "stages"],
-    "deals_in_stage": ["pipeline", "stage", "min_days"],
-    "deals_by_owner": ["owner", "pipeline", "status"],
+    "overdue_deals": ["pipeline", "min_days", "limit"],
+    "stuck_deals": ["pipeline", "min_days", "limit"],
+    "rotten_deals": ["pipeline", "limit"],
+    "near_invoicing": ["pipeline", "stages", "limit"],
+    "deals_in_stage": ["pipeline", "stage", "min_days", "limit"],
+    "deals_by_owner": ["owner", "pipeline", "status", "limit"],
     "cashflow_forecast": ["pipeline", "months"],
     "owner_kpis": ["pipeline", "status"],
     "pipeline_summary": ["pipeline"],
-    "search_deals": ["q", "pipeline", "owner"],
+    "search_deals": ["q", "pipeline", "owner", "limit"],
     "deal_notes": ["deal_id"],
     "sync_status": [],
 }
@@ -82,6 +82,9 @@ class World:
         return self.loop.run_until_complete(self.ds.client.get(path, **kwargs))
 
     def rows(self, name: str, **params: str) -> list[dict]:
+        """Every row: lists are asked for limit=all unless the test says otherwise."""
+        if name in DEAL_LISTS and "limit" not in params:
+            params = {**params, "limit": "all"}
         response = self.get(f"/pipedrive/{name}.json?" + urlencode({**params, "_shape": "array"}))
         assert response.status_code == 200, (name, params, response.text)
         return response.json()
@@ -320,6 +323,27 @@ def test_overdue_deals_default_is_seven_days(world):
     assert by_id[world.special["exactly_7_days_old"]]["overdue_days"] == 7
     assert world.special["almost_7_days_old"] not in by_id
     assert all(r["overdue_days"] >= 7 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "limit, count",
+    [(None, 100), ("", 100), ("abc", 100), ("-3", 100), ("7.5", 100), ("7", 7), ("0", 0)]
+    + [(" 250 ", 250), ("all", None), ("ALL", None)],
+)
+@pytest.mark.parametrize("name", ["overdue_deals", "stuck_deals", "deals_by_owner"])
+def test_lists_return_the_first_100_rows_unless_asked_for_more(world, name, limit, count):
+    every = world.rows(name, limit="all")
+    assert len(every) > 250, (name, len(every))  # the world is big enough to tell
+    params = {} if limit is None else {"limit": limit}
+    response = world.get(f"/pipedrive/{name}.json?" + urlencode({**params, "_shape": "array"}))
+    assert response.status_code == 200, response.text
+    assert response.json() == every[:count], (name, limit)
+
+
+def test_the_python_api_returns_every_row_unless_given_a_limit(world):
+    every = world.rows("overdue_deals", limit="all")
+    assert len(pdsync.query(str(world.path), "overdue_deals")) == len(every) > 100
+    assert pdsync.query(str(world.path), "overdue_deals", limit=5) == every[:5]
 
 
 @pytest.mark.parametrize("value", ["", "abc", "-3", "7.5", " "])
@@ -896,7 +920,7 @@ def test_sync_status_shows_every_entity(world):
 
 
 def test_html_in_titles_and_notes_is_escaped_on_pages(world):
-    page = world.get("/pipedrive/overdue_deals").text
+    page = world.get("/pipedrive/overdue_deals?limit=all").text
     assert "&lt;b&gt;Bold&lt;/b&gt; deal" in page
     assert "<b>Bold</b>" not in page
     notes = world.get(f"/pipedrive/deal_notes?deal_id={world.special['html']}").text
