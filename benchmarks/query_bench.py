@@ -147,6 +147,11 @@ def requests_to_time(route: str, p: dict[str, str]) -> list[tuple[str, str]]:
         q("search_deals", q=f"{p['org_word']} {p['last_stage'][:3]}", owner=p["owner"]),
         q("deal_notes", deal_id=p["deal_id"]),
         q("sync_status"),
+        # For reference, not the target: lists asked for every row (1,000 through Datasette)
+        # and Datasette's own table pages.
+        q("overdue_deals", limit="all"),
+        q("near_invoicing", limit="all"),
+        q("search_deals", q=p["org_word"], limit="all"),
         ("table: deals.json (metadata facets)", f"/{route}/deals.json"),
         (
             "table: deals.json open + pipeline, facet stage_id",
@@ -220,6 +225,10 @@ def time_request(client: httpx.Client, label: str, path: str, warmup: int, runs:
     }
 
 
+def is_reference(label: str) -> bool:
+    return label.startswith("table:") or "limit=all" in label
+
+
 def within_target(result: dict) -> bool:
     return (
         result["status"] == 200
@@ -245,13 +254,15 @@ def run_and_print(
         print(
             f"{label:<{width}} {r['status']:>6} {rows:>5} {r['bytes'] / 1024:>6.0f} "
             f"{r['median']:>6.1f}ms {r['p95']:>6.1f}ms"
-            + ("" if within_target(r) else "  MISS")
+            + ("" if within_target(r) or is_reference(label) else "  MISS")
             + (f" ({r['error']})" if r["error"] else ""),
             flush=True,
         )
         results.append(r)
-    good = sum(1 for r in results if within_target(r))
-    print(f"\n{good} of {len(results)} requests within target.")
+    calls = [r for r in results if not is_reference(r["label"])]
+    good = sum(1 for r in calls if within_target(r))
+    print(f"\n{good} of {len(calls)} canned-query calls within target", end="")
+    print(" (limit=all and table pages are for reference).")
     return results
 
 

@@ -264,6 +264,11 @@ def _deals() -> EntitySpec:
                 "expected_close_date is null, expected_close_date, id, stage_id",
                 OPEN_DEAL,
             ),
+            "open_expected_close_totals": (
+                "expected_close_date, currency, value, probability, stage_id, status,"
+                " is_archived, is_deleted",
+                OPEN_DEAL,
+            ),
             # Covering (hence the status columns) for the owner and pipeline totals.
             "open_owner_totals": (
                 "owner_id, currency, value, pipeline_id, status, is_archived, is_deleted",

@@ -988,6 +988,7 @@ OPEN_DEAL_WALKS = {
 OPEN_DEAL_TOTALS = {
     ("owner_kpis", ""): "COVERING INDEX idx_deals_open_owner_totals",
     ("pipeline_summary", ""): "COVERING INDEX idx_deals_open_stage_totals",
+    ("cashflow_forecast", ""): "COVERING INDEX idx_deals_open_expected_close_totals",
 }
 
 
