@@ -7,6 +7,7 @@ puts the API token anywhere but the ``x-api-token`` header.
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import random
 import threading
@@ -76,54 +77,102 @@ def token_cost(path: str) -> int:
 
 
 class RateLimiter:
-    """Paces requests so that a normal sync never sees a 429.
+    """Paces requests so that a normal sync never sees a 429, and serves the longest stream.
 
     Pipedrive's burst limit is ``x-ratelimit-limit`` requests per token in a rolling 2-second
     window. The fetchers share one token, so the limiter keeps its own record of when requests
     went out and never lets more than the limit into any window; when Pipedrive says
     ``x-ratelimit-remaining: 0`` it also waits for ``x-ratelimit-reset``. Until the first answer
     tells the limit, one request goes out at a time.
+
+    Past the first quarter of a window, requests go out evenly spaced, not as fast as
+    possible: a window filled in one burst empties in one burst 2 seconds later, and fetchers
+    that each wait for their previous page cannot use a burst of slots.
+
+    A sync lasts as long as its longest stream, whose pages follow one another (each brings
+    the next cursor). So the stream deepest into its pages (``priority``: the client passes
+    the page number) leads: it goes as soon as its next page is ready and the window has room,
+    without waiting for the spacing. Every other request is served first come, first served
+    in the slots the leader leaves, so no stream starves.
     """
 
     WINDOW = 2.0
+    # Pipedrive counts arrivals, we count departures: keep a slot and a little time spare
+    # for requests that travel at different speeds.
+    MARGIN = 0.05
+    POLL = 0.1
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._cond = threading.Condition()
         self._clock = clock
         self._probing = False
-        self._sent: deque[float] = deque()
+        self._sent: deque[tuple[float, float]] = deque()  # (when, priority) in the window
+        self._waiting: list[tuple[float, int]] = []  # (priority, ticket) of who waits
+        self._tickets = itertools.count()
+        self._next_spaced = 0.0  # when the next request that is not the leader may go
         self.limit: int | None = None
         self.known = False
         self.blocked_until = 0.0
 
-    def acquire(self) -> None:
+    def acquire(self, priority: float = 0.0) -> None:
         with self._cond:
-            while True:
-                now = self._clock()
-                wait = self._wait(now)
-                if wait <= 0:
-                    self._sent.append(now)
-                    return
-                self._cond.wait(wait)
+            me = (priority, next(self._tickets))
+            self._waiting.append(me)
+            try:
+                while True:
+                    now = self._clock()
+                    wait = self._wait(now, me)
+                    if wait is not None and wait <= 0:
+                        self._take(now, me)
+                        return
+                    # None: others go first. Whoever goes wakes the rest; the poll is for
+                    # a line that changed as requests left the window.
+                    self._cond.wait(self.POLL if wait is None else min(wait, self.POLL))
+            except BaseException:
+                if me in self._waiting:
+                    self._waiting.remove(me)
+                    self._cond.notify_all()
+                raise
 
-    def _wait(self, now: float) -> float:
+    def _take(self, now: float, me: tuple[float, int]) -> None:
+        self._waiting.remove(me)
+        self._probing = not self.known
+        if self.limit is not None:
+            self._next_spaced = max(self._next_spaced, now) + self._gap()
+        self._sent.append((now, me[0]))
+        self._cond.notify_all()  # the next in line may go too
+
+    def _gap(self) -> float:
+        return (self.WINDOW + self.MARGIN) / self._allowed()
+
+    def _allowed(self) -> int:
+        return max((self.limit or 1) - 1, 1)
+
+    def _wait(self, now: float, me: tuple[float, int]) -> float | None:
+        """Seconds until ``me`` may go (0 or less: now); None while others go first."""
+        window = self.WINDOW + self.MARGIN
+        while self._sent and self._sent[0][0] <= now - window:
+            self._sent.popleft()
+        # The leader: a request at least as deep as any in the window (its stream's next page).
+        deepest = max((p for _, p in self._sent), default=float("-inf"))
+        leaders = [w for w in self._waiting if w[0] >= deepest]
+        if leaders:
+            first = max(leaders, key=lambda w: (w[0], -w[1]))
+        else:
+            first = min(self._waiting, key=lambda w: w[1])
+        if me != first:
+            return None
         if now < self.blocked_until:
             return self.blocked_until - now
         if not self.known:
-            if self._probing:
-                return 1.0  # woken early when the probe's answer arrives
-            self._probing = True
-            return 0.0
+            return 1.0 if self._probing else 0.0  # woken early when the probe's answer arrives
         if self.limit is None:
             return 0.0
-        # Pipedrive counts arrivals, we count departures: keep a slot and a little time spare
-        # for requests that travel at different speeds.
-        window = self.WINDOW + 0.05
-        while self._sent and self._sent[0] <= now - window:
-            self._sent.popleft()
-        if len(self._sent) < max(self.limit - 1, 1):
+        if len(self._sent) >= self._allowed():
+            return self._sent[0][0] + window - now
+        if me in leaders or len(self._sent) < self._allowed() // 4:
             return 0.0
-        return self._sent[0] + window - now
+        return self._next_spaced - now
 
     def update(self, headers: httpx.Headers) -> None:
         limit = _int_header(headers, "x-ratelimit-limit")
@@ -213,15 +262,22 @@ class PipedriveClient:
     # -- one request ----------------------------------------------------------------------
 
     def get(
-        self, path: str, params: dict[str, Any] | None = None, tally: Tally | None = None
+        self,
+        path: str,
+        params: dict[str, Any] | None = None,
+        tally: Tally | None = None,
+        priority: float = 0.0,
     ) -> dict:
-        """GET ``path`` and return the decoded JSON body, retrying what is worth retrying."""
+        """GET ``path`` and return the decoded JSON body, retrying what is worth retrying.
+
+        ``priority`` orders requests that wait for the rate limiter: higher goes first.
+        """
         tally = tally if tally is not None else Tally()
         attempt = 0
         connect_failures = 0
         while True:
             try:
-                return self._attempt(path, params or {}, tally)
+                return self._attempt(path, params or {}, tally, priority)
             except _Retry as retry:
                 attempt += 1
                 connect_refused = retry.reason.startswith("could not connect")
@@ -241,8 +297,10 @@ class PipedriveClient:
                 log.warning("GET %s: %s; retry %d in %.1fs", path, retry.reason, attempt, delay)
                 time.sleep(delay)
 
-    def _attempt(self, path: str, params: dict[str, Any], tally: Tally) -> dict:
-        self.limiter.acquire()
+    def _attempt(
+        self, path: str, params: dict[str, Any], tally: Tally, priority: float = 0.0
+    ) -> dict:
+        self.limiter.acquire(priority)
         if self._rejected:
             self.limiter.failed()
             raise AuthError(self._rejected)
@@ -293,12 +351,20 @@ class PipedriveClient:
     # -- pagination -----------------------------------------------------------------------
 
     def iter_v2(
-        self, path: str, params: dict[str, Any] | None = None, tally: Tally | None = None
+        self,
+        path: str,
+        params: dict[str, Any] | None = None,
+        tally: Tally | None = None,
+        priority: float = 0.0,
     ) -> Iterator[list[dict]]:
-        """Yield the pages of a v2 list endpoint, following ``additional_data.next_cursor``."""
+        """Yield the pages of a v2 list endpoint, following ``additional_data.next_cursor``.
+
+        Each page asks the rate limiter with ``priority`` plus the pages already fetched:
+        the deeper a stream, the likelier it is the longest, which the whole sync waits for.
+        """
         params = {**(params or {}), "limit": PAGE_LIMIT}
-        while True:
-            body = self.get(path, params, tally)
+        for page in itertools.count():
+            body = self.get(path, params, tally, priority + page)
             yield body.get("data") or []
             cursor = (body.get("additional_data") or {}).get("next_cursor")
             if not cursor:
@@ -306,13 +372,17 @@ class PipedriveClient:
             params = {**params, "cursor": cursor}
 
     def iter_v1(
-        self, path: str, params: dict[str, Any] | None = None, tally: Tally | None = None
+        self,
+        path: str,
+        params: dict[str, Any] | None = None,
+        tally: Tally | None = None,
+        priority: float = 0.0,
     ) -> Iterator[list[dict]]:
         """Yield the pages of a v1 list endpoint with ``start``/``limit`` pagination."""
         params = {**(params or {}), "limit": PAGE_LIMIT}
         start = 0
-        while True:
-            body = self.get(path, {**params, "start": start}, tally)
+        for page in itertools.count():
+            body = self.get(path, {**params, "start": start}, tally, priority + page)
             data = body.get("data") or []
             yield data if isinstance(data, list) else [data]
             pagination = (body.get("additional_data") or {}).get("pagination") or {}

@@ -7,11 +7,15 @@ request therefore loses nothing: the next run resumes from the last committed pa
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import itertools
 import logging
 import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -190,6 +194,10 @@ class Sync:
         self._since: dict[tuple[str, str], str | None] = {}  # what fetchers ask for
         self._since_committed: dict[tuple[str, str], str | None] = {}
         self._started_at = ""
+        # A stream's requests rank by its page number (see RateLimiter: the deepest stream
+        # leads); this fraction of a page breaks ties in declared order, deals first.
+        keys = [(spec.name, stream.key) for spec in self.specs for stream in spec.streams]
+        self._rank = {key: -i / len(keys) for i, key in enumerate(keys)}
 
     # -- the run --------------------------------------------------------------------------
 
@@ -329,8 +337,22 @@ class Sync:
         pending = len(threads)
         by_name = {spec.name: spec for spec in specs}
         failed: set[tuple[str, str]] = set()
-        while pending:
-            kind, name, stream, payload = pages.get()
+        # Entities whose streams are done, each with the rest of its writer work (indexes
+        # first). That work goes a step at a time between pages: done in one go it would stop
+        # the writer for seconds (a 100k-deal table's indexes), the queue would fill and the
+        # fetchers would sit idle while the rate limit lets requests through.
+        ending: deque[Iterator[None]] = deque()
+        while pending or ending:
+            if ending:
+                try:
+                    item = pages.get_nowait()
+                except queue.Empty:
+                    if next(ending[0], StopIteration) is StopIteration:
+                        ending.popleft()
+                    continue
+            else:
+                item = pages.get()
+            kind, name, stream, payload = item
             spec = by_name[name]
             entity = result.entities[name]
             if kind == "page":
@@ -368,7 +390,7 @@ class Sync:
             open_streams[name] -= 1
             if open_streams[name] == 0:
                 entity.duration_ms = int((time.perf_counter() - started[name]) * 1000)
-                self._end_entity(spec, entity, buffers.pop(name))
+                ending.append(self._end_entity(spec, entity, buffers.pop(name)))
         for thread in threads:
             thread.join(timeout=1)
 
@@ -402,22 +424,28 @@ class Sync:
 
     def _pages(self, spec: EntitySpec, stream: Stream) -> Iterator[list]:
         tally = self._tallies[spec.name]
+        rank = self._rank[(spec.name, stream.key)]
         params: dict[str, Any] = dict(stream.params)
         if not spec.incremental:
             pages = self.client.iter_v1 if stream.is_v1 else self.client.iter_v2
-            yield from pages(stream.path, params, tally)
+            yield from pages(stream.path, params, tally, rank)
             return
         since = self._since[(spec.name, stream.key)]
         if stream.is_v1:
-            yield from self._v1_since(stream, params, since, tally)
+            yield from self._v1_since(stream, params, since, tally, rank)
             return
         params.update(sort_by="update_time", sort_direction="asc")
         if since:
             params["updated_since"] = since
-        yield from self.client.iter_v2(stream.path, params, tally)
+        yield from self.client.iter_v2(stream.path, params, tally, rank)
 
     def _v1_since(
-        self, stream: Stream, params: dict[str, Any], since: str | None, tally: Tally
+        self,
+        stream: Stream,
+        params: dict[str, Any],
+        since: str | None,
+        tally: Tally,
+        rank: float = 0.0,
     ) -> Iterator[list]:
         """Page a v1 list by moving ``updated_since`` forward instead of ``start``.
 
@@ -428,9 +456,9 @@ class Sync:
         """
         since = since or "1970-01-01T00:00:00Z"
         start = 0
-        while True:
+        for page in itertools.count():
             query = {**params, "updated_since": since, "start": start, "limit": PAGE_LIMIT}
-            body = self.client.get(stream.path, query, tally)
+            body = self.client.get(stream.path, query, tally, rank + page)
             data = body.get("data") or []
             yield data
             pagination = (body.get("additional_data") or {}).get("pagination") or {}
@@ -476,9 +504,14 @@ class Sync:
             self.store.set_watermark(spec.name, stream.key, watermark)
         self._since_committed[(spec.name, stream.key)] = watermark
 
-    def _end_entity(self, spec: EntitySpec, entity: EntityResult, rows: list[Row]) -> None:
+    def _end_entity(
+        self, spec: EntitySpec, entity: EntityResult, rows: list[Row]
+    ) -> Iterator[None]:
+        """The writer's work once an entity's streams are done, yielding between steps."""
         try:
-            ensure_indexes(self.db, spec)
+            for build in _index_steps(self.db, spec):
+                build()
+                yield
             if spec.name not in self._errors:
                 with self.db.atomic():
                     if not spec.incremental:
@@ -552,6 +585,21 @@ class Sync:
                 error=entity.error,
             )
         )
+
+
+def _index_steps(db: sqlite_utils.Database, spec: EntitySpec) -> list[Callable[[], None]]:
+    """``ensure_indexes(db, spec)`` split into one step per index, then the rest (full-text)."""
+    bare = dataclasses.replace(spec, indexes=(), expression_indexes={}, partial_indexes={})
+    one = [dataclasses.replace(bare, indexes=(columns,)) for columns in spec.indexes]
+    one += [
+        dataclasses.replace(bare, expression_indexes={name: expression})
+        for name, expression in spec.expression_indexes.items()
+    ]
+    one += [
+        dataclasses.replace(bare, partial_indexes={name: index})
+        for name, index in spec.partial_indexes.items()
+    ]
+    return [functools.partial(ensure_indexes, db, part) for part in [*one, spec]]
 
 
 def _plugin_transform(spec: EntitySpec, record: dict) -> dict | None:

@@ -159,3 +159,86 @@ def test_a_page_that_cannot_be_saved_fails_its_stream_without_a_gap(big, tmp_pat
     db, again = sync(fake, server, tmp_path / "p.db")
     assert again.ok
     assert differences(db, fake) == []
+
+
+def _limit_headers(limit):
+    import httpx
+
+    return httpx.Headers(
+        {"x-ratelimit-limit": str(limit), "x-ratelimit-remaining": str(limit - 1)}
+        | {"x-ratelimit-reset": "1"}
+    )
+
+
+def test_limiter_keeps_every_window_under_the_limit_with_streams_competing():
+    import threading
+    import time
+
+    from pdsync.client import RateLimiter
+
+    class Quick(RateLimiter):
+        WINDOW, MARGIN = 0.3, 0.015  # a shorter window, the same rules
+
+    last = threading.local()  # each thread's departure: the limiter's clock when it let it go
+
+    def clock():
+        last.now = time.monotonic()
+        return last.now
+
+    limiter = Quick(clock=clock)
+    limiter.update(_limit_headers(8))
+    sent = []
+
+    def stream(pages):
+        for page in range(pages):
+            limiter.acquire(page)
+            sent.append(last.now)
+            time.sleep(0.01)  # the round trip before the stream's next page
+
+    threads = [threading.Thread(target=stream, args=(n,)) for n in (20, 10, 6, 4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    sent.sort()
+    assert len(sent) == 40
+    # 7 (one spare) in any window and its margin, never 8.
+    window = Quick.WINDOW + Quick.MARGIN - 1e-9
+    assert all(sent[i + 7] - sent[i] >= window for i in range(len(sent) - 7))
+
+
+def test_limiter_lets_the_deepest_stream_lead_and_serves_the_others_in_turn():
+    import threading
+    import time
+
+    from pdsync.client import RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    limiter.update(_limit_headers(4))  # 3 per window; the others evenly spaced, 0.68 s apart
+    order = []
+
+    def request(name, priority):
+        limiter.acquire(priority)
+        order.append(name)
+
+    def waiting(name, priority):
+        thread = threading.Thread(target=request, args=(name, priority))
+        thread.start()
+        time.sleep(0.3)
+        return thread
+
+    request("deals page 5", 5)
+    first = waiting("notes page 0", 0)  # must wait for the spacing
+    second = waiting("persons page 1", 1)
+    request("deals page 6", 6)  # deepest: goes at once, ahead of both
+    assert order == ["deals page 5", "deals page 6"]
+    now[0] = 1.4  # past the spacing of both earlier requests
+    first.join(timeout=5)
+    time.sleep(0.3)
+    # First come, first served below the leader; and the window is full (3 in 2.05 s).
+    assert order == ["deals page 5", "deals page 6", "notes page 0"]
+    assert second.is_alive()
+    now[0] = 2.1  # the first two left the window
+    second.join(timeout=5)
+    assert order[-1] == "persons page 1"
