@@ -16,7 +16,7 @@ from its phase's window, cycling through the phases:
 Windows leave out interpreter start-up (a kill before the database is opened tests nothing);
 a sync that finishes before its kill becomes the new expected duration. After each kill:
 PRAGMA integrity_check, then a plain `pdsync sync`, then the database must equal the fake
-(tests/helpers.py: every record, full-text indexes complete, no run left "running", and
+(tests/crashes.py: every record, full-text indexes complete, no run left "running", and
 deletions flagged: deals always, other entities where a full pass reached them).
 --seed fixes the fake, the upstream changes and the draws; the moments also scale with the
 measured durations. Exits 1 if any run failed.
@@ -33,7 +33,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from helpers import crash_runs, measure  # noqa: E402  (shared with tests/test_crash.py)
+from crashes import crash_runs, measure  # noqa: E402  (shared with tests/test_crash.py)
 
 from pdsync.fake import FakePipedrive, FakeServer  # noqa: E402
 

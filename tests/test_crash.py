@@ -10,7 +10,8 @@ import time
 
 import pytest
 import sqlite_utils
-from helpers import FTS, PHASES, crash_runs, differences, fts_problems, measure
+from crashes import FTS, PHASES, crash_runs, fts_problems, measure
+from helpers import differences
 
 import pdsync
 from pdsync.fake import FakePipedrive, FakeServer
