@@ -8,12 +8,14 @@ its own process, sync in a fresh one: sync_bench.py's method), wall time and pea
 each size in --queries: a database of that many deals built the same way, served by a real
 Datasette with pdsync serve's arguments, every canned query timed over HTTP (query_bench.py's
 method). Prints both tables and the growth exponent between successive sizes (time ~ n^k:
-k = 1 is linear), and draws --plot when matplotlib is installed (pip install -e '.[bench]').
+k = 1 is linear), saves the figures next to --plot as JSON, and draws --plot when matplotlib
+is installed (pip install -e '.[bench]').
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import subprocess
@@ -122,21 +124,31 @@ def plot(rows: list[dict], results: dict[int, list[dict]], path: Path) -> None:
     except ImportError:
         print(f"\n(no plot: matplotlib is not installed; pip install -e '.[bench]' for {path})")
         return
+    from matplotlib.ticker import FuncFormatter
+
+    thousands = FuncFormatter(lambda x, _: f"{x / 1000:,.0f}k")
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
     deals = [r["deals"] for r in rows]
-    left.plot(deals, [r["seconds"] for r in rows], "o-", label="first sync, seconds")
+    time_line = left.plot(deals, [r["seconds"] for r in rows], "o-", label="seconds")
     left.set_xlabel("deals")
     left.set_ylabel("seconds")
+    left.set_ylim(0, None)
+    left.xaxis.set_major_formatter(thousands)
     left.set_title("First sync of the whole account")
     memory = left.twinx()
-    memory.plot(deals, [r["rss_mb"] for r in rows], "s--", color="tab:orange")
+    rss_line = memory.plot(
+        deals, [r["rss_mb"] for r in rows], "s--", color="tab:orange", label="peak RSS, MB"
+    )
     memory.set_ylabel("peak RSS, MB", color="tab:orange")
     memory.set_ylim(0, max(r["rss_mb"] for r in rows) * 1.5)
+    left.legend(handles=time_line + rss_line, loc="upper left")
     sizes = sorted(results)
     for i in range(len(results[sizes[0]]) if sizes else 0):
         right.plot(sizes, [results[n][i]["median"] for n in sizes], ".-", alpha=0.6)
     right.axhline(query_bench.TARGET_MEDIAN_MS, color="grey", linestyle=":", label="target")
     right.set_xscale("log")
+    right.xaxis.set_major_formatter(thousands)
+    right.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: ""))
     right.set_xlabel("deals")
     right.set_ylabel("median ms per request")
     right.set_title("Canned queries through Datasette")
@@ -155,10 +167,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--plot", type=Path, default=Path("docs/growth.png"))
+    parser.add_argument(
+        "--replot", type=Path, metavar="JSON", help="print and plot a saved run, measure nothing"
+    )
     args = parser.parse_args()
 
-    rows = sync_growth(args.sync, args.seed)
-    results = query_growth(args.queries, args.seed, args.runs, args.warmup)
+    if args.replot:
+        saved = json.loads(args.replot.read_text())
+        rows, results = saved["sync"], {int(n): r for n, r in saved["queries"].items()}
+    else:
+        rows = sync_growth(args.sync, args.seed)
+        results = query_growth(args.queries, args.seed, args.runs, args.warmup)
+        saved_to = args.plot.with_suffix(".json")
+        saved_to.parent.mkdir(parents=True, exist_ok=True)
+        saved_to.write_text(json.dumps({"sync": rows, "queries": results}, indent=1))
+        print(f"Figures saved to {saved_to} (--replot {saved_to} prints and plots them again)")
     print_sync(rows)
     if results:
         print_queries(results)
