@@ -24,8 +24,6 @@ DEALS = 3000
 # (Datasette takes ~2 s to start) and all of the --full one.
 LATENCY = 1.0
 MIN_RESPONSES = 20  # per client and phase: ~100 seen on a busy 2-core machine
-# A first sync creates a table's full-text index after loading the table; until then the
-# search_deals canned query fails with "no such table: deals_fts" (or organizations_fts, ...).
 
 
 @pytest.fixture(scope="module")
