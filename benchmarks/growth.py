@@ -18,12 +18,9 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -62,19 +59,8 @@ def query_growth(sizes: list[int], seed: int, runs: int, warmup: int) -> dict[in
         with tempfile.TemporaryDirectory(prefix="pdsync-growth-") as tmp:
             db = Path(tmp) / "pipedrive.db"
             query_bench.build_database(db, n, seed)
-            params = query_bench.pick_parameters(db)
-            port = query_bench.free_port()
-            command = query_bench.datasette_command(db, port, [])
-            with open(Path(tmp) / "datasette.log", "wb") as log:
-                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-                try:
-                    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-                        query_bench.wait_until_up(client, process)
-                        requests = query_bench.requests_to_time(db.stem, params)
-                        results[n] = query_bench.run_and_print(client, requests, n, warmup, runs)
-                finally:
-                    process.terminate()
-                    process.wait(timeout=30)
+            log = Path(tmp) / "datasette.log"
+            results[n] = query_bench.serve_and_time(db, log, n, warmup, runs)
     return results
 
 

@@ -274,6 +274,34 @@ def count_deals(path: Path) -> int:
         conn.close()
 
 
+def serve_and_time(
+    db: Path,
+    log_path: Path,
+    deals: int,
+    warmup: int,
+    runs: int,
+    settings: list[tuple[str, str]] = (),
+) -> list[dict]:
+    """Serve ``db`` with a real Datasette (pdsync serve's arguments) and time every request."""
+    params = pick_parameters(db)
+    port = free_port()
+    command = datasette_command(db, port, list(settings))
+    print("Serving:", " ".join(command[1:]), flush=True)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+                wait_until_up(client, process)
+                requests = requests_to_time(db.stem, params)
+                return run_and_print(client, requests, deals, warmup, runs)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deals", type=int, default=100_000, help="deals to build (100000)")
@@ -298,24 +326,8 @@ def main() -> None:
         else:
             build_database(db, args.deals, args.seed)
         deals = count_deals(db)
-        params = pick_parameters(db)
-        port = free_port()
-        command = datasette_command(db, port, [tuple(s) for s in args.setting])
-        print("Serving:", " ".join(command[1:]), flush=True)
-        log = open(Path(tmp) / "datasette.log", "wb")
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-                wait_until_up(client, process)
-                requests = requests_to_time(db.stem, params)
-                run_and_print(client, requests, deals, args.warmup, args.runs)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            log.close()
+        settings = [tuple(s) for s in args.setting]
+        serve_and_time(db, Path(tmp) / "datasette.log", deals, args.warmup, args.runs, settings)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from sqlite_utils import Migrations
 
 from .entities import EntitySpec
 from .timestamps import normalize
-from .views import ensure_fts, ensure_views
+from .views import ensure_fts, ensure_views, has_rows
 
 migrations = Migrations("pdsync")
 
@@ -135,7 +135,7 @@ def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) 
             if missing:
                 # Rebuilds the table once, for databases made before the key was declared.
                 db.add_foreign_keys([(spec.name, *fk) for fk in missing])
-        if _has_rows(db, spec.name):
+        if has_rows(db, spec.name):
             ensure_indexes(db, spec)
         else:
             ensure_fts(db, spec.name)  # empty until the first load, but there to be queried
@@ -156,10 +156,6 @@ def ensure_indexes(db: sqlite_utils.Database, spec: EntitySpec) -> None:
             f" where {where}"
         )
     ensure_fts(db, spec.name)
-
-
-def _has_rows(db: sqlite_utils.Database, table: str) -> bool:
-    return db.execute(f"select exists (select 1 from [{table}])").fetchone()[0] == 1
 
 
 def add_columns(db: sqlite_utils.Database, table: str, columns: dict[str, type]) -> list[str]:

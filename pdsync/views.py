@@ -104,7 +104,7 @@ def ensure_fts(db: sqlite_utils.Database, table: str) -> None:
         )
     if set(_fts_triggers(table)) <= {t.name for t in db[table].triggers}:
         return
-    if not db.execute(f"select exists (select 1 from [{table}])").fetchone()[0]:
+    if not has_rows(db, table):
         return  # still empty: armed after its first load
     new = ", ".join(f"new.[{c}]" for c in columns)
     old = ", ".join(f"old.[{c}]" for c in columns)
@@ -118,6 +118,10 @@ def ensure_fts(db: sqlite_utils.Database, table: str) -> None:
         db.execute(f"create trigger [{ai}] after insert on [{table}] begin {insert} end")
         db.execute(f"create trigger [{ad}] after delete on [{table}] begin {delete} end")
         db.execute(f"create trigger [{au}] after update on [{table}] begin {delete} {insert} end")
+
+
+def has_rows(db: sqlite_utils.Database, table: str) -> bool:
+    return db.execute(f"select exists (select 1 from [{table}])").fetchone()[0] == 1
 
 
 def _fts_triggers(table: str) -> tuple[str, str, str]:

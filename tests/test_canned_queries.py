@@ -92,29 +92,13 @@ class World:
     # -- ground truth from the fake's records ----------------------------------------------
 
     def pipeline_ids(self, value: str) -> set[int] | None:
-        """None for every pipeline; an id (digits) or else an exact name."""
-        value = value.strip()
-        if value == "":
-            return None
-        if value.isdigit():
-            return {int(value)} & set(self.pipelines)
-        return {i for i, p in self.pipelines.items() if p["name"] == value}
+        return by_id_or_name(value, {i: p["name"] for i, p in self.pipelines.items()})
 
     def stage_ids(self, value: str) -> set[int] | None:
-        value = value.strip()
-        if value == "":
-            return None
-        if value.isdigit():
-            return {int(value)} & set(self.stages)
-        return {i for i, s in self.stages.items() if s["name"] == value}
+        return by_id_or_name(value, {i: s["name"] for i, s in self.stages.items()})
 
     def owner_ids(self, value: str) -> set[int] | None:
-        value = value.strip()
-        if value == "":
-            return None
-        if value.isdigit():
-            return {int(value)} & set(self.users)
-        return {i for i, name in self.users.items() if name == value}
+        return by_id_or_name(value, self.users)
 
     def row(self, deal: dict) -> dict:
         return {
@@ -133,6 +117,16 @@ class World:
         if deal.get("probability") is not None:
             return deal["probability"]
         return self.stages[deal["stage_id"]].get("deal_probability") or 0
+
+
+def by_id_or_name(value: str, names: dict[int, str]) -> set[int] | None:
+    """None for every one; an id (digits) or else an exact name."""
+    value = value.strip()
+    if value == "":
+        return None
+    if value.isdigit():
+        return {int(value)} & set(names)
+    return {i for i, name in names.items() if name == value}
 
 
 def status_of(deal: dict) -> str:
