@@ -260,23 +260,10 @@ def _deals() -> EntitySpec:
                 "coalesce(stage_change_time, add_time), id, pipeline_id",
                 OPEN_DEAL,
             ),
+            # Also covers cashflow_forecast's current month (its other months are totals).
             "open_expected_close": (
-                "expected_close_date is null, expected_close_date, id, stage_id",
-                OPEN_DEAL,
-            ),
-            "open_expected_close_totals": (
-                "expected_close_date, currency, value, probability, stage_id, status,"
-                " is_archived, is_deleted",
-                OPEN_DEAL,
-            ),
-            # Covering (hence the status columns) for the owner and pipeline totals.
-            "open_owner_totals": (
-                "owner_id, currency, value, pipeline_id, status, is_archived, is_deleted",
-                OPEN_DEAL,
-            ),
-            "open_stage_totals": (
-                "pipeline_id, stage_id, currency, value, probability, status, is_archived,"
-                " is_deleted",
+                "expected_close_date is null, expected_close_date, id, stage_id, pipeline_id,"
+                " currency, value, probability, status, is_archived, is_deleted",
                 OPEN_DEAL,
             ),
         },

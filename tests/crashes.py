@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import sqlite_utils
 from helpers import FAST_CLIENT, differences, gone_but_not_flagged
 
+from pdsync import totals
 from pdsync.entities import builtin_entities
 from pdsync.views import FTS
 
@@ -345,6 +346,7 @@ def crash_run(
     try:
         run.problems += differences(db, fake)
         run.problems += fts_problems(db)
+        run.problems += totals.problems(db)
         for entity in sorted(reconciled):
             gone = gone_but_not_flagged(db, fake, entity)
             run.problems += [f"{entity} {id_}: gone upstream, not flagged" for id_ in gone]

@@ -644,8 +644,10 @@ def cashflow(world: World, now: datetime, months=6, pipeline=""):
     groups: dict[tuple, list] = {}
     for d in world.deals:
         ecd = d.get("expected_close_date")
-        if not (live_open(d) and ecd and ecd < end and in_ids(d["pipeline_id"], pipelines)):
+        if not (live_open(d) and ecd and in_ids(d["pipeline_id"], pipelines)):
             continue
+        if ecd >= end and ecd >= today.isoformat():
+            continue  # past the horizon; whatever is overdue counts, even when months is 0
         month = "overdue" if ecd < today.isoformat() else ecd[:7]
         group = groups.setdefault((month, d["currency"]), [0, 0.0, 0.0])
         group[0] += 1
@@ -978,11 +980,11 @@ OPEN_DEAL_WALKS = {
     ("rotten_deals", ""): "idx_deals_open_update_time",
     ("near_invoicing", ""): "idx_deals_open_expected_close",
 }
-# The default totals read a covering partial index of open deals, grouped in its order.
+# The default totals read the sums the sync keeps (totals.py), never every open deal.
 OPEN_DEAL_TOTALS = {
-    ("owner_kpis", ""): "COVERING INDEX idx_deals_open_owner_totals",
-    ("pipeline_summary", ""): "COVERING INDEX idx_deals_open_stage_totals",
-    ("cashflow_forecast", ""): "COVERING INDEX idx_deals_open_expected_close_totals",
+    ("owner_kpis", ""): "SCAN open_deal_owner_totals",
+    ("pipeline_summary", ""): "SCAN open_deal_totals",
+    ("cashflow_forecast", ""): "SCAN t",
 }
 
 

@@ -6,6 +6,7 @@ from helpers import FAST_CLIENT, differences, gone_but_not_flagged
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pdsync import totals
 from pdsync.client import PipedriveClient
 from pdsync.engine import Sync
 from pdsync.fake import FakePipedrive, FakeServer
@@ -91,6 +92,7 @@ def test_random_changes_converge(tmp_path_factory, ops, data):
             assert Sync(db, client).run().ok
             assert differences(db, fake) == []
             assert gone_but_not_flagged(db, fake, "deals") == []
+            assert totals.problems(db) == []
             # Deleted persons are only seen by a full pass (their list hides them).
             assert Sync(db, client, full=True).run().ok
             assert differences(db, fake) == []

@@ -3,6 +3,7 @@
 import sqlite_utils
 from helpers import differences
 
+from pdsync import totals
 from pdsync.schema import migrations
 
 
@@ -39,6 +40,7 @@ def test_original_design_database_upgrades_in_place(fake, run_sync, db_path):
     # The old row predates any watermark, so the first run reconciled it: gone upstream.
     assert (old["status"], old["is_deleted"]) == ("deleted", 1)
     assert differences(db, fake) == []
+    assert totals.problems(db) == []  # the old deal counted, then taken away when flagged
     assert {("stage_id", "stages")} <= {
         (fk.column, fk.other_table) for fk in db["deals"].foreign_keys
     }
@@ -50,6 +52,7 @@ def test_original_design_database_upgrades_in_place(fake, run_sync, db_path):
         "m004_rejected_records",
         "m005_deals_read_indexes",
         "m006_deals_owner_index",
+        "m007_deals_totals",
     ]
 
 
