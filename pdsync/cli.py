@@ -22,6 +22,7 @@ from .auth import ConfigError, save_auth
 from .client import AuthError, ConnectionFailed, PipedriveError
 from .engine import ProgressEvent, SyncResult, selected_entities
 from .lock import LockHeld
+from .schema import pending_upgrades
 from .serve import DEFAULT_PORT
 from .serve import serve as serve_database
 
@@ -206,8 +207,16 @@ def serve(db_path: str, host: str, port: int, root: bool) -> None:
     """Explore DB_PATH in Datasette, with pdsync's canned queries, labels and plugins."""
     try:
         api.open_database(db_path)
+        upgrades = pending_upgrades(db_path)
     except sqlite3.DatabaseError as exc:
         raise click.ClickException(f"{db_path} is not a SQLite database ({exc})") from None
+    if upgrades:
+        # Serving never writes; some canned queries read tables only a newer sync makes.
+        click.echo(
+            f"Warning: {db_path} was made by an older pdsync; run `pdsync sync {db_path}` once"
+            " to upgrade it, or some canned queries will fail.",
+            err=True,
+        )
     click.echo(f"Serving {db_path} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
     serve_database(db_path, host, port, root)
 

@@ -222,6 +222,19 @@ def table_names(path: str | None) -> set[str]:
         return set()
 
 
+def pending_upgrades(path: str) -> list[str]:
+    """Migrations a pdsync database at ``path`` still needs (the next sync applies them), read
+    without writing. Empty for a database pdsync has not synced."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        db = sqlite_utils.Database(conn)
+        if "sync_metadata" not in db.table_names():
+            return []
+        return [m.name for m in migrations.pending(db)]
+    finally:
+        conn.close()
+
+
 def check_database(path: str) -> None:
     """Raise ``sqlite3.DatabaseError`` if ``path`` exists and is not a SQLite database."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)

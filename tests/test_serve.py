@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlite_utils
 import yaml
 from datasette.app import Datasette
 from datasette.plugins import pm
@@ -149,6 +150,29 @@ def test_pdsync_serve_runs_datasette_with_metadata_and_plugins(synced):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_serve_warns_about_a_database_an_older_pdsync_made(synced, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from pdsync import cli
+
+    served = []
+    monkeypatch.setattr(cli, "serve_database", lambda path, *args: served.append(path))
+    current = CliRunner().invoke(cli.cli, ["serve", str(synced)])
+    assert current.exit_code == 0 and "older pdsync" not in current.stderr
+    old = tmp_path / "old.db"
+    old.write_bytes(synced.read_bytes())
+    db = sqlite_utils.Database(old)
+    db.execute("delete from _sqlite_migrations where name = 'm007_deals_totals'")
+    db.conn.commit()
+    db.close()
+    before = old.read_bytes()
+    result = CliRunner().invoke(cli.cli, ["serve", str(old)])
+    assert result.exit_code == 0, result.output
+    assert f"run `pdsync sync {old}` once" in result.stderr
+    assert served == [str(synced), str(old)]
+    assert old.read_bytes() == before  # serving never writes
 
 
 def test_serve_refuses_a_missing_file(tmp_path):
