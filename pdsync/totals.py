@@ -27,6 +27,10 @@ def open_deal(row: str) -> str:
     )
 
 
+# Declared foreign keys let Datasette show names for the ids.
+REFERENCES = {"pipeline_id": "pipelines", "stage_id": "stages", "owner_id": "users"}
+
+
 @dataclass(frozen=True)
 class Totals:
     """One table of sums, a row per group of open deals. Expressions read a deal as ``{d}``.
@@ -44,7 +48,6 @@ class Totals:
 
     def create_sql(self) -> dict[str, str]:
         """The table's and its indexes' CREATE statements by name, as sqlite_master has them."""
-        # Declared foreign keys let Datasette show names for the ids.
         keys = [
             f"[{k}] references [{REFERENCES[k]}](id)" if k in REFERENCES else f"[{k}]"
             for k in self.keys
@@ -58,8 +61,6 @@ class Totals:
             sql[name] = f"CREATE INDEX [{name}] ON [{self.name}] ({quoted})"
         return sql
 
-
-REFERENCES = {"pipeline_id": "pipelines", "stage_id": "stages", "owner_id": "users"}
 
 TOTALS = (
     Totals(

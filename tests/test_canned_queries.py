@@ -960,13 +960,22 @@ def test_table_metadata_labels_facets_and_hidden_tables(world):
     for column, table in [("pipeline_id", world.pipelines), ("owner_id", world.users)]:
         label = table[row[column]["value"]]
         assert row[column]["label"] == (label if isinstance(label, str) else label["name"])
+    # The totals tables name their pipeline, stage and owner too.
+    for path, column, names in [
+        ("open_deal_totals", "stage_id", world.stages),
+        ("open_deal_owner_totals", "owner_id", world.users),
+    ]:
+        row = world.get(f"/pipedrive/{path}.json?_labels=on&_shape=array&_size=1").json()[0]
+        name = names[row[column]["value"]]
+        assert row[column]["label"] == (name if isinstance(name, str) else name["name"])
     facets = world.get("/pipedrive/deals.json").json()["facet_results"]
     assert set(facets) == {"status", "pipeline_id", "stage_id", "owner_id", "currency"}
     assert not any(f.get("timed_out") for f in facets.values())
     tables = {t["name"]: t for t in world.get("/pipedrive.json").json()["tables"]}
     for hidden in ("_pdsync_seen", "_sqlite_migrations", "sync_streams", "deals_fts"):
         assert tables[hidden]["hidden"], hidden
-    for shown in ("deals", "pipelines", "stages", "notes", "sync_metadata", "sync_runs"):
+    visible = ("deals", "pipelines", "stages", "notes", "sync_metadata", "sync_runs")
+    for shown in (*visible, "open_deal_totals", "open_deal_owner_totals"):
         assert not tables[shown]["hidden"], shown
 
 

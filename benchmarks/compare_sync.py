@@ -1,0 +1,109 @@
+"""Two checkouts of pdsync, interleaved on one fake: first sync, then incremental syncs.
+
+    git worktree add /tmp/before HEAD~1
+    python benchmarks/compare_sync.py /tmp/before . --deals 400000 --rounds 2
+    python benchmarks/compare_sync.py /tmp/before . --deals 100000 --only deals --changes 500
+
+This machine is shared and its speed drifts by tens of percent over minutes, so comparing
+runs made at different times says little. Here each round syncs with A then B while the
+fake stays the same; each tree has its own database. With --changes K, each round also
+applies K upstream changes and lets both trees sync them incrementally, which is where the
+cost of work done per written row (triggers, indexes) shows. Every sync runs in a fresh
+process importing pdsync from its tree (PYTHONPATH), via sync_bench.py's child mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sync_bench  # noqa: E402  (its fake server and one-sync child mode)
+
+
+def sync_with(tree: Path, db: str, info: dict, only: list[str] | None) -> dict:
+    args = [sys.executable, sync_bench.__file__, "--child", db, info["url"], info["token"]]
+    args += [f"--only={name}" for name in only or []]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run(args, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"sync with {tree} failed: {out.stderr.strip()[-500:]}")
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("a", type=Path, help="checkout A (a directory holding pdsync/)")
+    parser.add_argument("b", type=Path, help="checkout B")
+    parser.add_argument("--deals", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=2, help="first syncs per tree (2)")
+    parser.add_argument("--changes", type=int, default=0, help="upstream changes per round")
+    parser.add_argument("--only", action="append", help="entities to sync (all)")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    trees = {"A": args.a.resolve(), "B": args.b.resolve()}
+    for label, tree in trees.items():
+        if not (tree / "pdsync" / "__init__.py").exists():
+            raise SystemExit(f"{tree} is not a pdsync checkout")
+        print(f"{label}: {tree}")
+
+    parent, child = multiprocessing.Pipe()
+    process = multiprocessing.Process(
+        target=sync_bench.serve_fake, args=(child, args.deals, args.seed), daemon=True
+    )
+    process.start()
+    info = parent.recv()
+    first: dict[str, list[dict]] = {"A": [], "B": []}
+    later: dict[str, list[dict]] = {"A": [], "B": []}
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def each_tree(round_: int, results: dict[str, list[dict]], describe) -> None:
+            for label, tree in trees.items():
+                figures = sync_with(tree, os.path.join(tmp, f"{label}{round_}.db"), info, args.only)
+                results[label].append(figures)
+                print(f"round {round_ + 1} {label}: {describe(figures)}", flush=True)
+
+        for round_ in range(args.rounds):
+            each_tree(
+                round_,
+                first,
+                lambda f: f"first sync {f['seconds']:.1f} s, peak RSS {f['peak_rss_mb']:.0f} MB",
+            )
+            if args.changes:
+                parent.send(("mutate", args.changes))
+                parent.recv()
+                each_tree(
+                    round_,
+                    later,
+                    lambda f: (
+                        f"{args.changes} changes synced in {f['seconds'] * 1000:.0f} ms"
+                        f" ({f['records']} records)"
+                    ),
+                )
+    parent.send(("stop", None))
+    process.join(timeout=30)
+
+    def median(runs: list[dict], key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    print(f"\n{args.deals:,} deals, {args.rounds} rounds, medians:")
+    a, b = median(first["A"], "seconds"), median(first["B"], "seconds")
+    print(f"first sync         A {a:8.1f} s   B {b:8.1f} s   B/A {b / a:.3f}")
+    a, b = median(first["A"], "peak_rss_mb"), median(first["B"], "peak_rss_mb")
+    print(f"peak RSS           A {a:8.0f} MB  B {b:8.0f} MB  B/A {b / a:.3f}")
+    if args.changes:
+        a, b = median(later["A"], "seconds"), median(later["B"], "seconds")
+        print(
+            f"{args.changes} changes  A {a * 1000:8.0f} ms  B {b * 1000:8.0f} ms  B/A {b / a:.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
