@@ -203,9 +203,12 @@ def prepare(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     # 16 MB of page cache (default 2 MB): inserts sorted by update_time land at random ids,
     # and a cache that holds the upper B-tree levels made them a quarter faster.
     db.execute("pragma cache_size = -16000")
-    migrations.apply(db)
-    ensure_entity_tables(db, entities)
-    ensure_views(db)
+    # One commit, so one schema change for readers of a database served before its first
+    # sync (see engine._SCHEMA_GAP), and a new database appears whole or not at all.
+    with db.atomic():
+        migrations.apply(db)
+        ensure_entity_tables(db, entities)
+        ensure_views(db)
 
 
 def table_names(path: str | None) -> set[str]:

@@ -138,7 +138,17 @@ class Store:
         return rows[0] if rows else {}
 
     def update_metadata(self, entity: str, **values: Any) -> None:
-        self.db["sync_metadata"].upsert({"entity_type": entity, **values}, pk="entity_type")
+        # Plain SQL, not Table.upsert: sqlite-utils would first test the SQLite library for
+        # upsert support by creating and dropping a scratch table, a schema change on every
+        # sync that each Datasette connection then reloads.
+        columns = ["entity_type", *values]
+        names = ", ".join(f"[{c}]" for c in columns)
+        updates = ", ".join(f"[{c}] = excluded.[{c}]" for c in values)
+        self.db.execute(
+            f"insert into sync_metadata ({names}) values ({', '.join('?' for _ in columns)})"
+            f" on conflict (entity_type) do " + (f"update set {updates}" if updates else "nothing"),
+            [entity, *values.values()],
+        )
 
     def start_run(self, mode: str, entities: list[str], version: str) -> int:
         table = self.db["sync_runs"]
