@@ -44,7 +44,7 @@ _QUEUE_PAGES = 8  # pages in flight between fetchers and the writer: bounds memo
 # across two schema changes a few milliseconds apart can fail to reconnect a full-text table
 # ("vtable constructor failed: persons_fts"); measured: 10 ms apart failed ~2 % of changes,
 # 20 ms and more never. So cheap builds share one commit, and commits are spaced.
-_SCHEMA_BATCH = 0.1  # seconds of index building one commit may take on (then it commits)
+_SCHEMA_BATCH = 0.1  # a commit takes in further index builds for this many seconds
 _SCHEMA_GAP = 0.05  # seconds between schema-changing commits
 
 
