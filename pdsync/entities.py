@@ -15,9 +15,19 @@ from typing import Any
 Row = dict[str, Any]
 
 
-# An open deal as the canned queries say it. "+status" keeps SQLite off the status index
-# (half the deals are open: walking it in another order is slower than it looks).
-OPEN_DEAL = "+status = 'open' and coalesce(is_archived, 0) = 0 and coalesce(is_deleted, 0) = 0"
+def open_deal(row: str = "") -> str:
+    """An open deal, as SQL over ``row``'s columns (a table name, or a trigger's old/new).
+    "+status" keeps SQLite off the status index (half the deals are open: walking it in
+    another order is slower than it looks)."""
+    c = f"{row}." if row else ""
+    return (
+        f"+{c}status = 'open' and coalesce({c}is_archived, 0) = 0"
+        f" and coalesce({c}is_deleted, 0) = 0"
+    )
+
+
+# As the canned queries say it, word for word.
+OPEN_DEAL = open_deal()
 
 
 @dataclass(frozen=True)

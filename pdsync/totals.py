@@ -16,16 +16,8 @@ from dataclasses import dataclass, field
 
 import sqlite_utils
 
+from .entities import open_deal
 from .views import has_rows
-
-
-def open_deal(row: str) -> str:
-    # entities.OPEN_DEAL, for a trigger's old or new row.
-    return (
-        f"{row}.status = 'open' and coalesce({row}.is_archived, 0) = 0"
-        f" and coalesce({row}.is_deleted, 0) = 0"
-    )
-
 
 # Declared foreign keys let Datasette show names for the ids.
 REFERENCES = {"pipeline_id": "pipelines", "stage_id": "stages", "owner_id": "users"}
