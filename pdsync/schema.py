@@ -8,7 +8,9 @@ foreign keys and indexes the specs declare.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 
 import sqlite_utils
 from sqlite_utils import Migrations
@@ -216,11 +218,8 @@ def table_names(path: str | None) -> set[str]:
     if not path:
         return set()
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
+        with _read_only(path) as conn:
             return {r[0] for r in conn.execute("select name from sqlite_master")}
-        finally:
-            conn.close()
     except sqlite3.Error:
         return set()
 
@@ -228,20 +227,23 @@ def table_names(path: str | None) -> set[str]:
 def pending_upgrades(path: str) -> list[str]:
     """Migrations a pdsync database at ``path`` still needs (the next sync applies them), read
     without writing. Empty for a database pdsync has not synced."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
+    with _read_only(path) as conn:
         db = sqlite_utils.Database(conn)
         if "sync_metadata" not in db.table_names():
             return []
         return [m.name for m in migrations.pending(db)]
-    finally:
-        conn.close()
 
 
 def check_database(path: str) -> None:
     """Raise ``sqlite3.DatabaseError`` if ``path`` exists and is not a SQLite database."""
+    with _read_only(path) as conn:
+        conn.execute("pragma schema_version").fetchone()
+
+
+@contextlib.contextmanager
+def _read_only(path: str) -> Iterator[sqlite3.Connection]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        conn.execute("pragma schema_version").fetchone()
+        yield conn
     finally:
         conn.close()
