@@ -12,6 +12,7 @@ import logging
 import random
 import threading
 import time
+import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,10 @@ from typing import Any
 
 import httpx
 import orjson
+
+from . import deadlines
+from .redact import Redactor, bad_header_value, url_without_credentials
+from .timestamps import normalize as normalize_ts
 
 DEFAULT_BASE_URL = "https://api.pipedrive.com"
 PAGE_LIMIT = 500  # the most Pipedrive allows per page
@@ -38,6 +43,19 @@ class AuthError(PipedriveError):
 
 class ConnectionFailed(PipedriveError):
     """The base URL could not be reached at all. Fatal for the whole sync."""
+
+
+class BudgetSpent(PipedriveError):
+    """Pipedrive's rate limit resets hours away: the daily token budget is spent. Fatal."""
+
+
+class LoopingStream(PipedriveError):
+    """Pipedrive sent a cursor or offset this stream had already followed."""
+
+
+# A burst window resets within seconds. A reset further away than this means the daily token
+# budget is spent (or a header is absurd): waiting would stall the sync for hours, so it stops.
+MAX_RATE_WAIT = 120.0
 
 
 @dataclass
@@ -113,6 +131,7 @@ class RateLimiter:
         self.limit: int | None = None
         self.known = False
         self.blocked_until = 0.0
+        self.closed: str | None = None  # why nobody may send any more (the budget is spent)
 
     def acquire(self, priority: float = 0.0) -> None:
         with self._cond:
@@ -120,6 +139,8 @@ class RateLimiter:
             self._waiting.append(me)
             try:
                 while True:
+                    if self.closed:
+                        raise BudgetSpent(self.closed)
                     now = self._clock()
                     wait = self._wait(now, me)
                     if wait is not None and wait <= 0:
@@ -183,7 +204,14 @@ class RateLimiter:
             self.known = True
             self.limit = limit
             if remaining == 0:
-                self.blocked_until = max(self.blocked_until, self._clock() + (reset or 1))
+                wait = min(reset or 1, MAX_RATE_WAIT)  # longer: the client stops (BudgetSpent)
+                self.blocked_until = max(self.blocked_until, self._clock() + wait)
+            self._cond.notify_all()
+
+    def close(self, reason: str) -> None:
+        """Nobody sends again: whoever waits, and whoever comes, raises ``BudgetSpent``."""
+        with self._cond:
+            self.closed = reason
             self._cond.notify_all()
 
     def failed(self) -> None:
@@ -196,6 +224,7 @@ class RateLimiter:
         """After a 429: nobody sends until the window has reset."""
         with self._cond:
             self._probing = False
+            seconds = min(seconds, MAX_RATE_WAIT)
             self.blocked_until = max(self.blocked_until, self._clock() + seconds)
             self._cond.notify_all()
 
@@ -232,22 +261,39 @@ class PipedriveClient:
         max_backoff: float = 60.0,
         connect_retries: int = 2,
         transport: httpx.BaseTransport | None = None,
+        deadline: float | None = None,
     ) -> None:
         if not token:
             raise AuthError("no Pipedrive API token given")
+        problem = bad_header_value(token)
+        if problem:
+            # Said before any request: httpx would raise with the header in its message.
+            raise AuthError(f"the Pipedrive API token cannot be sent: {problem}")
+        if url_without_credentials(base_url) != base_url:
+            raise PipedriveError(
+                "the base URL must not hold a user name or password: "
+                f"{url_without_credentials(base_url)}"
+            )
         self.base_url = base_url.rstrip("/")
+        self.redact = Redactor(token)
         self.max_retries = max_retries
         self.connect_retries = connect_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        # The whole response, headers and body, not only each read (see deadlines.py).
+        self.deadline = deadline if deadline is not None else timeout * 4
         self.limiter = RateLimiter()
         self._rejected: str | None = None  # after one 401, no request is sent again
+        self._spent: str | None = None  # after the daily budget is spent, none either
+        limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+        if transport is None and not urllib.request.getproxies():
+            transport = deadlines.transport(limits)  # a proxy from the environment keeps httpx's
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"x-api-token": token, "accept": "application/json", "user-agent": "pdsync"},
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             transport=transport,
-            limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
+            limits=limits,
         )
 
     def close(self) -> None:
@@ -280,48 +326,46 @@ class PipedriveClient:
                 return self._attempt(path, params or {}, tally, priority)
             except _Retry as retry:
                 attempt += 1
-                connect_refused = retry.reason.startswith("could not connect")
+                reason = self.redact.text(retry.reason)
+                connect_refused = reason.startswith("could not connect")
                 connect_failures += connect_refused
                 limit = self.connect_retries if connect_refused else self.max_retries
                 if (connect_refused and connect_failures > limit) or attempt > self.max_retries:
                     if connect_refused:
-                        raise ConnectionFailed(f"{retry.reason} ({self.base_url})") from None
+                        raise ConnectionFailed(f"{reason} ({self.base_url})") from None
                     raise PipedriveError(
-                        f"GET {path} failed after {attempt} attempts: {retry.reason}"
+                        f"GET {path} failed after {attempt} attempts: {reason}"
                     ) from None
                 delay = retry.delay
                 if delay is None:
                     delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
                     delay *= random.uniform(0.5, 1.5)  # jitter: fetchers must not retry in step
                 tally.add(retries=1)
-                log.warning("GET %s: %s; retry %d in %.1fs", path, retry.reason, attempt, delay)
+                log.warning("GET %s: %s; retry %d in %.1fs", path, reason, attempt, delay)
                 time.sleep(delay)
 
     def _attempt(
         self, path: str, params: dict[str, Any], tally: Tally, priority: float = 0.0
     ) -> dict:
         self.limiter.acquire(priority)
-        if self._rejected:
-            self.limiter.failed()
-            raise AuthError(self._rejected)
-        started = time.perf_counter()
-        tally.add(requests=1)
+        answered = False
         try:
-            response = self._http.get(path, params=params)
-            body = response.content  # read fully here so a truncated body is a retry
-        except httpx.ConnectError as exc:
-            self.limiter.failed()
-            raise _Retry(f"could not connect: {_reason(exc)}") from None
-        except httpx.TimeoutException:
-            self.limiter.failed()
-            raise _Retry("timed out") from None
-        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            self.limiter.failed()
-            raise _Retry(f"connection dropped: {_reason(exc)}") from None
+            if self._rejected or self._spent:
+                raise (AuthError if self._rejected else BudgetSpent)(self._rejected or self._spent)
+            started = time.perf_counter()
+            tally.add(requests=1)
+            response, body = self._send(path, params)
+            answered = True
+            self.limiter.update(response.headers)
+        finally:
+            # Whatever went wrong (even an exception nobody expected), the next request may
+            # probe the rate limit: a flag left set would make every other stream wait forever.
+            if not answered:
+                self.limiter.failed()
         elapsed_ms = (time.perf_counter() - started) * 1000
         status = response.status_code
         log.info("GET %s %s %d %.0fms", path, _query(params), status, elapsed_ms)
-        self.limiter.update(response.headers)
+        self._check_budget(path, response)
 
         if status == 429:
             delay = _retry_delay(response.headers)
@@ -340,13 +384,60 @@ class PipedriveClient:
             data = {}
         if status >= 400:
             detail = data.get("error") if isinstance(data, dict) else None
-            raise PipedriveError(
-                f"Pipedrive answered HTTP {status} to GET {path}: {detail or body[:200]!r}"
-            )
+            text = detail if isinstance(detail, str) and detail else repr(body[:2000])
+            # Secrets out before the cut: a cut through the token would leave part of it.
+            text = self.redact.text(text)[:300]
+            raise PipedriveError(f"Pipedrive answered HTTP {status} to GET {path}: {text}")
         if not isinstance(data, dict) or data.get("success") is False:
             raise _Retry("response was not a success envelope")
         tally.add(tokens=token_cost(path))
         return data
+
+    def _send(self, path: str, params: dict[str, Any]) -> tuple[httpx.Response, bytes]:
+        """One GET, read whole within the deadline. Every failure of the HTTP layer is a
+        ``_Retry``: a truncated, stalled, trickling or undecodable answer is worth another try."""
+        try:
+            with deadlines.deadline(self.deadline):
+                with self._http.stream("GET", path, params=params) as response:
+                    chunks = []
+                    for chunk in response.iter_bytes():
+                        chunks.append(chunk)
+                        if deadlines.expired():  # a transport without the deadline's sockets
+                            raise httpx.ReadTimeout("the response took longer than its deadline")
+                    return response, b"".join(chunks)
+        except httpx.ConnectError as exc:
+            raise _Retry(f"could not connect: {self._reason(exc)}") from None
+        except httpx.TimeoutException:
+            raise _Retry(f"timed out (no whole answer within {self.deadline:.0f}s)") from None
+        except httpx.DecodingError as exc:
+            raise _Retry(f"the response could not be decoded: {self._reason(exc)}") from None
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise _Retry(f"connection dropped: {self._reason(exc)}") from None
+        except httpx.HTTPError as exc:
+            raise _Retry(f"{type(exc).__name__}: {self._reason(exc)}") from None
+
+    def _reason(self, exc: Exception) -> str:
+        text = self.redact.text(str(exc) or type(exc).__name__)
+        return text.splitlines()[0][:200] if text else type(exc).__name__
+
+    def _check_budget(self, path: str, response: httpx.Response) -> None:
+        """Stop at once when Pipedrive says to come back hours from now."""
+        headers = response.headers
+        remaining = _int_header(headers, "x-ratelimit-remaining")
+        exhausted = response.status_code == 429 or remaining == 0
+        reset = _int_header(headers, "x-ratelimit-reset")
+        if response.status_code == 429:
+            reset = max(reset or 0, _int_header(headers, "retry-after") or 0)
+        if not exhausted or reset is None or reset <= MAX_RATE_WAIT:
+            return
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + reset))
+        hours, minutes = divmod(reset // 60, 60)
+        self._spent = (
+            f"Pipedrive's rate limit resets in {hours}h {minutes:02d}m (at {at}, on GET {path}):"
+            " the daily token budget is spent; sync again after that"
+        )
+        self.limiter.close(self._spent)
+        raise BudgetSpent(self._spent)
 
     # -- pagination -----------------------------------------------------------------------
 
@@ -363,12 +454,19 @@ class PipedriveClient:
         the deeper a stream, the likelier it is the longest, which the whole sync waits for.
         """
         params = {**(params or {}), "limit": PAGE_LIMIT}
+        followed: set[str] = set()
         for page in itertools.count():
             body = self.get(path, params, tally, priority + page)
-            yield body.get("data") or []
+            yield _list(body)
             cursor = (body.get("additional_data") or {}).get("next_cursor")
             if not cursor:
                 return
+            if not isinstance(cursor, str) or cursor in followed:
+                raise LoopingStream(
+                    f"GET {path}: Pipedrive sent page {page + 2}'s cursor again (or a cursor"
+                    " that is not text); stopped so the stream cannot loop"
+                )
+            followed.add(cursor)
             params = {**params, "cursor": cursor}
 
     def iter_v1(
@@ -383,12 +481,68 @@ class PipedriveClient:
         start = 0
         for page in itertools.count():
             body = self.get(path, {**params, "start": start}, tally, priority + page)
-            data = body.get("data") or []
-            yield data if isinstance(data, list) else [data]
+            data = _list(body)
+            yield data
             pagination = (body.get("additional_data") or {}).get("pagination") or {}
             if not pagination.get("more_items_in_collection"):
                 return
-            start = pagination.get("next_start") or start + len(data)
+            start = _next_start(path, pagination.get("next_start"), start, len(data))
+
+    def iter_v1_since(
+        self,
+        path: str,
+        params: dict[str, Any] | None = None,
+        since: str | None = None,
+        tally: Tally | None = None,
+        priority: float = 0.0,
+    ) -> Iterator[list[dict]]:
+        """Page a v1 list sorted by update_time by moving ``updated_since`` forward.
+
+        With offset pagination, a record updated between two requests moves to the end of
+        the sorted list and shifts the rest one place left, so plain ``start += limit``
+        silently skips a record. Restarting from the newest update_time seen cannot skip;
+        ``start`` only advances while a whole page shares one update_time.
+        """
+        since = since or "1970-01-01T00:00:00Z"
+        start = 0
+        asked: set[tuple[str, int]] = set()
+        for page in itertools.count():
+            asked.add((since, start))
+            query = {**(params or {}), "updated_since": since, "start": start, "limit": PAGE_LIMIT}
+            body = self.get(path, query, tally, priority + page)
+            data = _list(body)
+            yield data
+            pagination = (body.get("additional_data") or {}).get("pagination") or {}
+            if not pagination.get("more_items_in_collection") or not data:
+                return
+            newest = max(
+                (normalize_ts(r.get("update_time")) or "" for r in data if isinstance(r, dict)),
+                key=str,
+                default="",
+            )
+            if isinstance(newest, str) and newest > since:
+                since, start = newest, 0
+            else:
+                start += len(data)
+            if (since, start) in asked:
+                raise LoopingStream(f"GET {path}: the same page came back; stopped")
+
+
+def _list(body: dict) -> list:
+    data = body.get("data") or []
+    return data if isinstance(data, list) else [data]
+
+
+def _next_start(path: str, next_start: Any, start: int, got: int) -> int:
+    """The next offset; one that does not move forward would loop for ever."""
+    if next_start is None:
+        next_start = start + got
+    if type(next_start) is not int or next_start <= start:
+        raise LoopingStream(
+            f"GET {path}: Pipedrive's next_start {next_start!r} does not move past {start};"
+            " stopped so the stream cannot loop"
+        )
+    return next_start
 
 
 def _retry_delay(headers: httpx.Headers) -> float | None:
@@ -398,11 +552,6 @@ def _retry_delay(headers: httpx.Headers) -> float | None:
         if value is not None and value >= 0:
             return min(float(value), 120.0) + random.uniform(0, 0.25)
     return None
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
 
 
 def _query(params: dict[str, Any]) -> str:
