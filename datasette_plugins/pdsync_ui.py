@@ -39,7 +39,8 @@ import pdsync
 from pdsync import plugins as pdsync_plugins
 from pdsync.auth import ConfigError, resolve_base_url, resolve_token
 from pdsync.lock import LockHeld, SyncLock
-from pdsync.schema import table_names
+from pdsync.redact import Redactor
+from pdsync.schema import connect_read_only, table_names
 
 CONFIG = "pdsync"
 PERMISSION = "pdsync-sync"
@@ -160,6 +161,16 @@ def scrub(text: Any, secret: str | None) -> str:
     if secret:
         text = text.replace(secret, "[token]")
     return text
+
+
+def _redactor(config: dict) -> Redactor:
+    """Hides the configured token (and URL credentials) in what the page shows, even in
+    messages an older pdsync stored before it redacted them itself."""
+    try:
+        token, _ = credentials(config)
+    except Exception:  # no token configured: nothing of it to hide
+        token = None
+    return Redactor(token)
 
 
 def entity_order() -> list[str]:
@@ -391,7 +402,7 @@ def is_pdsync_file(path: str | None) -> bool:
 
 def last_success_started(path: str) -> str | None:
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = connect_read_only(path)
         try:
             return conn.execute(
                 "select max(started_at) from sync_runs where status = 'success'"
@@ -514,6 +525,7 @@ async def database_status(datasette, db, actor) -> dict:
     config = plugin_config(datasette, db.name)
     threshold, config_error = stale_after(config)
     now = datetime.now(timezone.utc)
+    redact = _redactor(config)
     meta = (await db.execute("select * from sync_metadata")).rows
     entities = []
     order = entity_order()
@@ -530,7 +542,10 @@ async def database_status(datasette, db, actor) -> dict:
                 "records_total": row.get("records_total"),
                 "duration_ms": row.get("last_sync_duration_ms"),
                 "duration": format_duration(row.get("last_sync_duration_ms")),
-                "error_message": row.get("error_message") or "",
+                "error_message": redact.text(row.get("error_message") or ""),
+                # A run can succeed and still have refused records: never "success" alone.
+                "records_rejected": row.get("records_rejected") or 0,
+                "warning_message": redact.text(row.get("warning_message") or ""),
                 "requests": row.get("requests"),
                 "tokens": row.get("tokens"),
                 "last_success_time": row.get("last_success_time"),
@@ -556,7 +571,7 @@ async def database_status(datasette, db, actor) -> dict:
             run = dict(row)
             run["started_ago"] = ago(run["started_at"], now)
             run["duration"] = format_duration(run["duration_ms"])
-            run["errors"] = format_errors(run["errors"])
+            run["errors"] = redact.text(format_errors(run["errors"]))
             for key in ("records_synced", "requests", "tokens"):
                 run[f"{key}_text"] = format_count(run[key])
             runs.append(run)
@@ -789,7 +804,8 @@ TEMPLATE = """
   .pdsync-ok { color: #1e7e34; }
   .pdsync-status-failed, .pdsync-status-partial, .pdsync-status-refused,
   .pdsync-status-cancelled { color: #b00020; font-weight: bold; }
-  .pdsync-status-in_progress, .pdsync-status-running { color: #8a6d00; font-weight: bold; }
+  .pdsync-status-in_progress, .pdsync-status-running, .pdsync-warning {
+    color: #8a6d00; font-weight: bold; }
   .pdsync-job { border-left: 4px solid #276890; padding: 0.2em 1em; margin: 1em 0; }
   .pdsync-num { text-align: right; }
   table.pdsync-table td, table.pdsync-table th { padding: 0.25em 0.6em; }
@@ -876,12 +892,14 @@ TEMPLATE = """
       <tr{% if e.stale %} class="pdsync-stale"{% endif %}>
         <td>{{ e.entity }}</td>
         <td>{{ e.last_sync_text }}</td>
-        <td class="pdsync-status-{{ e.status }}">{{ e.status }}</td>
+        <td class="pdsync-status-{{ e.status }}">{{ e.status }}{% if e.records_rejected %}
+          <span class="pdsync-warning">&#9888; {{ e.records_rejected }} refused</span>
+        {%- endif %}</td>
         <td class="pdsync-num">{{ e.records_synced_text }}</td>
         <td class="pdsync-num">{{ e.records_total_text }}</td>
         <td class="pdsync-num">{{ e.duration }}</td>
         <td>{{ e.last_success_ago or "never" }}{% if e.stale %} &#9888;{% endif %}</td>
-        <td>{{ e.error_message }}</td>
+        <td>{{ e.error_message or e.warning_message }}</td>
       </tr>
     {% endfor %}
     </tbody>

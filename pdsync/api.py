@@ -12,7 +12,7 @@ from .auth import resolve_base_url, resolve_token
 from .client import PipedriveClient
 from .engine import ProgressCallback, Sync, SyncResult, selected_entities
 from .lock import SyncLock
-from .schema import check_database
+from .schema import check_database, check_ours
 
 __version__ = "0.1.0"
 
@@ -58,6 +58,12 @@ def sync(
     base_url = resolve_base_url(base_url, auth_path)
     database = open_database(db)
     path = database_path(database)
+    try:
+        check_ours(database, str(path or "the database"))
+    except Exception:
+        if database is not db:
+            database.close()
+        raise
     lock = SyncLock(path) if path else None
     if lock:
         lock.acquire(wait=wait)

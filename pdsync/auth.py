@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from .client import DEFAULT_BASE_URL
+from .redact import bad_header_value, url_without_credentials
 
 TOKEN_KEY = "pipedrive_api_token"
 DOMAIN_KEY = "pipedrive_company_domain"
@@ -69,6 +70,13 @@ def resolve_base_url(base_url: str | None, auth_path: str | os.PathLike | None) 
             domain = re.sub(r"^https?://", "", domain).split(".pipedrive.com")[0].strip("/")
             url = f"https://{domain}.pipedrive.com"
     url = (url or DEFAULT_BASE_URL).rstrip("/")
+    shown = url_without_credentials(url)
     if not re.match(r"^https?://[^/\s]+", url):
-        raise ConfigError(f"base URL must start with http:// or https://, got {url!r}")
+        raise ConfigError(f"base URL must start with http:// or https://, got {shown!r}")
+    if shown != url:
+        # It would travel in every request and end up in error messages: Pipedrive takes
+        # the token in a header, never a password in the URL.
+        raise ConfigError(f"base URL must not hold a user name or password: {shown}")
+    if bad_header_value(url):
+        raise ConfigError(f"base URL has characters a URL cannot have: {shown!r}")
     return url

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import random
-import re
 import signal
 import sqlite3
 import sys
@@ -16,13 +15,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
+import sqlite_utils
 
 from . import api, plugins, timestamps
 from .auth import ConfigError, save_auth
 from .client import AuthError, ConnectionFailed, PipedriveError
 from .engine import ProgressEvent, SyncResult, selected_entities
 from .lock import LockHeld
-from .schema import pending_upgrades
+from .schema import ForeignDatabase, check_database, connect_read_only, pending_upgrades
 from .serve import DEFAULT_PORT
 from .serve import serve as serve_database
 
@@ -147,10 +147,12 @@ def sync(
         sys.exit(130)
     except (ConfigError, LockHeld, AuthError, ConnectionFailed, PipedriveError) as exc:
         raise click.ClickException(_with_hint(exc)) from None
-    except sqlite3.DatabaseError as exc:
-        raise click.ClickException(f"{db_path} is not a usable SQLite database ({exc})") from None
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+    except ForeignDatabase as exc:
         raise click.ClickException(str(exc)) from None
+    except sqlite3.DatabaseError as exc:
+        raise click.ClickException(_database_problem(db_path, exc)) from None
+    except OSError as exc:
+        raise click.ClickException(_os_problem(db_path, exc)) from None
 
 
 @cli.command()
@@ -161,29 +163,32 @@ def status(db_path: str, as_json: bool) -> None:
     if not Path(db_path).exists():
         raise click.ClickException(f"{db_path} does not exist; run `pdsync sync {db_path}` first")
     try:
-        db = api.open_database(db_path)
+        db = sqlite_utils.Database(connect_read_only(db_path))
         if "sync_metadata" not in db.table_names():
             raise click.ClickException(
                 f"{db_path} has not been synced by pdsync (no sync_metadata)"
             )
         rows = list(db.query("select * from sync_metadata order by entity_type"))
     except sqlite3.DatabaseError as exc:
-        raise click.ClickException(f"{db_path} is not a SQLite database ({exc})") from None
+        raise click.ClickException(_database_problem(db_path, exc)) from None
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    header = ("entity", "last sync", "status", "synced", "total", "duration", "error")
+    header = ("entity", "last sync", "status", "synced", "total", "duration", "error or warning")
     table = [header]
     for row in rows:
+        status = row.get("status") or ""
+        if row.get("records_rejected"):
+            status += f" ({row['records_rejected']:,} refused)"  # see warning_message
         table.append(
             (
                 row["entity_type"],
                 _ago(row.get("last_sync_time")),
-                row.get("status") or "",
+                status,
                 f"{row.get('records_synced') or 0:,}",
                 f"{row.get('records_total') or 0:,}",
                 f"{(row.get('last_sync_duration_ms') or 0) / 1000:.1f}s",
-                (row.get("error_message") or "")[:80],
+                (row.get("error_message") or row.get("warning_message") or "")[:100],
             )
         )
     widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
@@ -206,10 +211,10 @@ ROOT_OPTION = click.option(
 def serve(db_path: str, host: str, port: int, root: bool) -> None:
     """Explore DB_PATH in Datasette, with pdsync's canned queries, labels and plugins."""
     try:
-        api.open_database(db_path)
+        check_database(db_path)
         upgrades = pending_upgrades(db_path)
     except sqlite3.DatabaseError as exc:
-        raise click.ClickException(f"{db_path} is not a SQLite database ({exc})") from None
+        raise click.ClickException(_database_problem(db_path, exc)) from None
     if upgrades:
         # Serving never writes; some canned queries read tables only a newer sync makes.
         click.echo(
@@ -374,16 +379,11 @@ def _every(once, full: bool, interval: float) -> None:
         time.sleep(pause)
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def _parse_interval(text: str) -> float:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if not match or float(match.group(1)) <= 0:
-        raise click.BadParameter(
-            f"{text!r} is not an interval like 90s, 30m or 1h", param_hint="--every"
-        )
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    try:
+        return timestamps.parse_interval(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--every") from None
 
 
 def _ago(value: str | None) -> str:
@@ -397,6 +397,39 @@ def _ago(value: str | None) -> str:
         if seconds >= size:
             return f"{value} ({int(seconds // size)}{unit} ago)"
     return f"{value} ({int(seconds)}s ago)"
+
+
+def _database_problem(path: str, exc: sqlite3.DatabaseError) -> str:
+    """One line that says what is wrong with the database file, in the user's words."""
+    text = str(exc)
+    if "disk is full" in text or "disk I/O" in text:
+        return (
+            f"{path}: the disk is full (or failed) while writing; what was committed is kept:"
+            " free some space and sync again"
+        )
+    if "readonly" in text or "read-only" in text:
+        return (
+            f"{path} is read-only: pdsync must write it, and create its -wal and -shm files"
+            " beside it (check the file's and the directory's permissions)"
+        )
+    if "unable to open" in text:
+        return f"cannot open {path}: check that it and its directory exist and are writable"
+    if "not a database" in text or "malformed" in text:
+        return f"{path} is not a SQLite database, or is damaged ({text})"
+    return f"{path}: SQLite said: {text}"
+
+
+def _os_problem(path: str, exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return str(exc)
+    if isinstance(exc, PermissionError):
+        return (
+            f"permission denied: {exc.filename or path} (pdsync must write the database and"
+            " its lock file beside it)"
+        )
+    if exc.errno == 28:  # ENOSPC
+        return f"{path}: the disk is full; what was committed is kept: free some space"
+    return f"{path}: {exc.strerror or exc}"
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import itertools
 import logging
 import queue
 import sqlite3
@@ -25,7 +24,7 @@ from typing import Any
 import sqlite_utils
 
 from . import plugins, timestamps
-from .client import PAGE_LIMIT, AuthError, ConnectionFailed, PipedriveClient, Tally
+from .client import AuthError, BudgetSpent, ConnectionFailed, PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
 from .records import BadRecord, CustomFieldMap, assign_column_names, to_row
 from .schema import ensure_indexes, prepare
@@ -39,6 +38,7 @@ LOOKBACK = timedelta(seconds=60)
 # Pipedrive keeps deleted deals listable for 30 days; a deals sync older than that may have
 # missed deletions, so it reconciles with a full pass (a day early, to be safe).
 DELETED_DEALS_KEPT = timedelta(days=29)
+_REJECTIONS_KEPT = 5  # rejected records named in sync_metadata.warning_message
 _QUEUE_PAGES = 8  # pages in flight between fetchers and the writer: bounds memory
 # Index builds are schema changes. A reader (Datasette) whose statement is being prepared
 # across two schema changes a few milliseconds apart can fail to reconnect a full-text table
@@ -61,6 +61,16 @@ class EntityResult:
     full_pass: bool = False
     flagged_gone: int = 0
     error: str | None = None
+    rejections: list[str] = field(default_factory=list)  # the first few, with their ids
+
+    @property
+    def warning(self) -> str | None:
+        """What a user should know about a run that succeeded: records refused."""
+        if not self.rejected:
+            return None
+        shown = "; ".join(self.rejections)
+        more = self.rejected - len(self.rejections)
+        return f"{self.rejected} record(s) refused: {shown}" + (f"; {more} more" if more else "")
 
 
 @dataclass
@@ -243,19 +253,26 @@ class Sync:
     def _begin_entity(self, spec: EntitySpec) -> None:
         meta = self.store.metadata(spec.name)
         has_rows = self.store.count(spec) > 0
-        no_watermark = all(self.store.watermark(spec.name, s.key) is None for s in spec.streams)
+        marks = [self.store.watermark(spec.name, s.key) for s in spec.streams]
+        no_watermark = all(mark is None for mark in marks)
+        # A watermark from a bad record (year 9999, not a timestamp) hides every later change:
+        # forget it and reconcile with a full pass.
+        bad_watermark = any(mark is not None and not timestamps.plausible(mark) for mark in marks)
+        if bad_watermark:
+            log.warning("%s: a watermark is not a sane timestamp; syncing it in full", spec.name)
         stale_deals = spec.name == "deals" and _older_than(
             meta.get("last_success_time"), DELETED_DEALS_KEPT
         )
         full_pass = spec.incremental and (
             self.full
             or bool(meta.get("full_pending"))
+            or bad_watermark
             or (has_rows and no_watermark)
             or (has_rows and stale_deals)
         )
         self._full_pass[spec.name] = full_pass
         with self.db.atomic():
-            if full_pass and (self.full or not meta.get("full_pending")):
+            if full_pass and (self.full or bad_watermark or not meta.get("full_pending")):
                 # A new full pass refetches from the beginning; a pending one resumes.
                 self.store.clear_watermarks(spec.name)
                 self.store.clear_seen(spec)
@@ -308,7 +325,8 @@ class Sync:
             "records_synced": entity.records,
             "records_rejected": entity.rejected,
             "records_total": self.store.count(spec),
-            "error_message": entity.error,
+            "error_message": self.client.redact.text(entity.error) if entity.error else None,
+            "warning_message": entity.warning,
             "requests": entity.requests,
             "tokens": entity.tokens,
             "watermark": min((w for w in watermarks if w), default=None),
@@ -376,8 +394,7 @@ class Sync:
                 # Records become rows here, in the writer: Python work on a fetcher thread
                 # would hold the GIL that executemany gives up and takes back for every
                 # row (measured: 80,000 rows/s alone, a few hundred beside a busy thread).
-                rows, rejected = self._rows(spec, payload)
-                entity.rejected += rejected
+                rows = self._rows(spec, payload, entity)
                 if spec.incremental:
                     watermark = max(
                         (r["update_time"] for r in rows if r.get("update_time")), default=None
@@ -443,65 +460,31 @@ class Sync:
             return
         since = self._since[(spec.name, stream.key)]
         if stream.is_v1:
-            yield from self._v1_since(stream, params, since, tally, rank)
+            yield from self.client.iter_v1_since(stream.path, params, since, tally, rank)
             return
         params.update(sort_by="update_time", sort_direction="asc")
         if since:
             params["updated_since"] = since
         yield from self.client.iter_v2(stream.path, params, tally, rank)
 
-    def _v1_since(
-        self,
-        stream: Stream,
-        params: dict[str, Any],
-        since: str | None,
-        tally: Tally,
-        rank: float = 0.0,
-    ) -> Iterator[list]:
-        """Page a v1 list by moving ``updated_since`` forward instead of ``start``.
-
-        With offset pagination, a record updated between two requests moves to the end of
-        the sorted list and shifts the rest one place left, so plain ``start += limit``
-        silently skips a record. Restarting from the newest update_time seen cannot skip;
-        ``start`` only advances while a whole page shares one update_time.
-        """
-        since = since or "1970-01-01T00:00:00Z"
-        start = 0
-        for page in itertools.count():
-            query = {**params, "updated_since": since, "start": start, "limit": PAGE_LIMIT}
-            body = self.client.get(stream.path, query, tally, rank + page)
-            data = body.get("data") or []
-            yield data
-            pagination = (body.get("additional_data") or {}).get("pagination") or {}
-            if not pagination.get("more_items_in_collection") or not data:
-                return
-            newest = max(
-                (
-                    timestamps.normalize(r.get("update_time")) or ""
-                    for r in data
-                    if isinstance(r, dict)
-                ),
-                default="",
-            )
-            if newest > since:
-                since, start = newest, 0
-            else:
-                start += len(data)
-
-    def _rows(self, spec: EntitySpec, records: list) -> tuple[list[Row], int]:
-        rows, rejected = [], 0
+    def _rows(self, spec: EntitySpec, records: list, entity: EntityResult) -> list[Row]:
+        rows = []
         custom = self._custom.get(spec.name)
+        latest = timestamps.latest_plausible() if spec.incremental else None
         for record in records:
             if self.transform_record is not None and isinstance(record, dict):
                 record = self.transform_record(spec, record)
                 if record is None:
                     continue
             try:
-                rows.append(to_row(spec, record, custom))
+                rows.append(to_row(spec, record, custom, latest))
             except BadRecord as exc:
-                rejected += 1
-                log.warning("skipped a record: %s", exc)
-        return rows, rejected
+                message = self.client.redact.text(exc)
+                entity.rejected += 1
+                if len(entity.rejections) < _REJECTIONS_KEPT:
+                    entity.rejections.append(message[:200])
+                log.warning("skipped a record: %s", message)
+        return rows
 
     def _write_page(
         self, spec: EntitySpec, stream: Stream, rows: list[Row], mark: str | None
@@ -602,13 +585,16 @@ class Sync:
                 self.store.ensure_columns(spec.name, self._custom[spec.name].columns())
 
     def _fail(self, spec: EntitySpec, exc: BaseException) -> None:
-        message = str(exc) or type(exc).__name__
-        if isinstance(exc, (AuthError, ConnectionFailed)):
+        message = self.client.redact.text(str(exc) or type(exc).__name__)
+        if isinstance(exc, (AuthError, ConnectionFailed, BudgetSpent)):
             # Every other entity would fail the same way: stop them now.
             self._fatal = message
             self.stop.set()
         elif not isinstance(exc, Exception) or type(exc).__module__ != "pdsync.client":
-            log.error("%s failed", spec.name, exc_info=exc)
+            # Not the exception's own text with a traceback: it may quote what was sent.
+            message = f"{type(exc).__name__}: {message}"
+            log.error("%s failed: %s", spec.name, message)
+            log.debug("%s failed", spec.name, exc_info=exc)
         self._errors.setdefault(spec.name, message)
 
     def _report(self, entity: EntityResult, spec: EntitySpec, done: bool = False) -> None:
@@ -660,7 +646,7 @@ def _minus(value: str | None, delta: timedelta) -> str | None:
     try:
         return timestamps.format(timestamps.parse(value) - delta)
     except ValueError:
-        return value
+        return None  # never sent to Pipedrive (a 400 on every run); _begin_entity reconciles
 
 
 def _json(value: Any) -> str:

@@ -17,7 +17,9 @@ class LockHeld(Exception):
 
 class SyncLock:
     def __init__(self, db_path: str) -> None:
-        self.path = f"{db_path}.lock"
+        # The real path, so a symlink to the database takes the same lock. A hard link is
+        # another name for the same file that nothing can resolve: the lock cannot see it.
+        self.path = f"{os.path.realpath(db_path)}.lock"
         self._fd: int | None = None
 
     def acquire(self, wait: bool = False, timeout: float | None = None) -> None:

@@ -13,6 +13,7 @@ import orjson
 
 from .entities import EntitySpec, Row
 from .timestamps import normalize
+from .timestamps import parse as parse_timestamp
 
 # v1 users name their timestamps differently; everything else ends in _time, except an
 # activity's due_time, which is a time of day.
@@ -40,12 +41,23 @@ class BadRecord(ValueError):
     """A record pdsync will not store (and says why), instead of storing it wrong."""
 
 
-def to_row(spec: EntitySpec, record: Any, custom: CustomFieldMap | None = None) -> Row:
+def to_row(
+    spec: EntitySpec,
+    record: Any,
+    custom: CustomFieldMap | None = None,
+    latest: str | None = None,
+) -> Row:
+    """The row for ``record``. With ``latest`` (an incremental stream's page), an
+    ``update_time`` that is not a timestamp or is later than ``latest`` is refused: it would
+    move the stream's watermark past every real change."""
     if not isinstance(record, dict):
         raise BadRecord(f"{spec.name}: expected an object, got {type(record).__name__}")
-    key = record.get(spec.pk)
-    if key is None or isinstance(key, (bool, dict, list)):
-        raise BadRecord(f"{spec.name}: record without a usable {spec.pk}: {str(record)[:80]}")
+    key = _usable_key(spec, record.get(spec.pk))
+    if key is None:
+        raise BadRecord(
+            f"{spec.name}: record without a usable {spec.pk} "
+            f"({excerpt(repr(record.get(spec.pk)), 40)}): {excerpt(str(record), 80)}"
+        )
     # Every declared column gets a value: Pipedrive leaves out some empty fields (a won
     # deal has no lost_time), and an absent key must clear what an older version stored.
     row: Row = dict.fromkeys(spec.columns)
@@ -64,12 +76,65 @@ def to_row(spec: EntitySpec, record: Any, custom: CustomFieldMap | None = None) 
         row[name] = value
     for name in drop:
         row.pop(name, None)
+    row[spec.pk] = key
+    if latest is not None:
+        _check_update_time(spec, key, row.get("update_time"), latest)
     if custom is not None:
         values = record.get("custom_fields")
         row.update(custom.readable(values if isinstance(values, dict) else {}))
     if spec.transform is not None:
         spec.transform(row, record)
     return row
+
+
+def excerpt(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, never inside a word: a cut through an API
+    token (which a broken upstream may echo) would leave a part no redaction recognises."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    return cut[: len(cut) - len(re.search(r"[\w-]*$", cut).group())] + "..."
+
+
+def _usable_key(spec: EntitySpec, key: Any) -> Any:
+    """The record's key as the table stores it, or None. An integer key sent as text
+    (``"42"``) is taken as the integer; other text in an integer key would fail the page."""
+    if key is None or isinstance(key, (bool, dict, list, float)):
+        return None
+    if spec.columns.get(spec.pk) is int:
+        if isinstance(key, str) and key.isascii() and key.isdigit():
+            key = int(key)
+        if not isinstance(key, int) or not -(2**63) <= key < 2**63:
+            return None
+    elif isinstance(key, str) and not key.strip():
+        return None
+    return key
+
+
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+
+
+def _check_update_time(spec: EntitySpec, key: Any, value: Any, latest: str) -> None:
+    if value is None:
+        return  # stored, but moves no watermark
+    if not isinstance(value, str) or not _TIMESTAMP.match(value) or not _parses(value):
+        raise BadRecord(
+            f"{spec.name} {key}: update_time {excerpt(repr(value), 40)} is not a timestamp;"
+            " not stored"
+        )
+    if value > latest:
+        raise BadRecord(
+            f"{spec.name} {key}: update_time {value} is in the future; not stored (it would"
+            " hide every later change)"
+        )
+
+
+def _parses(value: str) -> bool:
+    try:
+        parse_timestamp(value)
+    except ValueError:
+        return False
+    return True
 
 
 def slug(name: str) -> str:

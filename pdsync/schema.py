@@ -9,8 +9,10 @@ foreign keys and indexes the specs declare.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import sqlite_utils
 from sqlite_utils import Migrations
@@ -135,6 +137,14 @@ def m007_deals_totals(db: sqlite_utils.Database) -> None:
         db.execute(f"drop index if exists [idx_deals_{name}]")
 
 
+@migrations()
+def m008_warning_message(db: sqlite_utils.Database) -> None:
+    # A run can succeed and still have refused records (bad ids, update_times in the future):
+    # that is said here, so "success" never hides it.
+    if "warning_message" not in db["sync_metadata"].columns_dict:
+        db["sync_metadata"].add_column("warning_message", str)
+
+
 def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     """Create what the specs declare and is missing. Safe to run on every sync."""
     for spec in entities:
@@ -213,6 +223,30 @@ def prepare(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
         ensure_views(db)
 
 
+class ForeignDatabase(Exception):
+    """The file is another application's SQLite database: pdsync does not write to it."""
+
+
+def is_pdsync(names: set[str]) -> bool:
+    """Tables (and views) of a database pdsync made, or the original design's."""
+    return "sync_metadata" in names
+
+
+def check_ours(db: sqlite_utils.Database, label: str) -> None:
+    """Raise ``ForeignDatabase`` unless ``db`` is pdsync's or empty. Reads only: called before
+    the first write, so another application's file keeps its tables and journal mode."""
+    names = {
+        r[0]
+        for r in db.conn.execute("select name from sqlite_master where name not like 'sqlite_%'")
+    }
+    if names and not is_pdsync(names):
+        shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+        raise ForeignDatabase(
+            f"{label} is not a pdsync database (it has {shown} but no sync_metadata); "
+            "pdsync writes only to a new file or one it made"
+        )
+
+
 def table_names(path: str | None) -> set[str]:
     """Tables and views of the SQLite file at ``path``, read-only; empty if it is not one."""
     if not path:
@@ -240,9 +274,30 @@ def check_database(path: str) -> None:
         conn.execute("pragma schema_version").fetchone()
 
 
+def read_only_uri(path: str, immutable: bool = False) -> str:
+    """A ``file:`` URI for ``path`` that SQLite opens read-only. The path is percent-encoded:
+    a ``#``, ``?`` or ``%`` in it would otherwise cut it short or be read as a parameter."""
+    mode = "immutable=1" if immutable else "mode=ro"
+    return f"file:{quote(os.path.abspath(path))}?{mode}"
+
+
+def connect_read_only(path: str) -> sqlite3.Connection:
+    """A read-only connection to ``path``. In a directory SQLite cannot write, where it cannot
+    make a WAL database's -shm file and ``mode=ro`` fails, the file is read as immutable: a
+    snapshot, which is all that can be read there."""
+    try:
+        conn = sqlite3.connect(read_only_uri(path), uri=True)
+        conn.execute("select count(*) from sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        if os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+            raise
+    return sqlite3.connect(read_only_uri(path, immutable=True), uri=True)
+
+
 @contextlib.contextmanager
 def _read_only(path: str) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = connect_read_only(path)
     try:
         yield conn
     finally:

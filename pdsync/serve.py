@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -18,6 +21,27 @@ def plugins_dir() -> Path:
     return Path(str(resources.files("pdsync").joinpath("datasette_plugins")))
 
 
+def servable(db_path: str | os.PathLike) -> tuple[str, bool]:
+    """The path to hand Datasette, and whether it must open the file as immutable.
+
+    Datasette opens ``file:PATH?mode=ro`` without escaping PATH, so a ``#``, ``?`` or ``%`` in
+    it would open another file or none: such a file is served through a symlink with a plain
+    name (SQLite resolves it, so the -wal file is the real one's). In a directory SQLite
+    cannot write, it cannot make the WAL's -shm file and ``mode=ro`` fails: the file is
+    served as immutable (a snapshot) instead.
+    """
+    path = os.path.abspath(db_path)
+    immutable = not os.access(os.path.dirname(path), os.W_OK)
+    if not any(c in path for c in "#?%"):
+        return path, immutable
+    folder = tempfile.mkdtemp(prefix="pdsync-serve-")
+    atexit.register(shutil.rmtree, folder, True)
+    name = "".join(c if c not in "#?%" else "_" for c in os.path.basename(path))
+    link = os.path.join(folder, name)
+    os.symlink(path, link)
+    return link, immutable
+
+
 def datasette_args(
     db_path: str | os.PathLike,
     host: str = "127.0.0.1",
@@ -26,9 +50,10 @@ def datasette_args(
 ) -> list[str]:
     """Arguments for ``datasette serve`` (see ``serve``)."""
     metadata = ["--metadata", str(metadata_path())] if metadata_path().exists() else []
+    path, immutable = servable(db_path)
     return [
         "serve",
-        str(db_path),
+        *(["-i", path] if immutable else [path]),
         *metadata,
         "--plugins-dir",
         str(plugins_dir()),

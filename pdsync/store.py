@@ -16,6 +16,7 @@ import sqlite_utils
 
 from .entities import EntitySpec, Row
 from .schema import add_columns
+from .timestamps import FUTURE_TOLERANCE
 from .timestamps import now as utc_now
 
 _SQL_TYPES = {int: "INTEGER", float: "FLOAT", str: "TEXT", bytes: "BLOB"}
@@ -183,10 +184,15 @@ def _upsert_sql(spec: EntitySpec, cols: tuple[str, ...]) -> str:
     if not updates:
         return sql + "nothing"
     sql += f"update set {updates}"
+    ahead = f"+{int(FUTURE_TOLERANCE.total_seconds())} seconds"
     if "update_time" in cols:
+        # A stored update_time later than could be true came from a bad record (refused
+        # since): it must not keep the real version out. Text sorts after digits, so a stored
+        # value that is not a timestamp counts as later too.
         sql += (
             f" where excluded.update_time is null or [{spec.name}].update_time is null"
             f" or excluded.update_time >= [{spec.name}].update_time"
+            f" or [{spec.name}].update_time > strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '{ahead}')"
         )
     return sql
 

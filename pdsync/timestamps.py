@@ -8,9 +8,12 @@ and SQLite's date functions agree.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# A record's update_time may run this far ahead of our clock (clocks drift); a later one is
+# not believed, so that it cannot move a watermark past every real change.
+FUTURE_TOLERANCE = timedelta(hours=1)
 
 # Fast path for the shapes Pipedrive actually sends, so normalising 400k deals stays cheap.
 _UTC = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.\d+)?(Z|\+00:00)?$")
@@ -56,3 +59,39 @@ def format(moment: datetime) -> str:  # noqa: A001 - mirrors datetime.strftime n
 
 def now() -> str:
     return format(datetime.now(timezone.utc))
+
+
+def latest_plausible() -> str:
+    """The latest update_time a record can truly carry now."""
+    return format(datetime.now(timezone.utc) + FUTURE_TOLERANCE)
+
+
+def plausible(value: str) -> bool:
+    """``value`` is a stored timestamp no later than ``latest_plausible()``."""
+    try:
+        parse(value)
+    except (TypeError, ValueError):
+        return False
+    return value <= latest_plausible()
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Longer than any schedule anyone means; beyond it time.sleep() and timedelta overflow.
+MAX_INTERVAL = 366 * 86400
+
+
+def parse_interval(text: str | int | float) -> float:
+    """``"30m"`` -> 1800.0 seconds (s, m, h, d; a bare number is seconds), at most a year.
+
+    Raises ``ValueError`` with a message fit for the user.
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text))
+        if not match:
+            raise ValueError(f"{text!r} is not an interval like 90s, 30m, 1h or 1d")
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if not 0 < seconds <= MAX_INTERVAL:
+        raise ValueError(f"{text!r} is not an interval longer than 0s and at most 366d")
+    return seconds

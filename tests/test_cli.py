@@ -75,7 +75,7 @@ def test_not_a_database_is_refused_and_left_alone(env, tmp_path):
     before = path.read_bytes()
     result = invoke("sync", str(path))
     assert result.exit_code == 1
-    assert "is not a usable SQLite database" in result.output
+    assert "is not a SQLite database" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert path.read_bytes() == before
 

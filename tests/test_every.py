@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import sqlite_utils
 
 
@@ -46,11 +47,21 @@ def test_every_runs_again_survives_a_failed_run_and_stops_on_sigterm(fake, serve
     assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
 
 
-def test_every_rejects_a_bad_interval(db_path):
+@pytest.mark.parametrize(
+    "every, says",
+    [
+        ("soon", "is not an interval like 90s, 30m, 1h or 1d"),
+        # Once an OverflowError traceback from time.sleep().
+        ("99999999999999d", "is not an interval longer than 0s and at most 366d"),
+        ("0s", "is not an interval longer than 0s and at most 366d"),
+    ],
+)
+def test_every_rejects_a_bad_interval(db_path, every, says):
     out = subprocess.run(
-        [sys.executable, "-m", "pdsync", "sync", db_path, "--every", "soon"],
+        [sys.executable, "-m", "pdsync", "sync", db_path, "--every", every],
         capture_output=True,
         text=True,
     )
     assert out.returncode == 2
-    assert "is not an interval like 90s, 30m or 1h" in out.stderr
+    assert says in out.stderr
+    assert "Traceback" not in out.stderr
