@@ -76,3 +76,40 @@ def get_metadata(datasette, key, database, table):
         # ~25 metadata() calls of a request: 5 ms of a 30 ms canned query.
     top = {k: v for k, v in metadata.items() if k != "databases" and k not in local}
     return {**top, "databases": databases} if databases or top else {}
+
+
+@hookimpl
+def startup(datasette):
+    """metadata.yml's charts read the database ``pipedrive``. Served under another name
+    (``pdsync serve acme.db``) and alone, the pdsync database gets them: otherwise the
+    Dashboards menu would link to a page that answers 404."""
+    local = datasette._metadata_local or {}
+    plugins = local.get("plugins") or {}
+    if not plugins.get("datasette-dashboards") or "pipedrive" in datasette.databases:
+        return
+    ours = [
+        name
+        for name, db in datasette.databases.items()
+        if is_pdsync_database(getattr(db, "path", None))
+    ]
+    if len(ours) == 1:
+        # New dicts, not edits: the metadata object may be shared (tests, embedders).
+        dashboards = copy.deepcopy(plugins["datasette-dashboards"])
+        _point_at(dashboards, "pipedrive", ours[0])
+        datasette._metadata_local = {
+            **local,
+            "plugins": {**plugins, "datasette-dashboards": dashboards},
+        }
+
+
+def _point_at(config, old: str, new: str) -> None:
+    """Every ``db: old`` in the dashboards' configuration becomes ``db: new``, in place."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key == "db" and value == old:
+                config[key] = new
+            else:
+                _point_at(value, old, new)
+    elif isinstance(config, list):
+        for value in config:
+            _point_at(value, old, new)

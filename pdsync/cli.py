@@ -402,15 +402,16 @@ def _ago(value: str | None) -> str:
 def _database_problem(path: str, exc: sqlite3.DatabaseError) -> str:
     """One line that says what is wrong with the database file, in the user's words."""
     text = str(exc)
+    folder = os.path.dirname(os.path.abspath(path))
+    if "readonly" in text or "read-only" in text or not os.access(folder, os.W_OK):
+        return (
+            f"{path} is read-only: pdsync must write it, and create its -wal and -shm files"
+            " beside it (check the file's and the directory's permissions)"
+        )
     if "disk is full" in text or "disk I/O" in text:
         return (
             f"{path}: the disk is full (or failed) while writing; what was committed is kept:"
             " free some space and sync again"
-        )
-    if "readonly" in text or "read-only" in text:
-        return (
-            f"{path} is read-only: pdsync must write it, and create its -wal and -shm files"
-            " beside it (check the file's and the directory's permissions)"
         )
     if "unable to open" in text:
         return f"cannot open {path}: check that it and its directory exist and are writable"

@@ -56,6 +56,9 @@ class LoopingStream(PipedriveError):
 # A burst window resets within seconds. A reset further away than this means the daily token
 # budget is spent (or a header is absurd): waiting would stall the sync for hours, so it stops.
 MAX_RATE_WAIT = 120.0
+# A page of 500 records is a few MB even with wide custom fields; an answer past this is not
+# one, and reading it on would only exhaust memory.
+MAX_BODY = 64 * 1024 * 1024
 
 
 @dataclass
@@ -355,6 +358,8 @@ class PipedriveClient:
             started = time.perf_counter()
             tally.add(requests=1)
             response, body = self._send(path, params)
+            # Before the limiter hears the answer: it would let the others send at once.
+            self._check_budget(path, response)
             answered = True
             self.limiter.update(response.headers)
         finally:
@@ -365,7 +370,6 @@ class PipedriveClient:
         elapsed_ms = (time.perf_counter() - started) * 1000
         status = response.status_code
         log.info("GET %s %s %d %.0fms", path, _query(params), status, elapsed_ms)
-        self._check_budget(path, response)
 
         if status == 429:
             delay = _retry_delay(response.headers)
@@ -399,9 +403,12 @@ class PipedriveClient:
         try:
             with deadlines.deadline(self.deadline):
                 with self._http.stream("GET", path, params=params) as response:
-                    chunks = []
+                    chunks, size = [], 0
                     for chunk in response.iter_bytes():
                         chunks.append(chunk)
+                        size += len(chunk)
+                        if size > MAX_BODY:
+                            raise _Retry(f"the response is larger than {MAX_BODY >> 20} MB")
                         if deadlines.expired():  # a transport without the deadline's sockets
                             raise httpx.ReadTimeout("the response took longer than its deadline")
                     return response, b"".join(chunks)

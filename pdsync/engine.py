@@ -70,7 +70,9 @@ class EntityResult:
             return None
         shown = "; ".join(self.rejections)
         more = self.rejected - len(self.rejections)
-        return f"{self.rejected} record(s) refused: {shown}" + (f"; {more} more" if more else "")
+        return f"{self.rejected} record(s) refused, fetched again by the next run: {shown}" + (
+            f"; {more} more" if more else ""
+        )
 
 
 @dataclass
@@ -211,6 +213,7 @@ class Sync:
         self._errors: dict[str, str] = {}
         self._since: dict[tuple[str, str], str | None] = {}  # what fetchers ask for
         self._since_committed: dict[tuple[str, str], str | None] = {}
+        self._held: set[tuple[str, str]] = set()  # streams whose watermark a refusal holds
         self._started_at = ""
         # A stream's requests rank by its page number (see RateLimiter: the deepest stream
         # leads); this fraction of a page breaks ties in declared order, deals first.
@@ -226,6 +229,7 @@ class Sync:
             self._schema_calm_at = time.monotonic() + _SCHEMA_GAP
         # The lock is ours, so a run still marked running was killed: say so.
         self.store.close_interrupted_runs()
+        self.store.redact_messages(self.client.redact.text)
         started = time.perf_counter()
         started_at = self._started_at = timestamps.now()
         mode = "full" if self.full else "incremental"
@@ -394,11 +398,19 @@ class Sync:
                 # Records become rows here, in the writer: Python work on a fetcher thread
                 # would hold the GIL that executemany gives up and takes back for every
                 # row (measured: 80,000 rows/s alone, a few hundred beside a busy thread).
-                rows = self._rows(spec, payload, entity)
+                rows, refused_at = self._rows(spec, payload, entity)
                 if spec.incremental:
-                    watermark = max(
-                        (r["update_time"] for r in rows if r.get("update_time")), default=None
-                    )
+                    # A refused record holds its stream's watermark where it was for the rest
+                    # of the run: once it comes right upstream, the next run fetches it again.
+                    key = (name, stream.key)
+                    watermark = None
+                    if key not in self._held:
+                        watermark = max(
+                            (r["update_time"] for r in rows[:refused_at] if r.get("update_time")),
+                            default=None,
+                        )
+                    if refused_at is not None:
+                        self._held.add(key)
                     try:
                         self._write_page(spec, stream, rows, watermark)
                     except sqlite3.Error as exc:
@@ -467,8 +479,13 @@ class Sync:
             params["updated_since"] = since
         yield from self.client.iter_v2(stream.path, params, tally, rank)
 
-    def _rows(self, spec: EntitySpec, records: list, entity: EntityResult) -> list[Row]:
-        rows = []
+    def _rows(
+        self, spec: EntitySpec, records: list, entity: EntityResult
+    ) -> tuple[list[Row], int | None]:
+        """The page's rows, and how many came before the first refused record (None: none
+        was refused)."""
+        rows: list[Row] = []
+        refused_at = None
         custom = self._custom.get(spec.name)
         latest = timestamps.latest_plausible() if spec.incremental else None
         for record in records:
@@ -480,11 +497,12 @@ class Sync:
                 rows.append(to_row(spec, record, custom, latest))
             except BadRecord as exc:
                 message = self.client.redact.text(exc)
+                refused_at = len(rows) if refused_at is None else refused_at
                 entity.rejected += 1
                 if len(entity.rejections) < _REJECTIONS_KEPT:
                     entity.rejections.append(message[:200])
                 log.warning("skipped a record: %s", message)
-        return rows
+        return rows, refused_at
 
     def _write_page(
         self, spec: EntitySpec, stream: Stream, rows: list[Row], mark: str | None

@@ -9,6 +9,7 @@ deals, which is what the 15,000 deals/s target needs. sqlite-utils still owns th
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
@@ -171,6 +172,35 @@ class Store:
                 "update sync_metadata set status = 'failed', error_message = "
                 "'the sync was interrupted' where status = 'in_progress'"
             )
+
+    def redact_messages(self, redact: Callable[[str], str]) -> None:
+        """Rewrite stored error texts through ``redact``: an older pdsync stored them as sent,
+        and an upstream that echoed the request put the token in them."""
+        changed = []
+        for table, key, column in (
+            ("sync_metadata", "entity_type", "error_message"),
+            ("sync_runs", "id", "errors"),
+        ):
+            rows = self.db.execute(
+                f"select [{key}], [{column}] from [{table}] where [{column}] is not null"
+            ).fetchall()
+            changed += [
+                (table, key, column, key_value, redact(text))
+                for key_value, text in rows
+                if redact(text) != text
+            ]
+        if not changed:
+            return
+        # secure_delete zeroes the old text in the page, and the checkpoint empties the WAL
+        # that still holds the page as it was: nothing of the secret is left on disk.
+        self.db.execute("pragma secure_delete = on")
+        with self.db.atomic():
+            for table, key, column, key_value, clean in changed:
+                self.db.execute(
+                    f"update [{table}] set [{column}] = ? where [{key}] = ?", [clean, key_value]
+                )
+        self.db.execute("pragma secure_delete = off")
+        self.db.execute("pragma wal_checkpoint(truncate)")
 
     def finish_run(self, run_id: int, **values: Any) -> None:
         self.db["sync_runs"].update(run_id, values)
