@@ -1197,3 +1197,58 @@ def test_the_page_says_when_a_list_is_cut(big):
     assert "returning more than 1,000 rows" in page.text  # Datasette's own wording
     short = big.get("/pipedrive/deals_by_owner?status=all&limit=10").text
     assert "returning 10 rows" in short and "more than" not in short
+
+
+PDSYNC_PLUGINS = {"pdsync_metadata.py", "pdsync_ui.py", "pdsync_reads.py"}
+
+
+def test_the_faster_json_renderer_answers_what_datasette_does(big):
+    """pdsync_reads.py takes over .json; every answer must be Datasette's own, parsed."""
+    from datasette.plugins import pm
+    from datasette.renderer import json_renderer
+
+    deal = big.rows("deals_by_owner", owner="3", limit="1")[0]["id"]
+    paths = [f"/pipedrive/{name}.json" for name in CONTRACT]
+    paths += [f"/pipedrive/{name}.json?_shape=objects" for name in DEAL_LISTS]
+    paths += [f"/pipedrive/{name}.json?_shape=array&limit=3" for name in DEAL_LISTS]
+    paths += [
+        "/pipedrive/deals_by_owner.json?status=all",  # truncated
+        "/pipedrive/deals_by_owner.json?status=all&_shape=array&_nl=on",
+        "/pipedrive/overdue_deals.json?_shape=arrayfirst",
+        "/pipedrive/deals.json",  # a table page, with a next link
+        "/pipedrive/deals.json?_shape=object&_size=5",
+        f"/pipedrive/deals/{deal}.json",
+        "/pipedrive.json?" + urlencode({"sql": "select 1e999 as big, x'ff' as raw, x'41' as a"}),
+        "/pipedrive.json?" + urlencode({"sql": "select 1e999 as big", "_json_infinity": "1"}),
+        "/pipedrive.json?" + urlencode({"sql": "select no_such_column from deals"}),
+        "/pipedrive/sync_status.json?_shape=nonsense",
+    ]
+
+    async def check():
+        ds = pdsync.datasette(big.path)
+        try:
+            fast = ds.renderers["json"]
+            assert fast[0].__name__ == "render_json"  # pdsync's, not Datasette's
+            for path in paths:
+                ours = await ds.client.get(path)
+                ds.renderers["json"] = (json_renderer, lambda: True)
+                theirs = await ds.client.get(path)
+                ds.renderers["json"] = fast
+                assert ours.status_code == theirs.status_code, path
+                for header in ("content-type", "link"):
+                    assert ours.headers.get(header) == theirs.headers.get(header), path
+                if "_nl=" in path or "_json_infinity" in path:
+                    timing = re.compile(r'"query_ms": [0-9.e-]+')
+                    assert timing.sub("", ours.text) == timing.sub("", theirs.text), path
+                    continue
+                mine, datasettes = ours.json(), theirs.json()
+                for body in (mine, datasettes):
+                    if isinstance(body, dict):
+                        body.pop("query_ms", None)
+                assert mine == datasettes, path
+        finally:
+            for plugin in list(pm.get_plugins()):
+                if (getattr(plugin, "__name__", "") or "") in PDSYNC_PLUGINS:
+                    pm.unregister(plugin)
+
+    asyncio.run(check())

@@ -21,7 +21,7 @@ from pdsync.lock import SyncLock
 from pdsync.serve import metadata_path, plugins_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGIN_FILES = {"pdsync_metadata.py", "pdsync_ui.py"}
+PLUGIN_FILES = {"pdsync_metadata.py", "pdsync_reads.py", "pdsync_ui.py"}
 SECRET = "tok-3f9c1e7a-secret-never-shown"
 
 
