@@ -710,12 +710,28 @@ def _who(actor: dict | None) -> str:
 # -- hooks -------------------------------------------------------------------------------
 
 
+def read_only(view):
+    """``view`` for GET and HEAD; any other method gets what Datasette's own read-only views
+    answer: 405, "Method not allowed" as text (Datasette 0.65 sends no Allow header)."""
+
+    async def route(request, datasette) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return Response.text("Method not allowed", status=405)
+        response = await view(request, datasette)
+        if request.method == "HEAD":
+            response.body = b""  # as Datasette's BaseView.head
+        return response
+
+    route.__name__ = view.__name__
+    return route
+
+
 @hookimpl
 def register_routes():
     return [
-        (r"^/-/pdsync$", status_page),
-        (r"^/-/pdsync\.json$", status_json),
-        (r"^/-/pdsync/sync$", sync_now),
+        (r"^/-/pdsync$", read_only(status_page)),
+        (r"^/-/pdsync\.json$", read_only(status_json)),
+        (r"^/-/pdsync/sync$", sync_now),  # POST only: it checks the method itself
     ]
 
 

@@ -15,6 +15,26 @@ from .serve import metadata_path, plugins_dir
 
 _NAMED = re.compile(r"(?<!:):([a-zA-Z_][a-zA-Z0-9_]*)")
 
+# Every list of deals in metadata.yml says these word for word (tests/test_canned_queries.py
+# checks it). A list is complete unless the caller asks for fewer rows: Datasette stops it at
+# max_returned_rows and says "truncated", and `after` carries on from the last row shown.
+LIST_LIMIT = """limit case when trim(:limit) <> '' and trim(:limit) not glob '*[^0-9]*'
+  then cast(trim(:limit) as integer) else -1 end"""
+# `after` is "VALUE,ID": the last row's sort value and id (the value may hold commas, the id
+# is the digits after the last one). low/high stand for "no key" on a first page, below and
+# above any value; a malformed key is null, which matches no row.
+AFTER_KEY = """after_key(low, high, id) as (
+  -- after = "VALUE,ID", the last row's sort value and id: (VALUE, ID) to start
+  -- after, and no key ('' below any value, high above any) when after is empty
+  select
+    case when k = '' then '' when r like '%,' and r <> k then substr(r, 1, length(r) - 1) end,
+    case when k = '' then char(1114111)
+      when r like '%,' and r <> k then substr(r, 1, length(r) - 1) end,
+    case when k = '' then 0
+      when r like '%,' and r <> k then cast(substr(k, length(r) + 1) as integer) end
+  from (select trim(:after) as k, rtrim(trim(:after), '0123456789') as r)
+)"""
+
 
 @lru_cache(maxsize=1)
 def _metadata() -> dict:
@@ -48,8 +68,7 @@ def query(
     """Run canned query ``name`` with Datasette's rules: every parameter is text, a missing
     one is ''. Returns a list of dicts (``pandas.DataFrame(rows)`` takes it as it is).
 
-    Unlike Datasette's pages, which show a list's first 100 rows, a list returns every row
-    here unless ``limit`` is given: a notebook wants all of them."""
+    Every row, with no 1,000-row page as in Datasette, unless ``limit`` asks for fewer."""
     definitions = _definitions()
     if name not in definitions:
         raise KeyError(f"no canned query {name!r}; choose from {', '.join(sorted(definitions))}")
@@ -59,8 +78,6 @@ def query(
     if unknown:
         raise TypeError(f"{name} takes {', '.join(sorted(names)) or 'no parameters'}")
     values = {p: "" if params.get(p) is None else str(params[p]) for p in names}
-    if "limit" in names and params.get("limit") is None:
-        values["limit"] = "all"
     database = open_database(db)
     return list(database.query(sql, values))
 

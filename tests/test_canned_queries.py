@@ -25,21 +25,23 @@ from helpers import FAST_CLIENT, utc
 import pdsync
 from pdsync.entities import builtin_entities
 from pdsync.fake import FakePipedrive, FakeServer
+from pdsync.queries import AFTER_KEY, LIST_LIMIT
 
 METADATA_PATH = Path(__file__).resolve().parent.parent / "metadata.yml"
 
-# DESIGN.md, "Contract: canned queries": name -> parameters; pdsync adds limit to the lists.
+# DESIGN.md, "Contract: canned queries": name -> parameters; pdsync adds limit and after to
+# the lists.
 CONTRACT = {
-    "overdue_deals": ["pipeline", "min_days", "limit"],
-    "stuck_deals": ["pipeline", "min_days", "limit"],
-    "rotten_deals": ["pipeline", "limit"],
-    "near_invoicing": ["pipeline", "stages", "limit"],
-    "deals_in_stage": ["pipeline", "stage", "min_days", "limit"],
-    "deals_by_owner": ["owner", "pipeline", "status", "limit"],
+    "overdue_deals": ["pipeline", "min_days", "limit", "after"],
+    "stuck_deals": ["pipeline", "min_days", "limit", "after"],
+    "rotten_deals": ["pipeline", "limit", "after"],
+    "near_invoicing": ["pipeline", "stages", "limit", "after"],
+    "deals_in_stage": ["pipeline", "stage", "min_days", "limit", "after"],
+    "deals_by_owner": ["owner", "pipeline", "status", "limit", "after"],
     "cashflow_forecast": ["pipeline", "months"],
     "owner_kpis": ["pipeline", "status"],
     "pipeline_summary": ["pipeline"],
-    "search_deals": ["q", "pipeline", "owner", "limit"],
+    "search_deals": ["q", "pipeline", "owner", "limit", "after"],
     "deal_notes": ["deal_id"],
     "sync_status": [],
 }
@@ -52,6 +54,17 @@ DEAL_LISTS = [
     "deals_by_owner",
     "search_deals",
 ]
+# The column each list is sorted by: `after` is its value and the id, from the last row.
+SORT_KEY = {
+    "overdue_deals": "update_time",
+    "stuck_deals": "in_stage_since",
+    "rotten_deals": "update_time",
+    "near_invoicing": "expected_close_date",
+    "deals_in_stage": "in_stage_since",
+    "deals_by_owner": "update_time",
+    "search_deals": "update_time",
+}
+PAGE = 1000  # Datasette's max_returned_rows
 DEAL_COLUMNS = ["id", "title", "pipeline", "stage", "owner", "org_name", "value", "currency"]
 DEAL_COLUMNS += ["update_time"]
 HOUR = timedelta(hours=1)
@@ -81,13 +94,18 @@ class World:
     def get(self, path: str, **kwargs):
         return self.loop.run_until_complete(self.ds.client.get(path, **kwargs))
 
-    def rows(self, name: str, **params: str) -> list[dict]:
-        """Every row: lists are asked for limit=all unless the test says otherwise."""
-        if name in DEAL_LISTS and "limit" not in params:
-            params = {**params, "limit": "all"}
-        response = self.get(f"/pipedrive/{name}.json?" + urlencode({**params, "_shape": "array"}))
+    def page(self, name: str, **params: str) -> tuple[list[dict], bool]:
+        """One call's rows, and whether Datasette cut them at its page ("truncated")."""
+        response = self.get(f"/pipedrive/{name}.json?" + urlencode({**params, "_shape": "objects"}))
         assert response.status_code == 200, (name, params, response.text)
-        return response.json()
+        body = response.json()
+        return body["rows"], body["truncated"]
+
+    def rows(self, name: str, **params: str) -> list[dict]:
+        """Every row, as a caller gets it without a limit: this world's lists fit one page."""
+        rows, truncated = self.page(name, **params)
+        assert not truncated, (name, params)
+        return rows
 
     # -- ground truth from the fake's records ----------------------------------------------
 
@@ -321,21 +339,20 @@ def test_overdue_deals_default_is_seven_days(world):
 
 @pytest.mark.parametrize(
     "limit, count",
-    [(None, 100), ("", 100), ("abc", 100), ("-3", 100), ("7.5", 100), ("7", 7), ("0", 0)]
+    [(None, None), ("", None), ("abc", None), ("-3", None), ("7.5", None), ("7", 7), ("0", 0)]
     + [(" 250 ", 250), ("all", None), ("ALL", None)],
 )
 @pytest.mark.parametrize("name", ["overdue_deals", "stuck_deals", "deals_by_owner"])
-def test_lists_return_the_first_100_rows_unless_asked_for_more(world, name, limit, count):
-    every = world.rows(name, limit="all")
+def test_lists_return_every_row_unless_asked_for_fewer(world, name, limit, count):
+    every = world.rows(name)
     assert len(every) > 250, (name, len(every))  # the world is big enough to tell
     params = {} if limit is None else {"limit": limit}
-    response = world.get(f"/pipedrive/{name}.json?" + urlencode({**params, "_shape": "array"}))
-    assert response.status_code == 200, response.text
-    assert response.json() == every[:count], (name, limit)
+    rows, truncated = world.page(name, **params)
+    assert rows == every[:count] and not truncated, (name, limit)
 
 
 def test_the_python_api_returns_every_row_unless_given_a_limit(world):
-    every = world.rows("overdue_deals", limit="all")
+    every = world.rows("overdue_deals")
     assert len(pdsync.query(str(world.path), "overdue_deals")) == len(every) > 100
     assert pdsync.query(str(world.path), "overdue_deals", limit=5) == every[:5]
 
@@ -916,7 +933,7 @@ def test_sync_status_shows_every_entity(world):
 
 
 def test_html_in_titles_and_notes_is_escaped_on_pages(world):
-    page = world.get("/pipedrive/overdue_deals?limit=all").text
+    page = world.get("/pipedrive/overdue_deals").text
     assert "&lt;b&gt;Bold&lt;/b&gt; deal" in page
     assert "<b>Bold</b>" not in page
     notes = world.get(f"/pipedrive/deal_notes?deal_id={world.special['html']}").text
@@ -1013,3 +1030,225 @@ def test_open_deal_lists_and_totals_read_their_index(world, name, pipeline):
         assert not any("TEMP B-TREE FOR ORDER BY" in step for step in plan), plan
     else:
         assert not any(re.match(r"SCAN (d|deals)\b", step) for step in plan), plan
+
+
+# -- complete answers: the limit and after fragments, and lists longer than a page ----------
+
+
+def normalized(sql: str) -> str:
+    return " ".join(sql.split())
+
+
+@pytest.mark.parametrize("name", DEAL_LISTS)
+def test_every_list_says_the_limit_and_after_clauses_word_for_word(world, name):
+    sql = normalized(world.metadata["databases"]["pipedrive"]["queries"][name]["sql"])
+    assert normalized(AFTER_KEY) in sql
+    limits = sql.count(normalized(LIST_LIMIT))
+    assert limits >= 1
+    # no other row limit: only the "limit 1" of a pipeline, stage or owner lookup
+    rest = sql.replace(normalized(LIST_LIMIT), "")
+    assert re.findall(r"\blimit (?!1\b)", rest) == [], name
+    assert "after_key" in sql.split(normalized(AFTER_KEY), 1)[1], name
+
+
+TIES = 30  # deals with the same sort value in every list: pages must break them by id
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A company with lists longer than Datasette's 1,000-row page, and a group of deals
+    that tie on every list's sort value."""
+    t0 = datetime.now(timezone.utc).replace(microsecond=0)
+    fake = FakePipedrive(deals=2400, seed=23, now=t0)
+    try:
+        stages = fake.records("stages")
+        rotting = next(
+            s
+            for s in stages
+            if s["is_deal_rot_enabled"] and s["days_to_rotten"] and s["days_to_rotten"] <= 40
+        )
+        fake.freeze(t0 - 40 * DAY)
+        ties = [
+            fake.add_deal(
+                title=f"tied deal {i}",
+                stage_id=rotting["id"],
+                owner_id=3,
+                value=100,
+                currency="SAR",
+                expected_close_date=(t0 + 20 * DAY).date(),
+            )["id"]
+            for i in range(TIES)
+        ]
+        fake.freeze(t0)
+        path = tmp_path_factory.mktemp("canned-big") / "pipedrive.db"
+        with FakeServer(fake) as server:
+            result = pdsync.sync(
+                str(path),
+                token=fake.token,
+                base_url=server.url,
+                auth_path=None,
+                client_options=FAST_CLIENT,
+            )
+            assert result.ok, result.errors
+        world = World(path, fake, {"rotting_stage": rotting["id"]})
+        world.ties = ties
+    finally:
+        fake.close()
+    yield world
+    world.loop.close()
+
+
+def big_lists(big: World) -> dict[str, tuple[dict, object]]:
+    """Each list with parameters that include the tied deals, and its expectation."""
+    stage = str(big.special["rotting_stage"])
+    return {
+        "overdue_deals": ({}, overdue(big)),
+        "stuck_deals": ({}, in_stage(big)),
+        "rotten_deals": ({}, rotten(big)),
+        "near_invoicing": ({"stages": stage}, near_invoicing(big, stages=stage)),
+        "deals_in_stage": ({}, in_stage(big, min_days=0)),
+        "deals_by_owner": ({"status": "all"}, by_owner(big, status="all")),
+        "search_deals": ({}, search(big)),
+    }
+
+
+def key_of(name: str, row: dict) -> str:
+    return f"{row[SORT_KEY[name]] or ''},{row['id']}"
+
+
+def expected_ids(expect, moment: datetime) -> list[int]:
+    return [r["id"] for r in expect(moment)]
+
+
+def test_the_big_world_has_lists_longer_than_a_page(big):
+    now = datetime.now(timezone.utc)
+    sizes = {name: len(expect(now)) for name, (_, expect) in big_lists(big).items()}
+    assert sizes["deals_by_owner"] > 2 * PAGE and sizes["search_deals"] > 2 * PAGE, sizes
+    assert sum(size > PAGE for size in sizes.values()) >= 4, sizes
+
+
+@pytest.mark.parametrize("name", DEAL_LISTS)
+def test_a_long_list_says_truncated_and_after_returns_the_rest(big, name):
+    params, expect = big_lists(big)[name]
+    before = datetime.now(timezone.utc)
+    rows, truncated = big.page(name, **params)
+    pages = [rows]
+    while truncated:
+        assert len(rows) == PAGE, name
+        rows, truncated = big.page(name, **params, after=key_of(name, rows[-1]))
+        pages.append(rows)
+    after = datetime.now(timezone.utc)
+    got = [r["id"] for page in pages for r in page]
+    wanted = [expected_ids(expect, before), expected_ids(expect, after)]
+    assert set(big.ties) <= set(wanted[0]), name  # the tied deals are in every list
+    assert len(got) == len(set(got)), f"{name}: duplicates"
+    assert got in wanted, (name, len(got), len(wanted[0]))
+    assert len(pages) == len(wanted[0]) // PAGE + 1, name
+
+
+@pytest.mark.parametrize("name", DEAL_LISTS)
+def test_small_pages_through_tied_deals_have_no_gaps_or_duplicates(big, name):
+    params, expect = big_lists(big)[name]
+    before = datetime.now(timezone.utc)
+    first_tie = expected_ids(expect, before).index(
+        next(i for i in expected_ids(expect, before) if i in set(big.ties))
+    )
+    # The first page stops three rows into the tied deals, the next ones cut them in 7s,
+    # the last one, without limit, takes the rest (truncated, then continued).
+    rows, _ = big.page(name, **params, limit=str(first_tie + 3))
+    got, last = [r["id"] for r in rows], rows[-1]
+    for _ in range(TIES // 7 + 2):
+        rows, _ = big.page(name, **params, limit="7", after=key_of(name, last))
+        got, last = got + [r["id"] for r in rows], (rows or [last])[-1]
+    truncated = True
+    while truncated:
+        rows, truncated = big.page(name, **params, after=key_of(name, last))
+        got, last = got + [r["id"] for r in rows], (rows or [last])[-1]
+    after = datetime.now(timezone.utc)
+    assert len(got) == len(set(got)), f"{name}: duplicates"
+    assert got in [expected_ids(expect, before), expected_ids(expect, after)], name
+
+
+@pytest.mark.parametrize("name", DEAL_LISTS)
+@pytest.mark.parametrize("value", ["abc", "2025-01-01T00:00:00Z", "12", "x,", ",", "1,2,a"])
+def test_a_malformed_after_gives_no_rows(big, name, value):
+    params, _ = big_lists(big)[name]
+    assert big.page(name, **params, after=value) == ([], False)
+
+
+def test_after_the_last_row_there_is_nothing(big):
+    rows = pdsync.query(str(big.path), "overdue_deals")
+    assert len(rows) > PAGE
+    assert big.page("overdue_deals", after=key_of("overdue_deals", rows[-1])) == ([], False)
+
+
+def test_the_python_api_returns_more_than_a_page(big):
+    params, expect = big_lists(big)["deals_by_owner"]
+    before = datetime.now(timezone.utc)
+    got = [r["id"] for r in pdsync.query(str(big.path), "deals_by_owner", **params)]
+    after = datetime.now(timezone.utc)
+    assert len(got) > 2 * PAGE
+    assert got in [expected_ids(expect, before), expected_ids(expect, after)]
+
+
+def test_the_page_says_when_a_list_is_cut(big):
+    page = big.get("/pipedrive/deals_by_owner?status=all")
+    assert page.status_code == 200
+    assert "returning more than 1,000 rows" in page.text  # Datasette's own wording
+    short = big.get("/pipedrive/deals_by_owner?status=all&limit=10").text
+    assert "returning 10 rows" in short and "more than" not in short
+
+
+PDSYNC_PLUGINS = {"pdsync_metadata.py", "pdsync_ui.py", "pdsync_reads.py"}
+
+
+def test_the_faster_json_renderer_answers_what_datasette_does(big):
+    """pdsync_reads.py takes over .json; every answer must be Datasette's own, parsed."""
+    from datasette.plugins import pm
+    from datasette.renderer import json_renderer
+
+    deal = big.rows("deals_by_owner", owner="3", limit="1")[0]["id"]
+    paths = [f"/pipedrive/{name}.json" for name in CONTRACT]
+    paths += [f"/pipedrive/{name}.json?_shape=objects" for name in DEAL_LISTS]
+    paths += [f"/pipedrive/{name}.json?_shape=array&limit=3" for name in DEAL_LISTS]
+    paths += [
+        "/pipedrive/deals_by_owner.json?status=all",  # truncated
+        "/pipedrive/deals_by_owner.json?status=all&_shape=array&_nl=on",
+        "/pipedrive/overdue_deals.json?_shape=arrayfirst",
+        "/pipedrive/deals.json",  # a table page, with a next link
+        "/pipedrive/deals.json?_shape=object&_size=5",
+        f"/pipedrive/deals/{deal}.json",
+        "/pipedrive.json?" + urlencode({"sql": "select 1e999 as big, x'ff' as raw, x'41' as a"}),
+        "/pipedrive.json?" + urlencode({"sql": "select 1e999 as big", "_json_infinity": "1"}),
+        "/pipedrive.json?" + urlencode({"sql": "select no_such_column from deals"}),
+        "/pipedrive/sync_status.json?_shape=nonsense",
+    ]
+
+    async def check():
+        ds = pdsync.datasette(big.path)
+        try:
+            fast = ds.renderers["json"]
+            assert fast[0].__name__ == "render_json"  # pdsync's, not Datasette's
+            for path in paths:
+                ours = await ds.client.get(path)
+                ds.renderers["json"] = (json_renderer, lambda: True)
+                theirs = await ds.client.get(path)
+                ds.renderers["json"] = fast
+                assert ours.status_code == theirs.status_code, path
+                for header in ("content-type", "link"):
+                    assert ours.headers.get(header) == theirs.headers.get(header), path
+                if "_nl=" in path or "_json_infinity" in path:
+                    timing = re.compile(r'"query_ms": [0-9.e-]+')
+                    assert timing.sub("", ours.text) == timing.sub("", theirs.text), path
+                    continue
+                mine, datasettes = ours.json(), theirs.json()
+                for body in (mine, datasettes):
+                    if isinstance(body, dict):
+                        body.pop("query_ms", None)
+                assert mine == datasettes, path
+        finally:
+            for plugin in list(pm.get_plugins()):
+                if (getattr(plugin, "__name__", "") or "") in PDSYNC_PLUGINS:
+                    pm.unregister(plugin)
+
+    asyncio.run(check())

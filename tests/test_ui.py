@@ -21,7 +21,7 @@ from pdsync.lock import SyncLock
 from pdsync.serve import metadata_path, plugins_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGIN_FILES = {"pdsync_metadata.py", "pdsync_ui.py"}
+PLUGIN_FILES = {"pdsync_metadata.py", "pdsync_reads.py", "pdsync_ui.py"}
 SECRET = "tok-3f9c1e7a-secret-never-shown"
 
 
@@ -316,6 +316,45 @@ def test_get_is_not_a_way_to_start_a_sync(synced, configured):
         cookies = {"ds_actor": cookie(ds, {"id": "root"})}
         response = await ds.client.get("/-/pdsync/sync?database=pipedrive", cookies=cookies)
         assert response.status_code == 405
+
+    run(check)
+
+
+READ_ONLY_ROUTES = ["/-/pdsync", "/-/pdsync.json"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+def test_read_only_routes_refuse_other_methods_as_datasette_does(synced, method):
+    async def check():
+        ds = make_ds(synced)
+        # Datasette's own read-only view, for the answer to match.
+        theirs = await ds.client.request(method, "/-/versions.json")
+        assert theirs.status_code == 405
+        for path in READ_ONLY_ROUTES:
+            ours = await ds.client.request(method, path)
+            assert ours.status_code == 405, (path, ours.text[:200])
+            assert ours.text == theirs.text, path
+            assert ours.headers.get("content-type") == theirs.headers.get("content-type")
+            assert ours.headers.get("allow") == theirs.headers.get("allow"), path
+        # Only POST starts a sync; the other methods are refused before any permission check.
+        if method != "POST":
+            response = await ds.client.request(method, "/-/pdsync/sync")
+            assert response.status_code == 405
+        assert ui_module().latest_job(synced) is None
+
+    run(check)
+
+
+def test_read_only_routes_still_answer_get_and_head(synced):
+    async def check():
+        ds = make_ds(synced)
+        for path in READ_ONLY_ROUTES:
+            got = await ds.client.get(path)
+            assert got.status_code == 200, path
+            assert got.content, path
+            head = await ds.client.request("HEAD", path)
+            assert head.status_code == 200 and head.content == b"", path
+            assert head.headers["content-type"] == got.headers["content-type"], path
 
     run(check)
 
