@@ -42,7 +42,7 @@ def _row_maker(table: Table) -> RowMaker:
     key = table.key
     takers = tuple(c.take for c in table.columns)
 
-    def row(rec: dict, ut: int = 0, at: int = 0, **given: Any) -> tuple:
+    def row(rec: dict, ut: int, at: int, given: dict[str, Any]) -> tuple:
         given["ut"] = ut
         given["at"] = at
         return (key(rec, given), *[take(rec, given) for take in takers], dumps(rec))
@@ -99,7 +99,7 @@ class Store:
 
     # Writes take the record with its exact times; extra carries non-API columns.
     def row(self, table: str, rec: dict, ut: int = 0, at: int = 0, **extra: Any) -> tuple:
-        return self._rows[table](rec, ut, at, **extra)
+        return self._rows[table](rec, ut, at, extra)
 
     def insert_many(self, table: str, rows: Iterable[tuple]) -> None:
         with self.lock:
