@@ -1032,3 +1032,12 @@ def test_any_walk_matches_ground_truth(client, fake, sort_by, direction, limit, 
     )
     assert ids(got) == ids(expected)
     assert len(pages) == max(1, -(-len(expected) // limit))
+
+
+def test_declared_token_costs_are_pipedrives():
+    """Each declared route's token cost is the one in Pipedrive's published table."""
+    from pdsync.client import token_cost
+    from pdsync.fake.entities import BY_PATH
+
+    for path, (_, route) in BY_PATH.items():
+        assert route.tokens == token_cost(path), path

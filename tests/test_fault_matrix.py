@@ -1,6 +1,7 @@
 """Every endpoint x every fault kind x {first page, middle page}: the sync either succeeds
 after retries or fails that entity with a clear message, and a rerun converges."""
 
+import httpx
 import pytest
 import sqlite_utils
 from helpers import differences
@@ -8,29 +9,18 @@ from helpers import differences
 from pdsync.client import PipedriveClient
 from pdsync.engine import Sync
 from pdsync.fake import FakePipedrive, FakeServer
+from pdsync.fake.entities import BY_PATH
+from pdsync.fake.front import FAULTS
 
 FAST = {"backoff": 0.01, "max_backoff": 0.05, "timeout": 1.0}
-RETRIED = ["429", "429-reset", "500", "502", "503", "timeout", "reset", "truncated", "invalid_json"]
-ENDPOINTS = {
-    "/api/v2/pipelines": "pipelines",
-    "/api/v2/stages": "stages",
-    "/v1/users": "users",
-    "/api/v2/dealFields": "deal_fields",
-    "/api/v2/personFields": "person_fields",
-    "/api/v2/organizationFields": "organization_fields",
-    "/api/v2/organizations": "organizations",
-    "/api/v2/persons": "persons",
-    "/api/v2/deals": "deals",
-    "/api/v2/deals/archived": "deals",
-    "/api/v2/activities": "activities",
-    "/v1/notes": "notes",
-}
-# With 1,600 deals these list more than one page of 500.
+# Every declared list endpoint, and the entity pdsync syncs from it.
+ENDPOINTS = {path: declared.name for path, (declared, _) in BY_PATH.items()}
+# With 1,600 deals these list more than one page of 500 (test_multi_page_is_right checks it).
 MULTI_PAGE = {"/api/v2/persons", "/api/v2/deals", "/api/v2/activities", "/v1/notes"}
 CASES = [
     (path, kind, page)
     for path in ENDPOINTS
-    for kind in [*RETRIED, "401"]
+    for kind in FAULTS
     for page in ("first", "middle")
     if page == "first" or path in MULTI_PAGE
 ]
@@ -57,12 +47,14 @@ def test_fault(upstream, tmp_path, path, kind, page):
     fake, server = upstream
     entity = ENDPOINTS[path]
     fake.clear_faults()
-    fake.inject(path, kind, times=2 if kind != "401" else 1, after=0 if page == "first" else 1)
+    transient = FAULTS[kind].transient
+    fake.inject(path, kind, times=2 if transient else 1, after=0 if page == "first" else 1)
     db = sqlite_utils.Database(str(tmp_path / "p.db"))
     with PipedriveClient(fake.token, server.url, **FAST) as client:
         result = Sync(db, client, only=[entity]).run()
     outcome = result.entities[entity]
-    if kind == "401":
+    if not transient:
+        assert kind == "401", "a new permanent fault kind needs its expected error here"
         assert outcome.status == "failed"
         assert outcome.error.startswith("Pipedrive rejected the API token (HTTP 401 on GET ")
     else:
@@ -74,3 +66,16 @@ def test_fault(upstream, tmp_path, path, kind, page):
         assert Sync(db, client, only=[entity]).run().ok
     assert converged(db, fake, entity)
     assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
+
+
+def test_multi_page_is_right(upstream):
+    """MULTI_PAGE names exactly the endpoints that list more than one page of 500."""
+    fake, server = upstream
+    with httpx.Client(base_url=server.url, headers={"x-api-token": fake.token}) as client:
+        more = set()
+        for path in ENDPOINTS:
+            body = client.get(path, params={"limit": 500}).json()
+            extra = body.get("additional_data") or {}
+            if extra.get("next_cursor") or (extra.get("pagination") or {}).get("next_start"):
+                more.add(path)
+    assert more == MULTI_PAGE

@@ -10,7 +10,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
-from .api import Reply, error_body
+from .front import INTERNAL_ERROR, Reply
 
 if TYPE_CHECKING:
     from .core import FakePipedrive
@@ -66,7 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
             reply = fake.handle(self.command, self.path, dict(self.headers.items()))
         except Exception:  # a bug or a closed fake: answer like a server would, and log it
             log.exception("fake Pipedrive failed on %s %s", self.command, self.path)
-            reply = Reply(500, error_body("Internal server error", errorCode=500))
+            reply = Reply(500, INTERNAL_ERROR)
             self.close_connection = True
         if reply.action == "reset":
             self.close_connection = True

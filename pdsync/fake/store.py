@@ -1,211 +1,57 @@
-"""State of the fake Pipedrive: a throwaway SQLite file, one table per entity.
+"""State of the fake Pipedrive: a throwaway SQLite file, one table per declared table.
 
 Each row keeps the API-shaped record as compact JSON next to the few columns the endpoints
 filter and sort on, so a page is a keyset query plus a join of stored JSON strings. Times are
 integer milliseconds since the epoch (UTC) and always equal the instant the record shows.
+The tables, their columns and indexes come from the declarations in ``entities.py``.
 """
 
 from __future__ import annotations
 
-import calendar
 import json
 import os
-import re
 import sqlite3
 import tempfile
 import threading
-import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-DAY_MS = 86_400_000
-PURGE_AFTER_MS = 30 * DAY_MS
+from .entities import TABLES, Table
+from .wire import dumps
 
-# Columns besides id, json; "ut"/"at" are update_time/add_time in ms.
-_TABLES: dict[str, str] = {
-    "deals": "ut INTEGER NOT NULL, at INTEGER NOT NULL, status TEXT NOT NULL, "
-    "archived INTEGER NOT NULL, deleted_at INTEGER, pipeline_id INTEGER, stage_id INTEGER, "
-    "owner_id INTEGER, person_id INTEGER, org_id INTEGER, title TEXT",
-    "persons": "ut INTEGER NOT NULL, at INTEGER NOT NULL, gone INTEGER NOT NULL, "
-    "owner_id INTEGER, org_id INTEGER, name TEXT",
-    "organizations": "ut INTEGER NOT NULL, at INTEGER NOT NULL, gone INTEGER NOT NULL, "
-    "owner_id INTEGER, name TEXT",
-    "activities": "ut INTEGER NOT NULL, at INTEGER NOT NULL, gone INTEGER NOT NULL, "
-    "owner_id INTEGER, deal_id INTEGER, person_id INTEGER, org_id INTEGER, done INTEGER, "
-    "due TEXT NOT NULL",
-    "notes": "ut INTEGER NOT NULL, at INTEGER NOT NULL, gone INTEGER NOT NULL, "
-    "user_id INTEGER, deal_id INTEGER, person_id INTEGER, org_id INTEGER, content TEXT",
-    "pipelines": "ut INTEGER NOT NULL, at INTEGER NOT NULL, order_nr INTEGER",
-    "stages": "ut INTEGER NOT NULL, at INTEGER NOT NULL, pipeline_id INTEGER, order_nr INTEGER",
-    "users": "name TEXT",
-    # One table for deal, person and organization fields; id is the display order.
-    "fields": "kind TEXT NOT NULL, code TEXT NOT NULL",
-}
-
-# Created after the bulk load (cheaper than maintaining them row by row).
-_INDEXES = (
-    "CREATE INDEX deals_arch ON deals(archived)",
-    "CREATE INDEX deals_arch_ut ON deals(archived, ut)",
-    "CREATE INDEX deals_arch_at ON deals(archived, at)",
-    "CREATE INDEX persons_ut ON persons(ut)",
-    "CREATE INDEX persons_at ON persons(at)",
-    "CREATE INDEX organizations_ut ON organizations(ut)",
-    "CREATE INDEX organizations_at ON organizations(at)",
-    "CREATE INDEX activities_ut ON activities(ut)",
-    "CREATE INDEX activities_at ON activities(at)",
-    "CREATE INDEX activities_due ON activities(due)",
-    # Covering indexes so OFFSET can skip rows without reading note bodies.
-    "CREATE INDEX notes_gone ON notes(gone)",
-    "CREATE INDEX notes_gone_ut ON notes(gone, ut)",
-    "CREATE INDEX notes_gone_at ON notes(gone, at)",
-    "CREATE INDEX notes_deal ON notes(deal_id)",
-    "CREATE INDEX notes_person ON notes(person_id)",
-    "CREATE INDEX notes_org ON notes(org_id)",
-    "CREATE UNIQUE INDEX fields_code ON fields(kind, code)",
-)
+RowMaker = Callable[..., tuple]
 
 
-def _columns(entity: str, rec: dict[str, Any], ut: int, at: int, extra: dict) -> tuple:
-    """The indexed columns of a row, taken from the API-shaped record."""
-    g = rec.get
-    if entity == "deals":
-        return (
-            ut,
-            at,
-            rec["status"],
-            int(rec["is_archived"]),
-            extra.get("deleted_at"),
-            g("pipeline_id"),
-            g("stage_id"),
-            g("owner_id"),
-            g("person_id"),
-            g("org_id"),
-            rec["title"],
-        )
-    if entity == "persons":
-        return ut, at, int(rec["is_deleted"]), g("owner_id"), g("org_id"), rec["name"]
-    if entity == "organizations":
-        return ut, at, int(rec["is_deleted"]), g("owner_id"), rec["name"]
-    if entity == "activities":
-        return (
-            ut,
-            at,
-            int(rec["is_deleted"]),
-            g("owner_id"),
-            g("deal_id"),
-            g("person_id"),
-            g("org_id"),
-            int(rec["done"]),
-            g("due_date") or "",
-        )
-    if entity == "notes":
-        return (
-            ut,
-            at,
-            int(not rec["active_flag"]),
-            g("user_id"),
-            g("deal_id"),
-            g("person_id"),
-            g("org_id"),
-            rec["content"],
-        )
-    if entity == "pipelines":
-        return ut, at, rec["order_nr"]
-    if entity == "stages":
-        return ut, at, rec["pipeline_id"], rec["order_nr"]
-    if entity == "users":
-        return (rec["name"],)
-    if entity == "fields":
-        return extra["kind"], rec["field_code"]
-    raise KeyError(entity)
+def _schema(table: Table) -> str:
+    cols = ", ".join(f"{c.name} {c.sql}" for c in table.columns)
+    return f"CREATE TABLE {table.name} (id INTEGER PRIMARY KEY, {cols}, json BLOB)"
 
 
-def _column_names(entity: str) -> list[str]:
-    return [part.split()[0] for part in _TABLES[entity].split(", ")]
+def _indexes(table: Table) -> list[str]:
+    def name(columns: str) -> str:
+        return f"{table.name}_{columns.replace(', ', '_')}"
+
+    return [f"CREATE INDEX {name(c)} ON {table.name}({c})" for c in table.indexes] + [
+        f"CREATE UNIQUE INDEX {name(c)} ON {table.name}({c})" for c in table.unique
+    ]
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+def _row_maker(table: Table) -> RowMaker:
+    """(id, columns..., json) for a record; ut/at and the writer's extras feed the columns."""
+    key = table.key
+    takers = tuple(c.take for c in table.columns)
+
+    def row(rec: dict, ut: int, at: int, given: dict[str, Any]) -> tuple:
+        given["ut"] = ut
+        given["at"] = at
+        return (key(rec, given), *[take(rec, given) for take in takers], dumps(rec))
+
+    return row
 
 
-def dumps(rec: Any) -> bytes:
-    """Compact UTF-8 JSON, as Pipedrive sends it."""
-    return _ENCODER.encode(rec).encode()
-
-
-# -- time -------------------------------------------------------------------------------------
-
-
-_DAYS: dict[int, str] = {}
-_HM = [f"{h:02d}:{m:02d}:" for h in range(24) for m in range(60)]
-_SS = [f"{s:02d}" for s in range(60)]
-_MS = [f".{i:03d}Z" for i in range(1000)]
-
-
-def _day(days: int) -> str:
-    text = _DAYS.get(days)
-    if text is None:
-        t = time.gmtime(days * 86400)
-        text = _DAYS[days] = f"{t[0]:04d}-{t[1]:02d}-{t[2]:02d}"
-    return text
-
-
-# Formatting ~1M timestamps per big company: cached days and tables beat strftime 3x.
-def v2_time(ms: int, precise: bool = False) -> str:
-    """RFC 3339 UTC: ``2025-01-15T10:30:00Z`` or, if precise, ``2025-01-15T10:30:00.123Z``."""
-    sec, frac = divmod(ms, 1000)
-    days, rest = divmod(sec, 86400)
-    minute, second = divmod(rest, 60)
-    base = f"{_day(days)}T{_HM[minute]}{_SS[second]}"
-    return base + _MS[frac] if precise else base + "Z"
-
-
-def v1_time(ms: int) -> str:
-    """v1 style UTC: ``2025-01-15 10:30:00``."""
-    days, rest = divmod(ms // 1000, 86400)
-    minute, second = divmod(rest, 60)
-    return f"{_day(days)} {_HM[minute]}{_SS[second]}"
-
-
-def day(ms: int) -> str:
-    """``YYYY-MM-DD`` (UTC)."""
-    return _day(ms // 86_400_000)
-
-
-def trunc(ms: int, precise: bool) -> int:
-    """The instant a record shows: seconds unless it carries milliseconds."""
-    return ms if precise else ms - ms % 1000
-
-
-_RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$"
-)
-
-
-def parse_rfc3339_us(text: str) -> int | None:
-    """Microseconds since the epoch, or None if ``text`` is not RFC 3339 with a zone."""
-    m = _RFC3339.match(text)
-    if not m:
-        return None
-    year, month, mday, hour, minute, second = (int(x) for x in m.group(1, 2, 3, 4, 5, 6))
-    if not (1 <= month <= 12 and 1 <= mday <= 31 and hour < 24 and minute < 60 and second < 61):
-        return None
-    frac = m.group(7) or ""
-    micros = int((frac + "000000")[:6]) + (1 if frac[6:].strip("0") else 0)
-    zone = m.group(8)
-    offset = 0
-    if zone not in ("Z", "z"):
-        sign = -1 if zone[0] == "-" else 1
-        offset = sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
-    try:
-        secs = calendar.timegm((year, month, mday, hour, minute, second, 0, 0, 0))
-        time.gmtime(secs)  # range check
-    except (OverflowError, ValueError):
-        return None
-    return (secs - offset) * 1_000_000 + micros
-
-
-# -- store ------------------------------------------------------------------------------------
+def column_names(table: str) -> list[str]:
+    return [c.name for c in TABLES[table].columns]
 
 
 class Store:
@@ -224,21 +70,23 @@ class Store:
             "cache_size=-8000",  # 8 MB page cache bounds RSS whatever the size
         ):
             self.conn.execute(f"PRAGMA {pragma}")
-        for table, cols in _TABLES.items():
-            self.conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, {cols}, json BLOB)")
+        for table in TABLES.values():
+            self.conn.execute(_schema(table))
         self._insert_sql = {
-            t: f"INSERT OR REPLACE INTO {t} (id, {', '.join(_column_names(t))}, json) "
-            f"VALUES ({', '.join('?' * (len(_column_names(t)) + 2))})"
-            for t in _TABLES
+            t: f"INSERT OR REPLACE INTO {t} (id, {', '.join(column_names(t))}, json) "
+            f"VALUES ({', '.join('?' * (len(column_names(t)) + 2))})"
+            for t in TABLES
         }
+        self._rows = {t: _row_maker(table) for t, table in TABLES.items()}
 
     def begin_load(self) -> None:
         self.conn.execute("BEGIN")
 
     def finish_load(self) -> None:
         with self.lock:
-            for sql in _INDEXES:
-                self.conn.execute(sql)
+            for table in TABLES.values():
+                for sql in _indexes(table):
+                    self.conn.execute(sql)
             self.conn.execute("COMMIT")
             self.conn.execute("ANALYZE")
 
@@ -250,24 +98,23 @@ class Store:
                 self._finalizer()
 
     # Writes take the record with its exact times; extra carries non-API columns.
-    def row(self, entity: str, rec: dict, ut: int = 0, at: int = 0, **extra: Any) -> tuple:
-        key = extra["id"] if entity == "fields" else rec["id"]
-        return (key, *_columns(entity, rec, ut, at, extra), dumps(rec))
+    def row(self, table: str, rec: dict, ut: int = 0, at: int = 0, **extra: Any) -> tuple:
+        return self._rows[table](rec, ut, at, extra)
 
-    def insert_many(self, entity: str, rows: Iterable[tuple]) -> None:
+    def insert_many(self, table: str, rows: Iterable[tuple]) -> None:
         with self.lock:
-            self.conn.executemany(self._insert_sql[entity], rows)
+            self.conn.executemany(self._insert_sql[table], rows)
 
-    def put(self, entity: str, rec: dict, ut: int = 0, at: int = 0, **extra: Any) -> None:
+    def put(self, table: str, rec: dict, ut: int = 0, at: int = 0, **extra: Any) -> None:
         with self.lock:
-            self.conn.execute(self._insert_sql[entity], self.row(entity, rec, ut, at, **extra))
+            self.conn.execute(self._insert_sql[table], self.row(table, rec, ut, at, **extra))
 
-    def get(self, entity: str, id_: int) -> tuple[dict, dict[str, Any]] | None:
+    def get(self, table: str, id_: int) -> tuple[dict, dict[str, Any]] | None:
         """The record and its indexed columns, or None."""
-        names = _column_names(entity)
+        names = column_names(table)
         with self.lock:
             found = self.conn.execute(
-                f"SELECT {', '.join(names)}, json FROM {entity} WHERE id = ?", (id_,)
+                f"SELECT {', '.join(names)}, json FROM {table} WHERE id = ?", (id_,)
             ).fetchone()
         if found is None:
             return None
