@@ -2,9 +2,9 @@
 
 from .api import __version__, open_database, sync
 from .client import AuthError, ConnectionFailed, PipedriveClient, PipedriveError
-from .engine import EntityResult, ProgressEvent, SyncResult
 from .lock import LockHeld
 from .queries import datasette, queries, query
+from .results import EntityResult, ProgressEvent, SyncResult
 
 __all__ = [
     "AuthError",

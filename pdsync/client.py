@@ -13,8 +13,7 @@ import random
 import threading
 import time
 import urllib.request
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -24,6 +23,19 @@ import httpx
 import orjson
 
 from . import deadlines
+from .errors import AuthError, BudgetSpent, ConnectionFailed, LoopingStream, PipedriveError
+from .ratelimit import MAX_RATE_WAIT, RateLimiter, int_header
+
+__all__ = [
+    "AuthError",
+    "BudgetSpent",
+    "ConnectionFailed",
+    "LoopingStream",
+    "PipedriveClient",
+    "PipedriveError",
+    "RateLimiter",
+    "Tally",
+]
 from .redact import Redactor, bad_header_value, url_without_credentials
 from .timestamps import normalize as normalize_ts
 
@@ -33,29 +45,6 @@ PAGE_LIMIT = 500  # the most Pipedrive allows per page
 log = logging.getLogger("pdsync.http")
 
 
-class PipedriveError(Exception):
-    """A request to Pipedrive failed in a way retrying will not fix."""
-
-
-class AuthError(PipedriveError):
-    """401: the token is wrong or revoked. Fatal for the whole sync."""
-
-
-class ConnectionFailed(PipedriveError):
-    """The base URL could not be reached at all. Fatal for the whole sync."""
-
-
-class BudgetSpent(PipedriveError):
-    """Pipedrive's rate limit resets hours away: the daily token budget is spent. Fatal."""
-
-
-class LoopingStream(PipedriveError):
-    """Pipedrive sent a cursor or offset this stream had already followed."""
-
-
-# A burst window resets within seconds. A reset further away than this means the daily token
-# budget is spent (or a header is absurd): waiting would stall the sync for hours, so it stops.
-MAX_RATE_WAIT = 120.0
 # A page of 500 records is a few MB even with wide custom fields; an answer past this is not
 # one, and reading it on would only exhaust memory.
 MAX_BODY = 64 * 1024 * 1024
@@ -95,148 +84,6 @@ def token_cost(path: str) -> int:
     else:
         return 0
     return _token_costs().get(key, 0)
-
-
-class RateLimiter:
-    """Paces requests so that a normal sync never sees a 429, and serves the longest stream.
-
-    Pipedrive's burst limit is ``x-ratelimit-limit`` requests per token in a rolling 2-second
-    window. The fetchers share one token, so the limiter keeps its own record of when requests
-    went out and never lets more than the limit into any window; when Pipedrive says
-    ``x-ratelimit-remaining: 0`` it also waits for ``x-ratelimit-reset``. Until the first answer
-    tells the limit, one request goes out at a time.
-
-    Past the first quarter of a window, requests go out evenly spaced, not as fast as
-    possible: a window filled in one burst empties in one burst 2 seconds later, and fetchers
-    that each wait for their previous page cannot use a burst of slots.
-
-    A sync lasts as long as its longest stream, whose pages follow one another (each brings
-    the next cursor). So the stream deepest into its pages (``priority``: the client passes
-    the page number) leads: it goes as soon as its next page is ready and the window has room,
-    without waiting for the spacing. Every other request is served first come, first served
-    in the slots the leader leaves, so no stream starves.
-    """
-
-    WINDOW = 2.0
-    # Pipedrive counts arrivals, we count departures: keep a slot and a little time spare
-    # for requests that travel at different speeds.
-    MARGIN = 0.05
-    POLL = 0.1
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._cond = threading.Condition()
-        self._clock = clock
-        self._probing = False
-        self._sent: deque[tuple[float, float]] = deque()  # (when, priority) in the window
-        self._waiting: list[tuple[float, int]] = []  # (priority, ticket) of who waits
-        self._tickets = itertools.count()
-        self._next_spaced = 0.0  # when the next request that is not the leader may go
-        self.limit: int | None = None
-        self.known = False
-        self.blocked_until = 0.0
-        self.closed: str | None = None  # why nobody may send any more (the budget is spent)
-
-    def acquire(self, priority: float = 0.0) -> None:
-        with self._cond:
-            me = (priority, next(self._tickets))
-            self._waiting.append(me)
-            try:
-                while True:
-                    if self.closed:
-                        raise BudgetSpent(self.closed)
-                    now = self._clock()
-                    wait = self._wait(now, me)
-                    if wait is not None and wait <= 0:
-                        self._take(now, me)
-                        return
-                    # None: others go first. Whoever goes wakes the rest; the poll is for
-                    # a line that changed as requests left the window.
-                    self._cond.wait(self.POLL if wait is None else min(wait, self.POLL))
-            except BaseException:
-                if me in self._waiting:
-                    self._waiting.remove(me)
-                    self._cond.notify_all()
-                raise
-
-    def _take(self, now: float, me: tuple[float, int]) -> None:
-        self._waiting.remove(me)
-        self._probing = not self.known
-        if self.limit is not None:
-            self._next_spaced = max(self._next_spaced, now) + self._gap()
-        self._sent.append((now, me[0]))
-        self._cond.notify_all()  # the next in line may go too
-
-    def _gap(self) -> float:
-        return (self.WINDOW + self.MARGIN) / self._allowed()
-
-    def _allowed(self) -> int:
-        return max((self.limit or 1) - 1, 1)
-
-    def _wait(self, now: float, me: tuple[float, int]) -> float | None:
-        """Seconds until ``me`` may go (0 or less: now); None while others go first."""
-        window = self.WINDOW + self.MARGIN
-        while self._sent and self._sent[0][0] <= now - window:
-            self._sent.popleft()
-        # The leader: a request at least as deep as any in the window (its stream's next page).
-        deepest = max((p for _, p in self._sent), default=float("-inf"))
-        leaders = [w for w in self._waiting if w[0] >= deepest]
-        if leaders:
-            first = max(leaders, key=lambda w: (w[0], -w[1]))
-        else:
-            first = min(self._waiting, key=lambda w: w[1])
-        if me != first:
-            return None
-        if now < self.blocked_until:
-            return self.blocked_until - now
-        if not self.known:
-            return 1.0 if self._probing else 0.0  # woken early when the probe's answer arrives
-        if self.limit is None:
-            return 0.0
-        if len(self._sent) >= self._allowed():
-            return self._sent[0][0] + window - now
-        if me in leaders or len(self._sent) < self._allowed() // 4:
-            return 0.0
-        return self._next_spaced - now
-
-    def update(self, headers: httpx.Headers) -> None:
-        limit = _int_header(headers, "x-ratelimit-limit")
-        remaining = _int_header(headers, "x-ratelimit-remaining")
-        reset = _int_header(headers, "x-ratelimit-reset")
-        with self._cond:
-            self._probing = False
-            self.known = True
-            self.limit = limit
-            if remaining == 0:
-                wait = min(reset or 1, MAX_RATE_WAIT)  # longer: the client stops (BudgetSpent)
-                self.blocked_until = max(self.blocked_until, self._clock() + wait)
-            self._cond.notify_all()
-
-    def close(self, reason: str) -> None:
-        """Nobody sends again: whoever waits, and whoever comes, raises ``BudgetSpent``."""
-        with self._cond:
-            self.closed = reason
-            self._cond.notify_all()
-
-    def failed(self) -> None:
-        """A request got no answer: let the next one probe."""
-        with self._cond:
-            self._probing = False
-            self._cond.notify_all()
-
-    def pause(self, seconds: float) -> None:
-        """After a 429: nobody sends until the window has reset."""
-        with self._cond:
-            self._probing = False
-            seconds = min(seconds, MAX_RATE_WAIT)
-            self.blocked_until = max(self.blocked_until, self._clock() + seconds)
-            self._cond.notify_all()
-
-
-def _int_header(headers: httpx.Headers, name: str) -> int | None:
-    try:
-        return int(float(headers[name]))
-    except (KeyError, ValueError):
-        return None
 
 
 class _Retry(Exception):
@@ -430,11 +277,11 @@ class PipedriveClient:
     def _check_budget(self, path: str, response: httpx.Response) -> None:
         """Stop at once when Pipedrive says to come back hours from now."""
         headers = response.headers
-        remaining = _int_header(headers, "x-ratelimit-remaining")
+        remaining = int_header(headers, "x-ratelimit-remaining")
         exhausted = response.status_code == 429 or remaining == 0
-        reset = _int_header(headers, "x-ratelimit-reset")
+        reset = int_header(headers, "x-ratelimit-reset")
         if response.status_code == 429:
-            reset = max(reset or 0, _int_header(headers, "retry-after") or 0)
+            reset = max(reset or 0, int_header(headers, "retry-after") or 0)
         if not exhausted or reset is None or reset <= MAX_RATE_WAIT:
             return
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + reset))
@@ -555,7 +402,7 @@ def _next_start(path: str, next_start: Any, start: int, got: int) -> int:
 def _retry_delay(headers: httpx.Headers) -> float | None:
     """Pipedrive says when to come back in ``x-ratelimit-reset``; others use ``Retry-After``."""
     for name in ("retry-after", "x-ratelimit-reset"):
-        value = _int_header(headers, name)
+        value = int_header(headers, name)
         if value is not None and value >= 0:
             return min(float(value), 120.0) + random.uniform(0, 0.25)
     return None

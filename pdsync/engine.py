@@ -8,8 +8,6 @@ request therefore loses nothing: the next run resumes from the last committed pa
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import logging
 import queue
 import sqlite3
@@ -17,17 +15,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlite_utils
 
 from . import plugins, timestamps
-from .client import AuthError, BudgetSpent, ConnectionFailed, PipedriveClient, Tally
+from .client import PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
+from .errors import AuthError, BudgetSpent, ConnectionFailed, PipedriveError
+from .fetch import Batch, fetch, stream_pages
+from .plugins import selected_entities
 from .records import BadRecord, CustomFieldMap, assign_column_names, to_row
-from .schema import ensure_indexes, prepare
+from .results import EntityResult, ProgressCallback, ProgressEvent, SyncResult
+from .schema import index_steps, prepare
 from .store import Store
 
 log = logging.getLogger("pdsync")
@@ -46,136 +47,6 @@ _QUEUE_PAGES = 8  # pages in flight between fetchers and the writer: bounds memo
 # 20 ms and more never. So cheap builds share one commit, and commits are spaced.
 _SCHEMA_BATCH = 0.1  # a commit takes in further index builds for this many seconds
 _SCHEMA_GAP = 0.05  # seconds between schema-changing commits
-
-
-@dataclass
-class EntityResult:
-    entity: str
-    status: str = "pending"  # success, failed, cancelled
-    records: int = 0
-    rejected: int = 0
-    requests: int = 0
-    tokens: int = 0
-    retries: int = 0
-    duration_ms: int = 0
-    full_pass: bool = False
-    flagged_gone: int = 0
-    error: str | None = None
-    rejections: list[str] = field(default_factory=list)  # the first few, with their ids
-
-    @property
-    def warning(self) -> str | None:
-        """What a user should know about a run that succeeded: records refused."""
-        if not self.rejected:
-            return None
-        shown = "; ".join(self.rejections)
-        more = self.rejected - len(self.rejections)
-        return f"{self.rejected} record(s) refused, fetched again by the next run: {shown}" + (
-            f"; {more} more" if more else ""
-        )
-
-
-@dataclass
-class SyncResult:
-    run_id: int
-    mode: str
-    status: str = "running"  # success, partial, failed, cancelled
-    started_at: str = ""
-    duration_ms: int = 0
-    entities: dict[str, EntityResult] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "success"
-
-    @property
-    def records(self) -> int:
-        return sum(e.records for e in self.entities.values())
-
-    @property
-    def requests(self) -> int:
-        return sum(e.requests for e in self.entities.values())
-
-    @property
-    def tokens(self) -> int:
-        return sum(e.tokens for e in self.entities.values())
-
-    @property
-    def errors(self) -> dict[str, str]:
-        return {name: e.error for name, e in self.entities.items() if e.error}
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per entity, ready for a table or ``pandas.DataFrame``."""
-        return [
-            {
-                "entity": e.entity,
-                "status": e.status,
-                "records": e.records,
-                "requests": e.requests,
-                "tokens": e.tokens,
-                "seconds": round(e.duration_ms / 1000, 2),
-                "error": e.error or "",
-            }
-            for e in self.entities.values()
-        ]
-
-    def __str__(self) -> str:
-        lines = [
-            f"sync #{self.run_id} ({self.mode}): {self.status}, {self.records} records, "
-            f"{self.requests} requests, {self.tokens} tokens, {self.duration_ms / 1000:.1f}s"
-        ]
-        for row in self.rows():
-            error = f"  {row['error']}" if row["error"] else ""
-            lines.append(
-                f"  {row['entity']:<20} {row['status']:<9} {row['records']:>8} records "
-                f"{row['requests']:>5} requests{error}"
-            )
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        from html import escape
-
-        head = "".join(f"<th>{escape(k)}</th>" for k in self.rows()[0]) if self.entities else ""
-        body = "".join(
-            "<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in row.values()) + "</tr>"
-            for row in self.rows()
-        )
-        summary = escape(str(self).splitlines()[0])
-        return f"<p>{summary}</p><table><tr>{head}</tr>{body}</table>"
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    entity: str
-    records: int
-    requests: int
-    done: bool = False
-    status: str = "running"
-    error: str | None = None
-
-
-ProgressCallback = Callable[[ProgressEvent], None]
-
-
-class SyncCancelled(Exception):
-    """Raised inside fetchers to stop them; never escapes the engine."""
-
-
-def selected_entities(
-    only: list[str] | tuple[str, ...] | None, entities: list[EntitySpec] | None = None
-) -> list[EntitySpec]:
-    """The specs to sync, in dependency order. Unknown names raise ``ValueError``."""
-    entities = entities if entities is not None else plugins.entities()
-    if not only:
-        return list(entities)
-    names = {spec.name for spec in entities}
-    unknown = [name for name in only if name not in names]
-    if unknown:
-        raise ValueError(
-            f"unknown entity {', '.join(repr(u) for u in unknown)}; "
-            f"choose from {', '.join(sorted(names))}"
-        )
-    return [spec for spec in entities if spec.name in only]
 
 
 class Sync:
@@ -211,8 +82,10 @@ class Sync:
         self._tallies: dict[str, Tally] = {}
         self._custom: dict[str, CustomFieldMap] = {}
         self._errors: dict[str, str] = {}
-        self._since: dict[tuple[str, str], str | None] = {}  # what fetchers ask for
-        self._since_committed: dict[tuple[str, str], str | None] = {}
+        # Per (entity, stream): what its fetcher asks for (the watermark less LOOKBACK), and
+        # the watermark committed so far, which each written page may move forward.
+        self._updated_since: dict[tuple[str, str], str | None] = {}
+        self._watermark: dict[tuple[str, str], str | None] = {}
         self._held: set[tuple[str, str]] = set()  # streams whose watermark a refusal holds
         self._started_at = ""
         # A stream's requests rank by its page number (see RateLimiter: the deepest stream
@@ -249,9 +122,9 @@ class Sync:
         except KeyboardInterrupt:
             self.stop.set()
             self._fatal = self._fatal or "interrupted"
-            self._finish(result, started, cancelled=True)
+            self._close_run(result, started, cancelled=True)
             raise
-        self._finish(result, started)
+        self._close_run(result, started)
         return result
 
     def _begin_entity(self, spec: EntitySpec) -> None:
@@ -287,7 +160,7 @@ class Sync:
                 full_pending=int(full_pass),
             )
 
-    def _finish(self, result: SyncResult, started: float, cancelled: bool = False) -> None:
+    def _close_run(self, result: SyncResult, started: float, cancelled: bool = False) -> None:
         finished_at = timestamps.now()
         for spec in self.specs:
             entity = result.entities[spec.name]
@@ -342,142 +215,102 @@ class Sync:
     # -- fetchers and the writer ----------------------------------------------------------
 
     def _run_streams(self, specs: list[EntitySpec], result: SyncResult) -> None:
-        if not specs:
-            return
-        pages: queue.Queue = queue.Queue(maxsize=_QUEUE_PAGES)
-        open_streams: dict[str, int] = {}
-        buffers: dict[str, list[Row]] = {}  # whole entities are written in one go
-        started: dict[str, float] = {}
-        threads = []
+        """Fetch ``specs``' streams concurrently; this thread writes what they bring."""
+        batch = Batch(pages=queue.Queue(maxsize=_QUEUE_PAGES), result=result)
         for spec in specs:
             if self._fatal:
                 break
-            open_streams[spec.name] = len(spec.streams)
-            buffers[spec.name] = []
-            started[spec.name] = time.perf_counter()
-            result.entities[spec.name].status = "running"
-            for stream in spec.streams:
-                thread = threading.Thread(
-                    target=self._fetch,
-                    args=(spec, stream, pages),
-                    name=f"pdsync-{stream.key}",
-                    daemon=True,
-                )
-                threads.append(thread)
-        for thread in threads:
+            batch.add(spec, self._fetch)
+        for thread in batch.threads:
             thread.start()
-
-        pending = len(threads)
-        by_name = {spec.name: spec for spec in specs}
-        failed: set[tuple[str, str]] = set()
-        # Entities whose streams are done, each with the rest of its writer work (indexes
-        # first). That work goes a step at a time between pages: done in one go it would stop
-        # the writer for seconds (a 100k-deal table's indexes), the queue would fill and the
-        # fetchers would sit idle while the rate limit lets requests through.
-        ending: deque[Iterator[None]] = deque()
-        while pending or ending:
-            if ending:
-                try:
-                    item = pages.get_nowait()
-                except queue.Empty:
-                    if next(ending[0], StopIteration) is StopIteration:
-                        ending.popleft()
-                    continue
-            else:
-                item = pages.get()
-            kind, name, stream, payload = item
-            spec = by_name[name]
-            entity = result.entities[name]
-            if kind == "page":
-                # After a stream's page failed, its later pages must not move its watermark
-                # past the gap; other streams (and entities) carry on.
-                if self.stop.is_set() or (name, stream.key) in failed:
-                    continue
-                if not spec.incremental and name in self._errors:
-                    continue
-                # Records become rows here, in the writer: Python work on a fetcher thread
-                # would hold the GIL that executemany gives up and takes back for every
-                # row (measured: 80,000 rows/s alone, a few hundred beside a busy thread).
-                rows, refused_at = self._rows(spec, payload, entity)
-                if spec.incremental:
-                    # A refused record holds its stream's watermark where it was for the rest
-                    # of the run: once it comes right upstream, the next run fetches it again.
-                    key = (name, stream.key)
-                    watermark = None
-                    if key not in self._held:
-                        watermark = max(
-                            (r["update_time"] for r in rows[:refused_at] if r.get("update_time")),
-                            default=None,
-                        )
-                    if refused_at is not None:
-                        self._held.add(key)
-                    try:
-                        self._write_page(spec, stream, rows, watermark)
-                    except sqlite3.Error as exc:
-                        failed.add((name, stream.key))
-                        self._errors.setdefault(name, f"could not save {name}: {exc}")
-                        continue
-                else:
-                    buffers[name].extend(rows)
-                entity.records += len(rows)
-                self._report(entity, spec)
+        while batch.fetching or batch.finishing:
+            item = self._next_item(batch)
+            if item is None:
                 continue
-            pending -= 1
-            if kind == "error":
-                self._fail(spec, payload)
-            elif kind == "cancelled":
-                self._errors.setdefault(name, self._fatal or "interrupted")
-            open_streams[name] -= 1
-            if open_streams[name] == 0:
-                entity.duration_ms = int((time.perf_counter() - started[name]) * 1000)
-                ending.append(self._end_entity(spec, entity, buffers.pop(name)))
-        for thread in threads:
+            kind, name, stream, payload = item
+            if kind == "page":
+                self._take_page(batch, batch.specs[name], stream, payload)
+            else:
+                self._end_stream(batch, batch.specs[name], kind, payload)
+        for thread in batch.threads:
             thread.join(timeout=1)
 
-    def _fetch(self, spec: EntitySpec, stream: Stream, pages: queue.Queue) -> None:
-        """Fetcher thread: page through one stream; always ends with a done or error item."""
-        end: tuple = ("done", spec.name, stream, None)
+    def _next_item(self, batch: Batch) -> tuple | None:
+        """The next page or end of a stream; None after a step of an entity's finishing work,
+        which goes between pages (see ``Batch.finishing``)."""
+        if not batch.finishing:
+            return batch.pages.get()
         try:
-            for records in self._pages(spec, stream):
-                if self.stop.is_set():
-                    raise SyncCancelled()
-                self._put(pages, ("page", spec.name, stream, records))
-        except SyncCancelled:
-            end = ("cancelled", spec.name, stream, None)
-        except Exception as exc:  # reported to the writer, which marks the entity failed
-            end = ("error", spec.name, stream, exc)
-        try:
-            # After an interrupt nobody may be reading any more: do not hang on a full queue.
-            pages.put(end, timeout=5 if self.stop.is_set() else None)
-        except queue.Full:
-            pass
+            return batch.pages.get_nowait()
+        except queue.Empty:
+            if next(batch.finishing[0], StopIteration) is StopIteration:
+                batch.finishing.popleft()
+            return None
 
-    def _put(self, pages: queue.Queue, item: tuple) -> None:
-        while True:
-            if self.stop.is_set():
-                raise SyncCancelled()
-            try:
-                pages.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def _pages(self, spec: EntitySpec, stream: Stream) -> Iterator[list]:
-        tally = self._tallies[spec.name]
-        rank = self._rank[(spec.name, stream.key)]
-        params: dict[str, Any] = dict(stream.params)
+    def _take_page(self, batch: Batch, spec: EntitySpec, stream: Stream, records: list) -> None:
+        key = (spec.name, stream.key)
+        # After a stream's page failed, its later pages must not move its watermark past the
+        # gap; other streams (and entities) carry on.
+        if self.stop.is_set() or key in batch.failed:
+            return
+        if not spec.incremental and spec.name in self._errors:
+            return
+        entity = batch.result.entities[spec.name]
+        # Records become rows here, in the writer: Python work on a fetcher thread would hold
+        # the GIL that executemany gives up and takes back for every row (measured: 80,000
+        # rows/s alone, a few hundred beside a busy thread).
+        rows, refused_at = self._rows(spec, records, entity)
         if not spec.incremental:
-            pages = self.client.iter_v1 if stream.is_v1 else self.client.iter_v2
-            yield from pages(stream.path, params, tally, rank)
-            return
-        since = self._since[(spec.name, stream.key)]
-        if stream.is_v1:
-            yield from self.client.iter_v1_since(stream.path, params, since, tally, rank)
-            return
-        params.update(sort_by="update_time", sort_direction="asc")
-        if since:
-            params["updated_since"] = since
-        yield from self.client.iter_v2(stream.path, params, tally, rank)
+            batch.whole_rows[spec.name].extend(rows)
+        else:
+            try:
+                self._write_page(spec, stream, rows, self._page_watermark(key, rows, refused_at))
+            except sqlite3.Error as exc:
+                batch.failed.add(key)
+                self._errors.setdefault(spec.name, f"could not save {spec.name}: {exc}")
+                return
+        entity.records += len(rows)
+        self._report(entity, spec)
+
+    def _page_watermark(
+        self, key: tuple[str, str], rows: list[Row], refused_at: int | None
+    ) -> str | None:
+        """The newest update_time a page's rows reach. A refused record holds its stream's
+        watermark where it was for the rest of the run: once it comes right upstream, the
+        next run fetches it again."""
+        held = key in self._held
+        if refused_at is not None:
+            self._held.add(key)
+        if held:
+            return None
+        return max(
+            (r["update_time"] for r in rows[:refused_at] if r.get("update_time")), default=None
+        )
+
+    def _end_stream(self, batch: Batch, spec: EntitySpec, kind: str, payload: Any) -> None:
+        batch.fetching -= 1
+        if kind == "error":
+            self._fail(spec, payload)
+        elif kind == "cancelled":
+            self._errors.setdefault(spec.name, self._fatal or "interrupted")
+        batch.open_streams[spec.name] -= 1
+        if batch.open_streams[spec.name] == 0:
+            entity = batch.result.entities[spec.name]
+            entity.duration_ms = int((time.perf_counter() - batch.started[spec.name]) * 1000)
+            rows = batch.whole_rows.pop(spec.name)
+            batch.finishing.append(self._finish_entity(spec, entity, rows))
+
+    def _fetch(self, spec: EntitySpec, stream: Stream, pages: queue.Queue) -> None:
+        """Fetcher thread of one stream (it never touches the database connection)."""
+        source = stream_pages(
+            self.client,
+            spec,
+            stream,
+            self._updated_since.get((spec.name, stream.key)),
+            self._tallies[spec.name],
+            self._rank[(spec.name, stream.key)],
+        )
+        fetch(pages, self.stop, spec.name, stream, source)
 
     def _rows(
         self, spec: EntitySpec, records: list, entity: EntityResult
@@ -507,14 +340,14 @@ class Sync:
     def _write_page(
         self, spec: EntitySpec, stream: Stream, rows: list[Row], mark: str | None
     ) -> None:
-        old = self._since_committed.get((spec.name, stream.key))
+        old = self._watermark.get((spec.name, stream.key))
         watermark = max(w for w in (old, mark) if w) if (old or mark) else None
         with self._transaction():
             self.store.upsert(spec, rows)
             if self._full_pass[spec.name]:
                 self.store.mark_seen(spec, [row[spec.pk] for row in rows])
             self.store.set_watermark(spec.name, stream.key, watermark)
-        self._since_committed[(spec.name, stream.key)] = watermark
+        self._watermark[(spec.name, stream.key)] = watermark
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -536,12 +369,13 @@ class Sync:
     def _schema_version(self) -> int:
         return self.db.execute("pragma schema_version").fetchone()[0]
 
-    def _end_entity(
+    def _finish_entity(
         self, spec: EntitySpec, entity: EntityResult, rows: list[Row]
     ) -> Iterator[None]:
-        """The writer's work once an entity's streams are done, yielding between steps."""
+        """The writer's work once an entity's streams are done (its indexes, a whole
+        entity's rows, a full pass's reconciliation, its outcome), yielding between steps."""
         try:
-            steps = deque(_index_steps(self.db, spec))
+            steps = deque(index_steps(self.db, spec))
             while steps:
                 with self._transaction():  # one schema change for the builds a batch fits
                     started = time.monotonic()
@@ -595,8 +429,8 @@ class Sync:
         for spec in self.specs:
             for stream in spec.streams:
                 committed = self.store.watermark(spec.name, stream.key)
-                self._since_committed[(spec.name, stream.key)] = committed
-                self._since[(spec.name, stream.key)] = _minus(committed, LOOKBACK)
+                self._watermark[(spec.name, stream.key)] = committed
+                self._updated_since[(spec.name, stream.key)] = _minus(committed, LOOKBACK)
             if spec.fields_table and spec.fields_table in self.db.table_names():
                 definitions = list(self.db[spec.fields_table].rows)
                 self._custom[spec.name] = CustomFieldMap.from_definitions(definitions)
@@ -608,7 +442,7 @@ class Sync:
             # Every other entity would fail the same way: stop them now.
             self._fatal = message
             self.stop.set()
-        elif not isinstance(exc, Exception) or type(exc).__module__ != "pdsync.client":
+        elif not isinstance(exc, PipedriveError):
             # Not the exception's own text with a traceback: it may quote what was sent.
             message = f"{type(exc).__name__}: {message}"
             log.error("%s failed: %s", spec.name, message)
@@ -628,21 +462,6 @@ class Sync:
                 error=entity.error,
             )
         )
-
-
-def _index_steps(db: sqlite_utils.Database, spec: EntitySpec) -> list[Callable[[], None]]:
-    """``ensure_indexes(db, spec)`` split into one step per index, then the rest (full-text)."""
-    bare = dataclasses.replace(spec, indexes=(), expression_indexes={}, partial_indexes={})
-    one = [dataclasses.replace(bare, indexes=(columns,)) for columns in spec.indexes]
-    one += [
-        dataclasses.replace(bare, expression_indexes={name: expression})
-        for name, expression in spec.expression_indexes.items()
-    ]
-    one += [
-        dataclasses.replace(bare, partial_indexes={name: index})
-        for name, index in spec.partial_indexes.items()
-    ]
-    return [functools.partial(ensure_indexes, db, part) for part in [*one, spec]]
 
 
 def _plugin_transform(spec: EntitySpec, record: dict) -> dict | None:

@@ -8,6 +8,7 @@ import sys
 import pluggy
 
 from . import hookspecs
+from .entities import EntitySpec
 
 pm = pluggy.PluginManager("pdsync")
 pm.add_hookspecs(hookspecs)
@@ -48,3 +49,21 @@ def transform_record(entity: str, record: dict) -> dict | None:
         if changed is not None:
             record = changed
     return record
+
+
+def selected_entities(
+    only: list[str] | tuple[str, ...] | None, specs: list[EntitySpec] | None = None
+) -> list[EntitySpec]:
+    """The specs to sync (of ``specs``, else every entity), in dependency order. Unknown names
+    raise ``ValueError``."""
+    specs = specs if specs is not None else entities()
+    if not only:
+        return list(specs)
+    names = {spec.name for spec in specs}
+    unknown = [name for name in only if name not in names]
+    if unknown:
+        raise ValueError(
+            f"unknown entity {', '.join(repr(u) for u in unknown)}; "
+            f"choose from {', '.join(sorted(names))}"
+        )
+    return [spec for spec in specs if spec.name in only]

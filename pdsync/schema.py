@@ -9,9 +9,11 @@ foreign keys and indexes the specs declare.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
 import sqlite_utils
@@ -302,3 +304,18 @@ def _read_only(path: str) -> Iterator[sqlite3.Connection]:
         yield conn
     finally:
         conn.close()
+
+
+def index_steps(db: sqlite_utils.Database, spec: EntitySpec) -> list[Callable[[], None]]:
+    """``ensure_indexes(db, spec)`` split into one step per index, then the rest (full-text)."""
+    bare = dataclasses.replace(spec, indexes=(), expression_indexes={}, partial_indexes={})
+    one = [dataclasses.replace(bare, indexes=(columns,)) for columns in spec.indexes]
+    one += [
+        dataclasses.replace(bare, expression_indexes={name: expression})
+        for name, expression in spec.expression_indexes.items()
+    ]
+    one += [
+        dataclasses.replace(bare, partial_indexes={name: index})
+        for name, index in spec.partial_indexes.items()
+    ]
+    return [functools.partial(ensure_indexes, db, part) for part in [*one, spec]]

@@ -1,0 +1,112 @@
+"""Fetcher threads: each pages through one stream of an entity and hands its pages to the
+writer (the engine) through a bounded queue. Fetchers never touch the database."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .client import PipedriveClient, Tally
+from .entities import EntitySpec, Row, Stream
+from .results import SyncResult
+
+
+class SyncCancelled(Exception):
+    """Raised inside fetchers to stop them; never escapes the engine."""
+
+
+def stream_pages(
+    client: PipedriveClient,
+    spec: EntitySpec,
+    stream: Stream,
+    updated_since: str | None,
+    tally: Tally,
+    rank: float,
+) -> Iterator[list]:
+    """The pages of one stream: all of it for a whole entity, else what changed since."""
+    params: dict[str, Any] = dict(stream.params)
+    if not spec.incremental:
+        pages = client.iter_v1 if stream.is_v1 else client.iter_v2
+        yield from pages(stream.path, params, tally, rank)
+        return
+    if stream.is_v1:
+        yield from client.iter_v1_since(stream.path, params, updated_since, tally, rank)
+        return
+    params.update(sort_by="update_time", sort_direction="asc")
+    if updated_since:
+        params["updated_since"] = updated_since
+    yield from client.iter_v2(stream.path, params, tally, rank)
+
+
+def fetch(
+    pages: queue.Queue, stop: threading.Event, entity: str, stream: Stream, source: Iterator
+) -> None:
+    """Put ``source``'s pages on ``pages``; always end with a done, cancelled or error item."""
+    end: tuple = ("done", entity, stream, None)
+    try:
+        for records in source:
+            if stop.is_set():
+                raise SyncCancelled()
+            _put(pages, stop, ("page", entity, stream, records))
+    except SyncCancelled:
+        end = ("cancelled", entity, stream, None)
+    except Exception as exc:  # reported to the writer, which marks the entity failed
+        end = ("error", entity, stream, exc)
+    try:
+        # After an interrupt nobody may be reading any more: do not hang on a full queue.
+        pages.put(end, timeout=5 if stop.is_set() else None)
+    except queue.Full:
+        pass
+
+
+def _put(pages: queue.Queue, stop: threading.Event, item: tuple) -> None:
+    while True:
+        if stop.is_set():
+            raise SyncCancelled()
+        try:
+            pages.put(item, timeout=0.2)
+            return
+        except queue.Full:
+            continue
+
+
+@dataclass
+class Batch:
+    """Entities fetched together: their fetcher threads and what the writer keeps for them."""
+
+    pages: queue.Queue  # ("page" | "done" | "error" | "cancelled", entity, stream, payload)
+    result: SyncResult
+    specs: dict[str, EntitySpec] = field(default_factory=dict)
+    threads: list[threading.Thread] = field(default_factory=list)
+    fetching: int = 0  # streams that have not ended
+    open_streams: dict[str, int] = field(default_factory=dict)  # per entity
+    started: dict[str, float] = field(default_factory=dict)
+    whole_rows: dict[str, list[Row]] = field(default_factory=dict)  # written in one go
+    failed: set[tuple[str, str]] = field(default_factory=set)  # (entity, stream) a page lost
+    # Entities whose streams are done, each with the rest of its writer work (indexes first).
+    # That work goes a step at a time between pages: done in one go it would stop the writer
+    # for seconds (a 100k-deal table's indexes), the queue would fill and the fetchers would
+    # sit idle while the rate limit lets requests through.
+    finishing: deque[Iterator[None]] = field(default_factory=deque)
+
+    def add(self, spec: EntitySpec, fetch: Callable) -> None:
+        self.specs[spec.name] = spec
+        self.open_streams[spec.name] = len(spec.streams)
+        self.whole_rows[spec.name] = []
+        self.started[spec.name] = time.perf_counter()
+        self.result.entities[spec.name].status = "running"
+        for stream in spec.streams:
+            self.threads.append(
+                threading.Thread(
+                    target=fetch,
+                    args=(spec, stream, self.pages),
+                    name=f"pdsync-{stream.key}",
+                    daemon=True,
+                )
+            )
+            self.fetching += 1
