@@ -6,6 +6,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -13,7 +14,6 @@ import orjson
 
 from .entities import EntitySpec, Row
 from .timestamps import normalize
-from .timestamps import parse as parse_timestamp
 
 # v1 users name their timestamps differently; everything else ends in _time, except an
 # activity's due_time, which is a time of day.
@@ -130,8 +130,9 @@ def _check_update_time(spec: EntitySpec, key: Any, value: Any, latest: str) -> N
 
 
 def _parses(value: str) -> bool:
+    # fromisoformat is C: strptime on every record cost a fifth of a first sync's CPU.
     try:
-        parse_timestamp(value)
+        datetime.fromisoformat(value[:-1])
     except ValueError:
         return False
     return True
