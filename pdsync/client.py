@@ -333,9 +333,11 @@ class PipedriveClient:
         """Yield the pages of a v1 list endpoint with ``start``/``limit`` pagination."""
         params = {**(params or {}), "limit": PAGE_LIMIT}
         start = 0
+        repeats = _Repeats(path)
         for page in itertools.count():
             body = self.get(path, {**params, "start": start}, tally, priority + page)
             data = _list(body)
+            repeats.check(data)
             yield data
             pagination = (body.get("additional_data") or {}).get("pagination") or {}
             if not pagination.get("more_items_in_collection"):
@@ -360,11 +362,13 @@ class PipedriveClient:
         since = since or "1970-01-01T00:00:00Z"
         start = 0
         asked: set[tuple[str, int]] = set()
+        repeats = _Repeats(path)
         for page in itertools.count():
             asked.add((since, start))
             query = {**(params or {}), "updated_since": since, "start": start, "limit": PAGE_LIMIT}
             body = self.get(path, query, tally, priority + page)
             data = _list(body)
+            repeats.check(data)
             yield data
             pagination = (body.get("additional_data") or {}).get("pagination") or {}
             if not pagination.get("more_items_in_collection") or not data:
@@ -379,7 +383,30 @@ class PipedriveClient:
             else:
                 start += len(data)
             if (since, start) in asked:
-                raise LoopingStream(f"GET {path}: the same page came back; stopped")
+                raise LoopingStream(f"GET {path}: asked for the same page twice; stopped")
+
+
+class _Repeats:
+    """Stops a v1 stream whose server ignores ``start``: the same page, again and again.
+
+    Moving ``updated_since`` to a page's newest update_time can bring that page back once,
+    legitimately (when all of it shares that time); a third time in a row never is.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.last: list | None = None
+        self.times = 0
+
+    def check(self, data: list) -> None:
+        ids = [r.get("id") if isinstance(r, dict) else r for r in data]
+        self.times = self.times + 1 if ids and ids == self.last else 1
+        self.last = ids
+        if self.times >= 3:
+            raise LoopingStream(
+                f"GET {self.path}: the same page came back {self.times} times in a row although"
+                " the offset moved; stopped so the stream cannot loop"
+            )
 
 
 def _list(body: dict) -> list:

@@ -65,6 +65,9 @@ class Proxy:
         query = dict(parse_qsl(url.query))
         if kind == "repeated_cursor" and query.get("cursor") == REPEATED_CURSOR:
             query.pop("cursor")  # the fake does not know our cursor: ask for page one again
+        if kind == "ignored_offset":
+            query.pop("start", None)  # a server that ignores where pdsync asked to start
+            query.pop("updated_since", None)
         status, headers, body = self._forward(url.path, query, handler.headers)
         try:
             if kind is None:
@@ -128,6 +131,24 @@ class Proxy:
     def _repeated_cursor(self, handler, status, headers, data):
         page = json.loads(data)
         page.setdefault("additional_data", {})["next_cursor"] = REPEATED_CURSOR
+        self._json(handler, status, headers, page)
+
+    def _stuck_offset(self, handler, status, headers, data):
+        """A v1 page that says there is more, and that the next page starts where this did."""
+        page = json.loads(data)
+        page.setdefault("additional_data", {})["pagination"] = {
+            "start": 0,
+            "limit": 500,
+            "more_items_in_collection": True,
+            "next_start": 0,
+        }
+        self._json(handler, status, headers, page)
+
+    def _ignored_offset(self, handler, status, headers, data):
+        """A v1 server that ignores start (see _handle): the same page, always with more."""
+        page = json.loads(data)
+        pagination = page.setdefault("additional_data", {}).setdefault("pagination", {})
+        pagination.update(more_items_in_collection=True, next_start=len(page["data"]))
         self._json(handler, status, headers, page)
 
     def _trickle(self, handler, status, headers, body):

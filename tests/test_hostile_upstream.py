@@ -205,6 +205,26 @@ def test_a_repeated_cursor_stops_the_stream_instead_of_looping(proxy, fake, db_p
     converges(proxy, fake, db_path, only=["deals"])
 
 
+@pytest.mark.parametrize(
+    "path, kind, requests",
+    [
+        ("/v1/users", "stuck_offset", 1),  # next_start does not move: stop at once
+        ("/v1/notes", "ignored_offset", 3),  # the same page three times in a row: stop
+    ],
+)
+def test_a_v1_offset_that_does_not_move_on_stops_the_stream(
+    proxy, fake, db_path, path, kind, requests
+):
+    proxy.rules[path] = kind
+    entity = path.rsplit("/", 1)[1]
+    result, seconds = sync(proxy, db_path, only=[entity])
+    failed = result.entities[entity]
+    assert failed.status == "failed" and "cannot loop" in failed.error, failed.error
+    assert proxy.hits[kind] == requests
+    assert seconds < 10
+    converges(proxy, fake, db_path, only=[entity])
+
+
 @pytest.mark.parametrize("kind", ["trickle", "trickle_headers", "stall"])
 def test_a_slow_answer_is_cut_off_at_its_deadline(proxy, fake, db_path, kind):
     proxy.rules["/api/v2/deals"] = kind
