@@ -207,24 +207,28 @@ class Store:
 
 
 def _upsert_sql(spec: EntitySpec, cols: tuple[str, ...]) -> str:
+    table = f"[{spec.name}]"
     names = ", ".join(f"[{c}]" for c in cols)
     marks = ", ".join("?" for _ in cols)
-    updates = ", ".join(f"[{c}] = excluded.[{c}]" for c in cols if c != spec.pk)
-    sql = f"insert into [{spec.name}] ({names}) values ({marks}) on conflict ([{spec.pk}]) do "
-    if not updates:
+    others = [c for c in cols if c != spec.pk]
+    sql = f"insert into {table} ({names}) values ({marks}) on conflict ([{spec.pk}]) do "
+    if not others:
         return sql + "nothing"
-    sql += f"update set {updates}"
-    ahead = f"+{int(FUTURE_TOLERANCE.total_seconds())} seconds"
+    sql += "update set " + ", ".join(f"[{c}] = excluded.[{c}]" for c in others)
+    # A row that would be written with the values it has is not written: no index, trigger
+    # or full-text work for the look-back's re-reads, a --full pass or a repeated delivery.
+    conditions = ["(" + " or ".join(f"{table}.[{c}] is not excluded.[{c}]" for c in others) + ")"]
     if "update_time" in cols:
-        # A stored update_time later than could be true came from a bad record (refused
-        # since): it must not keep the real version out. Text sorts after digits, so a stored
-        # value that is not a timestamp counts as later too.
-        sql += (
-            f" where excluded.update_time is null or [{spec.name}].update_time is null"
-            f" or excluded.update_time >= [{spec.name}].update_time"
-            f" or [{spec.name}].update_time > strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '{ahead}')"
+        # Never an older version over a newer one. But a stored update_time later than could
+        # be true came from a bad record (refused since): it must not keep the real version
+        # out. Text sorts after digits, so a stored value that is not a timestamp counts too.
+        ahead = f"+{int(FUTURE_TOLERANCE.total_seconds())} seconds"
+        conditions.append(
+            f"(excluded.update_time is null or {table}.update_time is null"
+            f" or excluded.update_time >= {table}.update_time"
+            f" or {table}.update_time > strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '{ahead}'))"
         )
-    return sql
+    return sql + " where " + " and ".join(conditions)
 
 
 def _infer_type(rows: list[Row], name: str) -> type:

@@ -250,3 +250,30 @@ def test_sync_accepts_a_sqlite_utils_database(fake, server):
     result = pdsync.sync(db, token=fake.token, base_url=server.url, auth_path=None)
     assert result.ok
     assert db["deals"].count > 0
+
+
+def test_an_unchanged_record_is_not_written_again(fake, run_sync, db_path):
+    """A --full pass over an unchanged account rewrites no row: no trigger, index or
+    full-text work. A changed record still is written, once."""
+    run_sync()
+    db = sqlite_utils.Database(db_path)
+    tables = ["deals", "persons", "organizations", "activities", "notes", "stages", "users"]
+    db["_writes"].create({"entity": str}, if_not_exists=True)
+    for table in tables:
+        db.execute(
+            f"create trigger _count_{table} after update on [{table}]"
+            f" begin insert into _writes values ('{table}'); end"
+        )
+    db.conn.commit()
+    result = run_sync(full=True)
+    assert result.ok, result.errors
+    assert result.entities["deals"].records == fake.count("deals")  # everything was fetched
+    assert db.execute("select count(*) from _writes").fetchone()[0] == 0
+    deal = next(d for d in fake.records("deals") if d["status"] == "open")
+    fake.advance(5)
+    fake.update_deal(deal["id"], title="Changed once")
+    assert run_sync(full=True).ok
+    assert db.execute("select entity, count(*) from _writes group by entity").fetchall() == [
+        ("deals", 1)
+    ]
+    assert differences(db, fake) == []
