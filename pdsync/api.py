@@ -46,12 +46,15 @@ def sync(
     auth_path: str | os.PathLike | None = "auth.json",
     wait: bool = False,
     client_options: dict | None = None,
+    every: float | None = None,
 ) -> SyncResult:
     """Sync Pipedrive into ``db`` and return what happened, per entity.
 
     ``token`` defaults to ``PIPEDRIVE_API_TOKEN`` or auth.json; ``base_url`` to
     ``PIPEDRIVE_BASE_URL``, the company domain in auth.json, or https://api.pipedrive.com.
     Raises ``LockHeld`` if another sync is running on the same file (``wait=True`` waits).
+    ``every`` is the interval of the schedule this run belongs to, if any: ``pdsync status``
+    projects a day's token spend from it.
     """
     selected_entities(only)  # unknown names fail before anything is opened
     token = token or resolve_token(auth_path)
@@ -70,7 +73,13 @@ def sync(
     try:
         with PipedriveClient(token, base_url, **(client_options or {})) as client:
             result = Sync(
-                database, client, full=full, only=only, progress=progress, version=__version__
+                database,
+                client,
+                full=full,
+                only=only,
+                progress=progress,
+                version=__version__,
+                every=every,
             ).run()
         plugins.pm.hook.pdsync_after_sync(db=database, result=result)
         return result

@@ -127,6 +127,7 @@ def sync(
                 progress=reporter,
                 auth_path=auth_path,
                 wait=wait or interval is not None,
+                every=interval,
                 client_options={"max_retries": retries, "connect_retries": min(retries, 2)},
             )
         finally:

@@ -63,6 +63,7 @@ class Sync:
         entities: list[EntitySpec] | None = None,
         transform_record: Callable[[EntitySpec, dict], dict | None] | None = None,
         version: str = "",
+        every: float | None = None,
     ) -> None:
         self.db = db
         self.client = client
@@ -74,6 +75,7 @@ class Sync:
             transform_record = _plugin_transform
         self.transform_record = transform_record
         self.version = version
+        self.every = every  # the schedule's interval, when this run belongs to one
         self._schema_calm_at = 0.0  # monotonic time after which a schema change may commit
         self.store = Store(db)
         self.stop = threading.Event()
@@ -87,6 +89,7 @@ class Sync:
         self._updated_since: dict[tuple[str, str], str | None] = {}
         self._watermark: dict[tuple[str, str], str | None] = {}
         self._held: set[tuple[str, str]] = set()  # streams whose watermark a refusal holds
+        self._spend_counted: dict[str, tuple[int, int]] = {}  # (requests, tokens) in sync_tokens
         self._started_at = ""
         # A stream's requests rank by its page number (see RateLimiter: the deepest stream
         # leads); this fraction of a page breaks ties in declared order, deals first.
@@ -106,7 +109,7 @@ class Sync:
         started = time.perf_counter()
         started_at = self._started_at = timestamps.now()
         mode = "full" if self.full else "incremental"
-        run_id = self.store.start_run(mode, [s.name for s in self.specs], self.version)
+        run_id = self.store.start_run(mode, [s.name for s in self.specs], self.version, self.every)
         result = SyncResult(run_id=run_id, mode=mode, started_at=started_at)
         for spec in self.specs:
             result.entities[spec.name] = EntityResult(spec.name)
@@ -210,7 +213,21 @@ class Sync:
         }
         if entity.status == "success":
             values["last_success_time"] = self._started_at
-        self.store.update_metadata(spec.name, **values)
+        with self.db.atomic():
+            counted = self._count_spend(spec)
+            self.store.update_metadata(spec.name, **values)
+        self._spend_counted[spec.name] = counted
+
+    def _count_spend(self, spec: EntitySpec) -> tuple[int, int]:
+        """Add what ``spec``'s requests cost since the last count to today's tokens, in the
+        caller's transaction; returns the new totals, counted once that transaction commits."""
+        tally = self._tallies[spec.name]
+        requests, tokens = tally.requests, tally.tokens
+        before_requests, before_tokens = self._spend_counted.get(spec.name, (0, 0))
+        if requests > before_requests or tokens > before_tokens:
+            purpose = "full sync" if self.full or self._full_pass.get(spec.name) else "sync"
+            self.store.add_spend(purpose, requests - before_requests, tokens - before_tokens)
+        return requests, tokens
 
     # -- fetchers and the writer ----------------------------------------------------------
 
@@ -347,7 +364,9 @@ class Sync:
             if self._full_pass[spec.name]:
                 self.store.mark_seen(spec, [row[spec.pk] for row in rows])
             self.store.set_watermark(spec.name, stream.key, watermark)
+            counted = self._count_spend(spec)  # a kill loses no count of tokens spent
         self._watermark[(spec.name, stream.key)] = watermark
+        self._spend_counted[spec.name] = counted
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

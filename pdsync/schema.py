@@ -147,6 +147,20 @@ def m008_warning_message(db: sqlite_utils.Database) -> None:
         db["sync_metadata"].add_column("warning_message", str)
 
 
+@migrations()
+def m009_daily_tokens(db: sqlite_utils.Database) -> None:
+    # Pipedrive's token budget is per company and UTC day: what each day cost, and what for
+    # (sync, full sync, ...), written with the pages that spent it. sync_runs.every_s is the
+    # interval of the schedule a run belongs to (--every, or Datasette's sync_interval).
+    db["sync_tokens"].create(
+        {"day": str, "purpose": str, "requests": int, "tokens": int},
+        pk=("day", "purpose"),
+        if_not_exists=True,
+    )
+    if "every_s" not in db["sync_runs"].columns_dict:
+        db["sync_runs"].add_column("every_s", float)
+
+
 def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     """Create what the specs declare and is missing. Safe to run on every sync."""
     for spec in entities:

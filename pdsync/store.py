@@ -152,7 +152,9 @@ class Store:
             [entity, *values.values()],
         )
 
-    def start_run(self, mode: str, entities: list[str], version: str) -> int:
+    def start_run(
+        self, mode: str, entities: list[str], version: str, every: float | None = None
+    ) -> int:
         table = self.db["sync_runs"]
         table.insert(
             {
@@ -161,9 +163,19 @@ class Store:
                 "mode": mode,
                 "entities": json.dumps(entities),
                 "pdsync_version": version,
+                "every_s": every,
             }
         )
         return table.last_pk
+
+    def add_spend(self, purpose: str, requests: int, tokens: int) -> None:
+        """Count requests and tokens against today (UTC), in the caller's transaction."""
+        self.db.execute(
+            "insert into sync_tokens (day, purpose, requests, tokens) values (?, ?, ?, ?)"
+            " on conflict (day, purpose) do update set requests = requests + excluded.requests,"
+            " tokens = tokens + excluded.tokens",
+            [utc_now()[:10], purpose, requests, tokens],
+        )
 
     def close_interrupted_runs(self) -> None:
         with self.db.atomic():
