@@ -19,6 +19,7 @@ import sqlite_utils
 
 from . import api, plugins, timestamps
 from .auth import ConfigError, save_auth
+from .budget import token_usage
 from .client import AuthError, ConnectionFailed, PipedriveError
 from .engine import ProgressEvent, SyncResult, selected_entities
 from .lock import LockHeld
@@ -159,8 +160,14 @@ def sync(
 @cli.command()
 @click.argument("db_path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table")
-def status(db_path: str, as_json: bool) -> None:
-    """Show when each entity was last synced, how it went and how long it took."""
+@click.option(
+    "--budget",
+    type=click.IntRange(1),
+    help="The account's daily token budget (default: the least it can be, 30,000 x active users)",
+)
+def status(db_path: str, as_json: bool, budget: int | None) -> None:
+    """Show when each entity was last synced, how it went and how long it took, and the
+    day's Pipedrive tokens: spent today, projected for a day of this schedule, and budget."""
     if not Path(db_path).exists():
         raise click.ClickException(f"{db_path} does not exist; run `pdsync sync {db_path}` first")
     try:
@@ -170,10 +177,11 @@ def status(db_path: str, as_json: bool) -> None:
                 f"{db_path} has not been synced by pdsync (no sync_metadata)"
             )
         rows = list(db.query("select * from sync_metadata order by entity_type"))
+        usage = token_usage(db, budget)
     except sqlite3.DatabaseError as exc:
         raise click.ClickException(_database_problem(db_path, exc)) from None
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows, indent=2))  # a list of entities, as scripts expect
         return
     header = ("entity", "last sync", "status", "synced", "total", "duration", "error or warning")
     table = [header]
@@ -195,6 +203,35 @@ def status(db_path: str, as_json: bool) -> None:
     widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
     for r in table:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    click.echo()
+    for line in _token_lines(usage):
+        click.echo(line)
+
+
+def _token_lines(usage: dict) -> list[str]:
+    """The day's tokens in words: today, a day of this schedule, and the budget."""
+    limit = usage["budget"]
+    parts = ", ".join(f"{purpose} {n:,}" for purpose, n in usage["spent_by_purpose"].items())
+    today = f"Tokens today ({usage['day']} UTC): {usage['spent_today']:,}"
+    today += f" ({parts})" if parts else ""
+    if limit and usage["budget_is_configured"]:
+        today += f", {usage['share_today']:.1%} of the daily budget of {limit:,}"
+    elif limit:
+        today += (
+            f", {usage['share_today']:.1%} of {limit:,}, the least this account's daily budget"
+            f" can be (30,000 x {usage['active_users']} active users)"
+        )
+    lines = [today]
+    if usage["projected_per_day"] is not None:
+        every = timestamps.format_interval(usage["every_s"])
+        day = (
+            f"A day of this schedule (a sync every {every}, ~{usage['tokens_per_run']:,.0f}"
+            f" tokens each): ~{usage['projected_per_day']:,} tokens"
+        )
+        if usage["share_projected"] is not None:
+            day += f", {usage['share_projected']:.1%} of the budget"
+        lines.append(day)
+    return lines
 
 
 HOST_OPTION = click.option("-h", "--host", default="127.0.0.1", show_default=True)

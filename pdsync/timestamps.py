@@ -95,3 +95,16 @@ def parse_interval(text: str | int | float) -> float:
     if not 0 < seconds <= MAX_INTERVAL:
         raise ValueError(f"{text!r} is not an interval longer than 0s and at most 366d")
     return seconds
+
+
+def format_interval(seconds: float) -> str:
+    """1800 → ``"30m"``, 5400 → ``"1h 30m"``."""
+    seconds = int(round(seconds))
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size or (unit == "s" and not parts):
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+        if len(parts) == 2:
+            break
+    return " ".join(parts)

@@ -56,3 +56,26 @@ def test_tokens_of_a_failed_entity_are_counted_too(fake, run_sync, db_path):
     assert sum(spent(db).values()) == result.tokens
     requests = db.execute("select sum(requests) from sync_tokens").fetchone()[0]
     assert requests == result.requests
+
+
+def test_status_shows_the_days_tokens(fake, run_sync, db_path):
+    from click.testing import CliRunner
+
+    from pdsync.cli import cli
+
+    first = run_sync(every=1800)
+    second = run_sync(every=1800)
+    out = CliRunner().invoke(cli, ["status", db_path])
+    assert out.exit_code == 0, out.output
+    usage = token_usage(sqlite_utils.Database(db_path))
+    total = first.tokens + second.tokens
+    lines = out.output.splitlines()
+    today = next(line for line in lines if line.startswith("Tokens today"))
+    share = total / usage["budget"]
+    assert f": {total:,} (sync {total:,}), {share:.1%} of {usage['budget']:,}, the least" in today
+    assert f"(30,000 x {usage['active_users']} active users)" in today
+    day = next(line for line in lines if line.startswith("A day of this schedule"))
+    assert "a sync every 30m" in day
+    assert f"~{usage['projected_per_day']:,} tokens, " in day
+    configured = CliRunner().invoke(cli, ["status", db_path, "--budget", "1000000"])
+    assert f"{total / 1_000_000:.1%} of the daily budget of 1,000,000" in configured.output
