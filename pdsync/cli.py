@@ -24,7 +24,7 @@ from .client import AuthError, ConnectionFailed, PipedriveError
 from .engine import ProgressEvent, SyncResult, selected_entities
 from .lock import LockHeld
 from .schema import ForeignDatabase, check_database, connect_read_only, pending_upgrades
-from .serve import DEFAULT_PORT
+from .serve import DEFAULT_PORT, needs_immutable
 from .serve import serve as serve_database
 
 AUTH_OPTION = click.option(
@@ -258,6 +258,12 @@ def serve(db_path: str, host: str, port: int, root: bool) -> None:
         click.echo(
             f"Warning: {db_path} was made by an older pdsync; run `pdsync sync {db_path}` once"
             " to upgrade it, or some canned queries will fail.",
+            err=True,
+        )
+    if needs_immutable(db_path):
+        click.echo(
+            f"{db_path} is in a directory SQLite cannot write: serving it as a snapshot"
+            " (changes made meanwhile show after a restart).",
             err=True,
         )
     click.echo(f"Serving {db_path} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)

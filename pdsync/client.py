@@ -12,7 +12,6 @@ import logging
 import random
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -37,6 +36,7 @@ __all__ = [
     "Tally",
 ]
 from .redact import Redactor, bad_header_value, url_without_credentials
+from .timestamps import latest_plausible, plausible
 from .timestamps import normalize as normalize_ts
 
 DEFAULT_BASE_URL = "https://api.pipedrive.com"
@@ -135,16 +135,16 @@ class PipedriveClient:
         self.limiter = RateLimiter()
         self._rejected: str | None = None  # after one 401, no request is sent again
         self._spent: str | None = None  # after the daily budget is spent, none either
-        limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
-        if transport is None and not urllib.request.getproxies():
-            transport = deadlines.transport(limits)  # a proxy from the environment keeps httpx's
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"x-api-token": token, "accept": "application/json", "user-agent": "pdsync"},
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             transport=transport,
-            limits=limits,
+            limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
         )
+        # httpx's own transports (and those for proxies from the environment, NO_PROXY kept),
+        # their sockets bounded by each request's deadline.
+        deadlines.bound(self._http)
 
     def close(self) -> None:
         self._http.close()
@@ -207,8 +207,8 @@ class PipedriveClient:
             response, body = self._send(path, params)
             # Before the limiter hears the answer: it would let the others send at once.
             self._check_budget(path, response)
-            answered = True
             self.limiter.update(response.headers)
+            answered = True
         finally:
             # Whatever went wrong (even an exception nobody expected), the next request may
             # probe the rate limit: a flag left set would make every other stream wait forever.
@@ -235,9 +235,10 @@ class PipedriveClient:
             data = {}
         if status >= 400:
             detail = data.get("error") if isinstance(data, dict) else None
-            text = detail if isinstance(detail, str) and detail else repr(body[:2000])
+            if not (isinstance(detail, str) and detail):
+                detail = body[:100_000].decode("utf-8", "replace")
             # Secrets out before the cut: a cut through the token would leave part of it.
-            text = self.redact.text(text)[:300]
+            text = self.redact.text(detail)[:300]
             raise PipedriveError(f"Pipedrive answered HTTP {status} to GET {path}: {text}")
         if not isinstance(data, dict) or data.get("success") is False:
             raise _Retry("response was not a success envelope")
@@ -309,9 +310,12 @@ class PipedriveClient:
         """
         params = {**(params or {}), "limit": PAGE_LIMIT}
         followed: set[str] = set()
+        repeats = _Repeats(path)  # new cursors, the same records: a cursor the server ignores
         for page in itertools.count():
             body = self.get(path, params, tally, priority + page)
-            yield _list(body)
+            data = _list(body)
+            repeats.check(data)
+            yield data
             cursor = (body.get("additional_data") or {}).get("next_cursor")
             if not cursor:
                 return
@@ -342,6 +346,8 @@ class PipedriveClient:
             pagination = (body.get("additional_data") or {}).get("pagination") or {}
             if not pagination.get("more_items_in_collection"):
                 return
+            if not data:
+                raise LoopingStream(f"GET {path}: an empty page says there is more; stopped")
             start = _next_start(path, pagination.get("next_start"), start, len(data))
 
     def iter_v1_since(
@@ -373,12 +379,12 @@ class PipedriveClient:
             pagination = (body.get("additional_data") or {}).get("pagination") or {}
             if not pagination.get("more_items_in_collection") or not data:
                 return
-            newest = max(
-                (normalize_ts(r.get("update_time")) or "" for r in data if isinstance(r, dict)),
-                key=str,
-                default="",
-            )
-            if isinstance(newest, str) and newest > since:
+            # Only a believable time moves the next request's updated_since: "not a time"
+            # sorts after every digit, and Pipedrive would answer 400 on every run.
+            latest = latest_plausible()
+            times = (normalize_ts(r.get("update_time")) for r in data if isinstance(r, dict))
+            newest = max((t for t in times if plausible(t, latest)), default="")
+            if newest > since:
                 since, start = newest, 0
             else:
                 start += len(data)
@@ -387,10 +393,11 @@ class PipedriveClient:
 
 
 class _Repeats:
-    """Stops a v1 stream whose server ignores ``start``: the same page, again and again.
+    """Stops a stream whose server ignores where it asked to go on (``start``, ``cursor``):
+    the same page, again and again.
 
-    Moving ``updated_since`` to a page's newest update_time can bring that page back once,
-    legitimately (when all of it shares that time); a third time in a row never is.
+    Moving a v1 ``updated_since`` to a page's newest update_time can bring that page back
+    once, legitimately (when all of it shares that time); a third time in a row never is.
     """
 
     def __init__(self, path: str) -> None:
@@ -405,7 +412,7 @@ class _Repeats:
         if self.times >= 3:
             raise LoopingStream(
                 f"GET {self.path}: the same page came back {self.times} times in a row although"
-                " the offset moved; stopped so the stream cannot loop"
+                " pdsync asked for the next; stopped so the stream cannot loop"
             )
 
 

@@ -85,12 +85,17 @@ class _Backend(httpcore.NetworkBackend):
         self._backend.sleep(seconds)
 
 
-def transport(limits: httpx.Limits) -> httpx.HTTPTransport:
-    """httpx's own transport, its sockets bounded by the current thread's deadline."""
-    made = httpx.HTTPTransport(limits=limits)
-    pool = getattr(made, "_pool", None)
-    # httpx has no public way to give its pool a network backend. Without one (a proxy pool,
-    # another httpx) the client still checks the deadline between the body's chunks.
-    if isinstance(pool, httpcore.ConnectionPool) and hasattr(pool, "_network_backend"):
-        pool._network_backend = _Backend(pool._network_backend)
-    return made
+def bound(client: httpx.Client) -> None:
+    """Bound the sockets of ``client``'s transports (its own, and those httpx made for the
+    environment's proxies) by the current thread's deadline.
+
+    httpx has no public way to give a pool a network backend: this sets the pools' backend
+    before their first connection. Where it cannot (a transport someone passed in, another
+    httpx), the client still checks the deadline between the body's chunks.
+    """
+    transports = [client._transport, *client._mounts.values()]
+    for made in transports:
+        pool = getattr(made, "_pool", None)  # HTTPProxy and SOCKSProxy are ConnectionPools too
+        if isinstance(pool, httpcore.ConnectionPool) and hasattr(pool, "_network_backend"):
+            if not isinstance(pool._network_backend, _Backend):
+                pool._network_backend = _Backend(pool._network_backend)

@@ -89,6 +89,7 @@ class Sync:
         self._updated_since: dict[tuple[str, str], str | None] = {}
         self._watermark: dict[tuple[str, str], str | None] = {}
         self._held: set[tuple[str, str]] = set()  # streams whose watermark a refusal holds
+        self._unkeyed: set[str] = set()  # entities a record without a usable id was refused of
         self._spend_counted: dict[str, tuple[int, int]] = {}  # (requests, tokens) in sync_tokens
         self._started_at = ""
         # A stream's requests rank by its page number (see RateLimiter: the deepest stream
@@ -126,6 +127,12 @@ class Sync:
             self.stop.set()
             self._fatal = self._fatal or "interrupted"
             self._close_run(result, started, cancelled=True)
+            raise
+        except BaseException as exc:
+            # Nothing may leave fetchers waiting or the run marked running: stop, record, raise.
+            self.stop.set()
+            self._fatal = self._fatal or self.client.redact.text(f"{type(exc).__name__}: {exc}")
+            self._close_run(result, started)
             raise
         self._close_run(result, started)
         return result
@@ -273,19 +280,23 @@ class Sync:
         if not spec.incremental and spec.name in self._errors:
             return
         entity = batch.result.entities[spec.name]
-        # Records become rows here, in the writer: Python work on a fetcher thread would hold
-        # the GIL that executemany gives up and takes back for every row (measured: 80,000
-        # rows/s alone, a few hundred beside a busy thread).
-        rows, refused_at = self._rows(spec, records, entity)
-        if not spec.incremental:
-            batch.whole_rows[spec.name].extend(rows)
-        else:
-            try:
-                self._write_page(spec, stream, rows, self._page_watermark(key, rows, refused_at))
-            except sqlite3.Error as exc:
-                batch.failed.add(key)
-                self._errors.setdefault(spec.name, f"could not save {spec.name}: {exc}")
-                return
+        try:
+            # Records become rows here, in the writer: Python work on a fetcher thread would
+            # hold the GIL that executemany gives up and takes back for every row (measured:
+            # 80,000 rows/s alone, a few hundred beside a busy thread).
+            rows, refused_at, refused = self._rows(spec, records, entity)
+            if not spec.incremental:
+                batch.whole_rows[spec.name].extend(rows)
+                batch.whole_refused[spec.name].extend(refused)
+            else:
+                mark = self._page_watermark(key, rows, refused_at)
+                self._write_page(spec, stream, rows, mark, refused)
+        except Exception as exc:  # sqlite3.Error, or a value nothing expected: this stream stops
+            batch.failed.add(key)
+            problem = exc if isinstance(exc, sqlite3.Error) else f"{type(exc).__name__}: {exc}"
+            message = self.client.redact.text(f"could not save {spec.name}: {problem}")
+            self._errors.setdefault(spec.name, message[:500])
+            return
         entity.records += len(rows)
         self._report(entity, spec)
 
@@ -314,8 +325,8 @@ class Sync:
         if batch.open_streams[spec.name] == 0:
             entity = batch.result.entities[spec.name]
             entity.duration_ms = int((time.perf_counter() - batch.started[spec.name]) * 1000)
-            rows = batch.whole_rows.pop(spec.name)
-            batch.finishing.append(self._finish_entity(spec, entity, rows))
+            rows, refused = batch.whole_rows.pop(spec.name), batch.whole_refused.pop(spec.name)
+            batch.finishing.append(self._finish_entity(spec, entity, rows, refused))
 
     def _fetch(self, spec: EntitySpec, stream: Stream, pages: queue.Queue) -> None:
         """Fetcher thread of one stream (it never touches the database connection)."""
@@ -331,11 +342,12 @@ class Sync:
 
     def _rows(
         self, spec: EntitySpec, records: list, entity: EntityResult
-    ) -> tuple[list[Row], int | None]:
-        """The page's rows, and how many came before the first refused record (None: none
-        was refused)."""
+    ) -> tuple[list[Row], int | None, list[Any]]:
+        """The page's rows; how many came before the first refused record (None: none was
+        refused); and the ids of refused records that have one (not gone upstream: refused)."""
         rows: list[Row] = []
         refused_at = None
+        refused: list[Any] = []
         custom = self._custom.get(spec.name)
         latest = timestamps.latest_plausible() if spec.incremental else None
         for record in records:
@@ -348,21 +360,30 @@ class Sync:
             except BadRecord as exc:
                 message = self.client.redact.text(exc)
                 refused_at = len(rows) if refused_at is None else refused_at
+                if exc.key is not None:
+                    refused.append(exc.key)
+                else:
+                    self._unkeyed.add(spec.name)
                 entity.rejected += 1
                 if len(entity.rejections) < _REJECTIONS_KEPT:
                     entity.rejections.append(message[:200])
                 log.warning("skipped a record: %s", message)
-        return rows, refused_at
+        return rows, refused_at, refused
 
     def _write_page(
-        self, spec: EntitySpec, stream: Stream, rows: list[Row], mark: str | None
+        self,
+        spec: EntitySpec,
+        stream: Stream,
+        rows: list[Row],
+        mark: str | None,
+        refused: list[Any] = (),
     ) -> None:
         old = self._watermark.get((spec.name, stream.key))
         watermark = max(w for w in (old, mark) if w) if (old or mark) else None
         with self._transaction():
             self.store.upsert(spec, rows)
             if self._full_pass[spec.name]:
-                self.store.mark_seen(spec, [row[spec.pk] for row in rows])
+                self.store.mark_seen(spec, [row[spec.pk] for row in rows] + list(refused))
             self.store.set_watermark(spec.name, stream.key, watermark)
             counted = self._count_spend(spec)  # a kill loses no count of tokens spent
         self._watermark[(spec.name, stream.key)] = watermark
@@ -389,7 +410,7 @@ class Sync:
         return self.db.execute("pragma schema_version").fetchone()[0]
 
     def _finish_entity(
-        self, spec: EntitySpec, entity: EntityResult, rows: list[Row]
+        self, spec: EntitySpec, entity: EntityResult, rows: list[Row], refused: list[Any]
     ) -> Iterator[None]:
         """The writer's work once an entity's streams are done (its indexes, a whole
         entity's rows, a full pass's reconciliation, its outcome), yielding between steps."""
@@ -404,7 +425,7 @@ class Sync:
             if spec.name not in self._errors:
                 with self._transaction():
                     if not spec.incremental:
-                        self._write_whole(spec, rows, entity)
+                        self._write_whole(spec, rows, entity, refused)
                     elif self._full_pass[spec.name]:
                         self._reconcile(spec, entity)
         except sqlite3.Error as exc:
@@ -416,14 +437,19 @@ class Sync:
 
     def _reconcile(self, spec: EntitySpec, entity: EntityResult) -> None:
         """End of a full pass: flag what it did not see, then forget what it saw."""
-        if self.store.seen_count(spec) or self.store.count(spec) == 0:
+        if spec.name in self._unkeyed:
+            entity.unreconciled = True
+            log.warning("%s: refused records without ids; nothing flagged as gone", spec.name)
+        elif self.store.seen_count(spec) or self.store.count(spec) == 0:
             entity.flagged_gone = self.store.mark_gone(spec)
         else:
             log.warning("%s: full pass saw no records; nothing flagged as gone", spec.name)
         self.store.clear_seen(spec)
         self.store.update_metadata(spec.name, full_pending=0)
 
-    def _write_whole(self, spec: EntitySpec, rows: list[Row], entity: EntityResult) -> None:
+    def _write_whole(
+        self, spec: EntitySpec, rows: list[Row], entity: EntityResult, refused: list[Any]
+    ) -> None:
         target = next((s for s in self.all_entities if s.fields_table == spec.name), None)
         if target is not None:
             # Columns the previous definitions gave custom fields are theirs to keep, not clashes.
@@ -434,8 +460,12 @@ class Sync:
         for row in rows:
             row.setdefault("is_deleted", 0)
         self.store.upsert(spec, rows)
-        if rows:
-            entity.flagged_gone = self.store.mark_gone(spec, [row[spec.pk] for row in rows])
+        if spec.name in self._unkeyed:
+            entity.unreconciled = True
+            log.warning("%s: refused records without ids; nothing flagged as gone", spec.name)
+        elif rows:
+            seen = [row[spec.pk] for row in rows] + refused  # refused is not gone
+            entity.flagged_gone = self.store.mark_gone(spec, seen)
         else:
             log.warning("%s: Pipedrive listed none; nothing flagged as gone", spec.name)
 

@@ -87,6 +87,7 @@ class Batch:
     open_streams: dict[str, int] = field(default_factory=dict)  # per entity
     started: dict[str, float] = field(default_factory=dict)
     whole_rows: dict[str, list[Row]] = field(default_factory=dict)  # written in one go
+    whole_refused: dict[str, list[Any]] = field(default_factory=dict)  # ids of refused records
     failed: set[tuple[str, str]] = field(default_factory=set)  # (entity, stream) a page lost
     # Entities whose streams are done, each with the rest of its writer work (indexes first).
     # That work goes a step at a time between pages: done in one go it would stop the writer
@@ -98,6 +99,7 @@ class Batch:
         self.specs[spec.name] = spec
         self.open_streams[spec.name] = len(spec.streams)
         self.whole_rows[spec.name] = []
+        self.whole_refused[spec.name] = []
         self.started[spec.name] = time.perf_counter()
         self.result.entities[spec.name].status = "running"
         for stream in spec.streams:

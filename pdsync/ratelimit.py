@@ -153,7 +153,8 @@ class RateLimiter:
 
 
 def int_header(headers: httpx.Headers, name: str) -> int | None:
+    """A header's whole number; None when it is missing or not a finite number ("inf" too)."""
     try:
         return int(float(headers[name]))
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, OverflowError):
         return None

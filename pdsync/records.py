@@ -6,14 +6,13 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 import orjson
 
 from .entities import EntitySpec, Row
-from .timestamps import normalize
+from .timestamps import is_stored_shape, normalize
 
 # v1 users name their timestamps differently; everything else ends in _time, except an
 # activity's due_time, which is a time of day.
@@ -38,7 +37,16 @@ def _is_timestamp(name: str) -> bool:
 
 
 class BadRecord(ValueError):
-    """A record pdsync will not store (and says why), instead of storing it wrong."""
+    """A record pdsync will not store (and says why), instead of storing it wrong. ``key`` is
+    its id when it has a usable one (a full pass must not take it for gone)."""
+
+    def __init__(self, message: str, key: Any = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+# SQLite's integers; orjson reads up to 2**64 - 1, which would fail the page's insert.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
 
 def to_row(
@@ -69,6 +77,8 @@ def to_row(
                 value = normalize(value)
         elif kind is bool:
             value = int(value)
+        elif kind is int and not _INT_MIN <= value <= _INT_MAX:
+            value = str(value)  # kept as sent, as text
         elif kind is dict or kind is list:
             value = _json(value)
         elif drop and name in drop:
@@ -79,11 +89,14 @@ def to_row(
     row[spec.pk] = key
     if latest is not None:
         _check_update_time(spec, key, row.get("update_time"), latest)
-    if custom is not None:
-        values = record.get("custom_fields")
-        row.update(custom.readable(values if isinstance(values, dict) else {}))
-    if spec.transform is not None:
-        spec.transform(row, record)
+    try:
+        if custom is not None:
+            values = record.get("custom_fields")
+            row.update(custom.readable(values if isinstance(values, dict) else {}))
+        if spec.transform is not None:
+            spec.transform(row, record)
+    except Exception as exc:  # a shape no field type expects: refuse the record, not the page
+        raise BadRecord(f"{spec.name} {key}: {type(exc).__name__}: {exc}", key) from None
     return row
 
 
@@ -111,31 +124,21 @@ def _usable_key(spec: EntitySpec, key: Any) -> Any:
     return key
 
 
-_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
-
-
 def _check_update_time(spec: EntitySpec, key: Any, value: Any, latest: str) -> None:
     if value is None:
         return  # stored, but moves no watermark
-    if not isinstance(value, str) or not _TIMESTAMP.match(value) or not _parses(value):
+    if not is_stored_shape(value):
         raise BadRecord(
             f"{spec.name} {key}: update_time {excerpt(repr(value), 40)} is not a timestamp;"
-            " not stored"
+            " not stored",
+            key,
         )
     if value > latest:
         raise BadRecord(
             f"{spec.name} {key}: update_time {value} is in the future; not stored (it would"
-            " hide every later change)"
+            " hide every later change)",
+            key,
         )
-
-
-def _parses(value: str) -> bool:
-    # fromisoformat is C: strptime on every record cost a fifth of a first sync's CPU.
-    try:
-        datetime.fromisoformat(value[:-1])
-    except ValueError:
-        return False
-    return True
 
 
 def slug(name: str) -> str:

@@ -13,8 +13,9 @@ from urllib.parse import quote, quote_plus
 MASK = "[redacted]"
 
 # scheme://user:password@host or scheme://user@host: the user part is hidden too, it is
-# often the token itself.
-_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+# often the token itself. Up to the last @ before a space: a password may hold @ or /
+# (hiding a path that holds an @ as well is the safe mistake).
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)\S*@")
 
 
 def url_without_credentials(url: str) -> str:

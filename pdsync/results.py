@@ -25,6 +25,7 @@ class EntityResult:
     flagged_gone: int = 0
     error: str | None = None
     rejections: list[str] = field(default_factory=list)  # the first few, with their ids
+    unreconciled: bool = False  # a full pass that flagged nothing: refusals had no usable id
 
     @property
     def warning(self) -> str | None:
@@ -32,9 +33,17 @@ class EntityResult:
         if not self.rejected:
             return None
         shown = "; ".join(self.rejections)
-        more = self.rejected - len(self.rejections)
-        return f"{self.rejected} record(s) refused, fetched again by the next run: {shown}" + (
-            f"; {more} more" if more else ""
+        unnamed = self.rejected - len(self.rejections)
+        more = f"; {unnamed} more" if unnamed else ""
+        unreconciled = (
+            "; nothing flagged as gone: a refused record without an id may be any of them"
+            if self.unreconciled
+            else ""
+        )
+        return (
+            f"{self.rejected} record(s) refused, fetched again by the next run: {shown}"
+            + more
+            + unreconciled
         )
 
 

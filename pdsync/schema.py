@@ -255,7 +255,11 @@ def check_ours(db: sqlite_utils.Database, label: str) -> None:
         r[0]
         for r in db.conn.execute("select name from sqlite_master where name not like 'sqlite_%'")
     }
-    if names and not is_pdsync(names):
+    # A table called sync_metadata is a common enough name: pdsync's has entity_type.
+    ours = is_pdsync(names) and any(
+        r[1] == "entity_type" for r in db.conn.execute("pragma table_info(sync_metadata)")
+    )
+    if names and not ours:
         shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
         raise ForeignDatabase(
             f"{label} is not a pdsync database (it has {shown} but no sync_metadata); "

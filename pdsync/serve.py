@@ -5,9 +5,12 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sqlite3
 import tempfile
 from importlib import resources
 from pathlib import Path
+
+from .schema import read_only_uri
 
 DEFAULT_PORT = 8001
 
@@ -26,12 +29,12 @@ def servable(db_path: str | os.PathLike) -> tuple[str, bool]:
 
     Datasette opens ``file:PATH?mode=ro`` without escaping PATH, so a ``#``, ``?`` or ``%`` in
     it would open another file or none: such a file is served through a symlink with a plain
-    name (SQLite resolves it, so the -wal file is the real one's). In a directory SQLite
-    cannot write, it cannot make the WAL's -shm file and ``mode=ro`` fails: the file is
-    served as immutable (a snapshot) instead.
+    name (SQLite resolves it, so the -wal file is the real one's). Only where ``mode=ro``
+    cannot open it (a read-only directory, where SQLite cannot make the WAL's -shm file) is
+    it served as immutable, a snapshot: elsewhere someone may be syncing into it.
     """
     path = os.path.abspath(db_path)
-    immutable = not os.access(os.path.dirname(path), os.W_OK)
+    immutable = needs_immutable(path)
     if not any(c in path for c in "#?%"):
         return path, immutable
     folder = tempfile.mkdtemp(prefix="pdsync-serve-")
@@ -40,6 +43,19 @@ def servable(db_path: str | os.PathLike) -> tuple[str, bool]:
     link = os.path.join(folder, name)
     os.symlink(path, link)
     return link, immutable
+
+
+def needs_immutable(db_path: str | os.PathLike) -> bool:
+    """True when the file can only be read as a snapshot (see ``servable``)."""
+    try:
+        conn = sqlite3.connect(read_only_uri(str(db_path)), uri=True)
+        try:
+            conn.execute("select count(*) from sqlite_master").fetchone()
+        finally:
+            conn.close()
+        return False
+    except sqlite3.OperationalError:
+        return not os.access(os.path.dirname(os.path.abspath(db_path)), os.W_OK)
 
 
 def datasette_args(

@@ -66,13 +66,23 @@ def latest_plausible() -> str:
     return format(datetime.now(timezone.utc) + FUTURE_TOLERANCE)
 
 
-def plausible(value: str) -> bool:
-    """``value`` is a stored timestamp no later than ``latest_plausible()``."""
-    try:
-        parse(value)
-    except (TypeError, ValueError):
+_STORED = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+
+
+def is_stored_shape(value: object) -> bool:
+    """``value`` is a real moment in the stored shape (not 2025-13-45T...)."""
+    if not isinstance(value, str) or not _STORED.match(value):
         return False
-    return value <= latest_plausible()
+    try:
+        datetime.fromisoformat(value[:-1])  # C: strptime here cost a fifth of a first sync
+    except ValueError:
+        return False
+    return True
+
+
+def plausible(value: object, latest: str | None = None) -> bool:
+    """``value`` is a stored timestamp no later than ``latest`` (``latest_plausible()``)."""
+    return is_stored_shape(value) and value <= (latest or latest_plausible())
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

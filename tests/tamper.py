@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 # The time a trickling answer takes per byte: each read waits less than any read timeout.
 TRICKLE_PAUSE = 0.3
@@ -27,6 +27,7 @@ class Proxy:
         self.rules: dict[str, str] = {}
         self.hits: collections.Counter = collections.Counter()
         self.requests: list[tuple[str, dict]] = []  # (path, headers) as pdsync sent them
+        self.queries: list[str] = []  # the query strings, decoded
         self.stopping = threading.Event()
         proxy = self
 
@@ -61,6 +62,7 @@ class Proxy:
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         url = urlsplit(handler.path)
         self.requests.append((url.path, dict(handler.headers)))
+        self.queries.append(unquote(url.query))
         kind = self.rules.get(url.path) or self.rules.get("*")
         query = dict(parse_qsl(url.query))
         if kind == "repeated_cursor" and query.get("cursor") == REPEATED_CURSOR:
@@ -217,6 +219,27 @@ class Proxy:
             else:
                 record[field] = value
         self._json(handler, status, headers, page)
+
+    def _odd_values(self, handler, status, headers, data):
+        """Values a parser accepts and a database or a field map may not: a number past 64
+        bits, and custom fields whose values are lists of lists (no option has that id)."""
+        page = json.loads(data)
+        records = page.get("data") or []
+        records[0]["value"] = 2**64 - 1
+        odd = next(r for r in records[1:] if r.get("custom_fields"))
+        odd["custom_fields"] = {code: [[1]] for code in odd["custom_fields"]}
+        self.odd_ids = records[0]["id"], odd["id"]
+        self._json(handler, status, headers, page)
+
+    def _absurd_headers(self, handler, status, headers, body):
+        """Rate-limit headers no number fits (float("inf") has no int)."""
+        headers = {
+            **headers,
+            "x-ratelimit-limit": "inf",
+            "x-ratelimit-remaining": "1e400",
+            "x-ratelimit-reset": "-inf",
+        }
+        self._send(handler, status, headers, body)
 
 
 _MISSING = object()

@@ -201,7 +201,7 @@ def test_a_repeated_cursor_stops_the_stream_instead_of_looping(proxy, fake, db_p
     deals = result.entities["deals"]
     assert deals.status == "failed" and "cannot loop" in deals.error
     assert proxy.hits["repeated_cursor"] == 2  # page one, then its cursor again: stop
-    assert seconds < 10
+    assert seconds < 20
     converges(proxy, fake, db_path, only=["deals"])
 
 
@@ -221,20 +221,28 @@ def test_a_v1_offset_that_does_not_move_on_stops_the_stream(
     failed = result.entities[entity]
     assert failed.status == "failed" and "cannot loop" in failed.error, failed.error
     assert proxy.hits[kind] == requests
-    assert seconds < 10
+    assert seconds < 20
     converges(proxy, fake, db_path, only=[entity])
 
 
-@pytest.mark.parametrize("kind", ["trickle", "trickle_headers", "stall"])
-def test_a_slow_answer_is_cut_off_at_its_deadline(proxy, fake, db_path, kind):
+@pytest.mark.parametrize(
+    "kind, no_proxy",
+    [("trickle", False), ("trickle_headers", False), ("trickle_headers", True), ("stall", False)],
+)
+def test_a_slow_answer_is_cut_off_at_its_deadline(
+    proxy, fake, db_path, monkeypatch, kind, no_proxy
+):
+    if no_proxy:  # once made pdsync fall back to httpx's unbounded sockets
+        monkeypatch.setenv("NO_PROXY", "localhost,example.com")
     proxy.rules["/api/v2/deals"] = kind
     deadline = 1.5
     result, seconds = sync(proxy, db_path, client={"deadline": deadline, "timeout": 1.0})
     deals = result.entities["deals"]
     assert deals.status == "failed" and "timed out" in deals.error, deals.error
     assert proxy.hits[kind] == 2  # one retry (max_retries=1), each cut off
-    # Two attempts of at most the deadline each, plus the rest of the sync.
-    assert seconds < 2 * deadline + 8, seconds
+    # Two attempts of at most the deadline each, a retry's pause, on a busy machine; without
+    # the deadline a trickled page of deals takes hours.
+    assert deals.duration_ms < (2 * deadline + 5) * 1000, deals.duration_ms
     assert {e.status for name, e in result.entities.items() if name != "deals"} == {"success"}
     converges(proxy, fake, db_path)
 
@@ -265,6 +273,37 @@ def test_a_rate_limit_reset_hours_away_stops_the_sync_with_one_line(proxy, fake,
 
 
 # -- bad records ----------------------------------------------------------------------------
+
+
+def test_bad_notes_never_reach_updated_since(proxy, fake, db_path):
+    # v1 notes page by moving updated_since to the newest update_time seen: "not a time"
+    # sorted after every digit and made every later request a 400.
+    proxy.rules["/v1/notes"] = "bad_records"
+    result, _ = sync(proxy, db_path, only=["notes"])
+    notes = result.entities["notes"]
+    assert notes.status == "success", notes.error
+    assert notes.rejected == len(BAD_RECORDS)
+    assert not any("not a time" in query for query in proxy.queries)
+    converges(proxy, fake, db_path, only=["notes"])
+
+
+def test_a_full_pass_does_not_take_refused_records_for_gone(proxy, fake, db_path):
+    result, _ = sync(proxy, db_path, only=["deals"])
+    assert result.ok
+    proxy.rules["/api/v2/deals"] = "bad_records"
+    result, _ = sync(proxy, db_path, only=["deals"], full=True)
+    deals = result.entities["deals"]
+    assert deals.rejected == len(BAD_RECORDS)
+    # Three refused records had no usable id: any deal not seen may be one of them, so the
+    # pass flags nothing as gone, and says so.
+    assert deals.flagged_gone == 0
+    assert "nothing flagged as gone" in deals.warning
+    db = sqlite_utils.Database(db_path)
+    flagged = db.execute("select count(*) from deals where is_deleted = 1").fetchone()[0]
+    upstream_deleted = sum(1 for d in fake.records("deals") if d.get("is_deleted"))
+    assert flagged == upstream_deleted
+    db.close()
+    converges(proxy, fake, db_path, only=["deals"])
 
 
 def test_bad_records_are_refused_named_and_never_move_the_watermark(proxy, fake, db_path):
@@ -442,7 +481,43 @@ def test_dashboards_follow_a_database_with_another_name(proxy, tmp_path):
 def test_a_token_that_would_inject_a_header_is_refused_before_httpx_sees_it(proxy):
     with pytest.raises(pdsync.client.AuthError) as caught:
         pdsync.client.PipedriveClient(TOKEN + "\r\nX-Evil: 1", proxy.url)
-    assert TOKEN not in str(caught.value)
+    assert str(caught.value) == (
+        "the Pipedrive API token cannot be sent: it has control characters (a newline or a tab?)"
+    )
+    assert proxy.requests == []
+
+
+def test_absurd_rate_limit_headers_are_ignored_not_obeyed(proxy, fake, db_path):
+    # int(float("inf")) raised where nobody expected it, and every other stream waited.
+    proxy.rules["*"] = "absurd_headers"
+    result, _ = sync(proxy, db_path)
+    assert result.ok, result.errors
+    assert proxy.hits["absurd_headers"] >= 12
+    assert differences(sqlite_utils.Database(db_path), fake) == []
+
+
+def test_values_no_column_expects_cost_one_record_not_the_page(proxy, fake, db_path):
+    proxy.rules["/api/v2/deals"] = "odd_values"
+    result, _ = sync(proxy, db_path)  # with the deal fields: custom fields get their columns
+    deals = result.entities["deals"]
+    assert deals.status == "success" and deals.rejected == 1, deals.error
+    huge, odd = proxy.odd_ids
+    db = sqlite_utils.Database(db_path)
+    # Bound as text (an integer past 64 bits failed the whole page); the REAL column makes
+    # it the nearest float, as for any other value.
+    assert db["deals"].get(huge)["value"] == float(2**64 - 1)
+    assert f"deals {odd}: TypeError" in db["sync_metadata"].get("deals")["warning_message"]
+    db.close()
+    converges(proxy, fake, db_path)
+
+
+def test_a_sync_metadata_table_of_someone_elses_is_not_pdsyncs(proxy, tmp_path):
+    path = str(tmp_path / "other.db")
+    other = sqlite_utils.Database(path)
+    other["sync_metadata"].insert({"key": "last_run", "value": "yesterday"})
+    other.close()
+    result = invoke("sync", path, "--base-url", proxy.url)
+    assert result.exit_code == 1 and "is not a pdsync database" in result.output
     assert proxy.requests == []
 
 
