@@ -11,7 +11,8 @@ import sqlite_utils
 import yaml
 
 from .api import open_database
-from .serve import metadata_path, plugins_dir
+from .schema import database_path
+from .serve import metadata_path
 
 _NAMED = re.compile(r"(?<!:):([a-zA-Z_][a-zA-Z0-9_]*)")
 
@@ -37,12 +38,14 @@ AFTER_KEY = """after_key(low, high, id) as (
 
 
 @lru_cache(maxsize=1)
-def _metadata() -> dict:
-    return yaml.safe_load(metadata_path().read_text()) or {}
+def metadata() -> dict:
+    """metadata.yml, parsed once ({} if it is missing). Callers must not change it."""
+    path = metadata_path()
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
 
 
 def _definitions() -> dict[str, dict]:
-    section = (_metadata().get("databases") or {}).get("pipedrive") or {}
+    section = (metadata().get("databases") or {}).get("pipedrive") or {}
     return {
         name: (query if isinstance(query, dict) else {"sql": query})
         for name, query in (section.get("queries") or {}).items()
@@ -83,18 +86,20 @@ def query(
 
 
 def datasette(db: str | os.PathLike | sqlite_utils.Database, **kwargs: Any):
-    """A Datasette instance for ``db`` with pdsync's metadata and plugins, for
+    """A Datasette instance for ``db`` with pdsync's metadata and plugin, for
     ``await ds.client.get("/pipedrive/overdue_deals.json")`` in a notebook."""
     from datasette.app import Datasette
 
+    from . import datasette_plugin
+
     if isinstance(db, sqlite_utils.Database):
-        path = db.conn.execute("pragma database_list").fetchone()[2]
+        path = database_path(db)
         if not path:
             raise ValueError("Datasette needs a database file, not an in-memory database")
         db = path
+    datasette_plugin.register()
     return Datasette(
         [str(db)],
-        metadata=_metadata(),
-        plugins_dir=str(plugins_dir()),
+        metadata=metadata(),
         **{"settings": {"suggest_facets": False}, **kwargs},
     )
