@@ -16,11 +16,26 @@ from .serve import metadata_path
 
 _NAMED = re.compile(r"(?<!:):([a-zA-Z_][a-zA-Z0-9_]*)")
 
-# Every list of deals in metadata.yml says these word for word (tests/test_canned_queries.py
-# checks it). A list is complete unless the caller asks for fewer rows: Datasette stops it at
-# max_returned_rows and says "truncated", and `after` carries on from the last row shown.
-LIST_LIMIT = """limit case when trim(:limit) <> '' and trim(:limit) not glob '*[^0-9]*'
-  then cast(trim(:limit) as integer) else -1 end"""
+# metadata.yml spells these idioms out wherever it uses them (Datasette runs plain SQL), and
+# tests/test_canned_queries.py checks that every occurrence is one of these, word for word:
+# an idiom copied by hand 17 times would otherwise drift in one of them.
+
+# A parameter that takes an id (digits only) or else an exact name, so that the pipeline
+# "5 Stars" is never pipeline 5: the ids it names (none for an unknown one).
+ID_OR_NAME = """select id from {table} where case when trim(:{param}) not glob '*[^0-9]*'
+  then id = cast(trim(:{param}) as integer) else name = trim(:{param}) end"""
+# The same, where an empty parameter names every row (for an `in (...)` with no `or`).
+EVERY_OR_ID_OR_NAME = """select id from {table} where case when trim(:{param}) = '' then 1
+  when trim(:{param}) not glob '*[^0-9]*' then id = cast(trim(:{param}) as integer)
+  else name = trim(:{param}) end"""
+# A whole-number parameter; empty or anything else gives the default.
+WHOLE_NUMBER = """case when trim(:{param}) <> '' and trim(:{param}) not glob '*[^0-9]*'
+  then cast(trim(:{param}) as integer) else {default} end"""
+
+# Every list of deals says these. A list is complete unless the caller asks for fewer rows:
+# Datasette stops it at max_returned_rows and says "truncated", and `after` carries on from
+# the last row shown.
+LIST_LIMIT = "limit " + WHOLE_NUMBER.format(param="limit", default=-1)
 # `after` is "VALUE,ID": the last row's sort value and id (the value may hold commas, the id
 # is the digits after the last one). low/high stand for "no key" on a first page, below and
 # above any value; a malformed key is null, which matches no row.
