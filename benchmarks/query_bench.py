@@ -229,7 +229,14 @@ def datasette_command(
         args += ["--host", "127.0.0.1", "--port", str(port)]
     for name, value in settings:
         args += ["--setting", name, value]
-    return [sys.executable, "-m", "datasette", *args]
+    # datasette with pdsync's plugin registered, as `pdsync serve` runs it; an older pdsync
+    # passed --plugins-dir in its arguments instead.
+    try:
+        from pdsync import datasette_plugin  # noqa: F401
+
+        return [sys.executable, "-m", "pdsync.datasette_plugin", *args]
+    except ImportError:
+        return [sys.executable, "-m", "datasette", *args]
 
 
 def wait_until_up(client: httpx.Client, process: subprocess.Popen, timeout: float = 120) -> None:

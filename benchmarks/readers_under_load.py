@@ -52,8 +52,8 @@ from query_bench import (  # noqa: E402
     wait_until_up,
 )
 
-# What `pdsync sync` has created once its preparation is done: the tables the metadata plugin
-# looks for (datasette_plugins/pdsync_metadata.py) and the views, which come after every table.
+# What `pdsync sync` has created once its preparation is done: the tables the canned queries
+# read and the views, which come after every table.
 READY_TABLES = {"sync_metadata", "deals", "pipelines", "stages", "deal_details"}
 DB_NAME = "acme.db"
 

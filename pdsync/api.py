@@ -12,7 +12,7 @@ from .auth import resolve_base_url, resolve_token
 from .client import PipedriveClient
 from .engine import ProgressCallback, Sync, SyncResult, selected_entities
 from .lock import SyncLock
-from .schema import check_database, check_ours
+from .schema import check_database, check_ours, database_path
 
 __version__ = "0.1.0"
 
@@ -27,12 +27,6 @@ def open_database(db: str | os.PathLike | sqlite_utils.Database) -> sqlite_utils
     elif not path.parent.exists():
         raise FileNotFoundError(f"directory {path.parent} does not exist")
     return sqlite_utils.Database(path)
-
-
-def database_path(db: sqlite_utils.Database) -> str | None:
-    """The file behind ``db``, or None for an in-memory database."""
-    path = db.conn.execute("pragma database_list").fetchone()[2]
-    return path or None
 
 
 def sync(

@@ -11,7 +11,6 @@ import sqlite3
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -23,7 +22,13 @@ from .budget import token_usage
 from .client import AuthError, ConnectionFailed, PipedriveError
 from .engine import ProgressEvent, SyncResult, selected_entities
 from .lock import LockHeld
-from .schema import ForeignDatabase, check_database, connect_read_only, pending_upgrades
+from .schema import (
+    ForeignDatabase,
+    check_database,
+    connect_read_only,
+    is_pdsync,
+    pending_upgrades,
+)
 from .serve import DEFAULT_PORT, needs_immutable
 from .serve import serve as serve_database
 
@@ -172,7 +177,7 @@ def status(db_path: str, as_json: bool, budget: int | None) -> None:
         raise click.ClickException(f"{db_path} does not exist; run `pdsync sync {db_path}` first")
     try:
         db = sqlite_utils.Database(connect_read_only(db_path))
-        if "sync_metadata" not in db.table_names():
+        if not is_pdsync(set(db.table_names())):
             raise click.ClickException(
                 f"{db_path} has not been synced by pdsync (no sync_metadata)"
             )
@@ -192,7 +197,7 @@ def status(db_path: str, as_json: bool, budget: int | None) -> None:
         table.append(
             (
                 row["entity_type"],
-                _ago(row.get("last_sync_time")),
+                _when(row.get("last_sync_time")),
                 status,
                 f"{row.get('records_synced') or 0:,}",
                 f"{row.get('records_total') or 0:,}",
@@ -430,17 +435,12 @@ def _parse_interval(text: str) -> float:
         raise click.BadParameter(str(exc), param_hint="--every") from None
 
 
-def _ago(value: str | None) -> str:
+def _when(value: str | None) -> str:
+    """``2025-01-15T10:30:00Z (3h ago)``; the text as it is when it is not a timestamp."""
     if not value:
         return "never"
-    try:
-        seconds = (datetime.now(timezone.utc) - timestamps.parse(value)).total_seconds()
-    except ValueError:
-        return value
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{value} ({int(seconds // size)}{unit} ago)"
-    return f"{value} ({int(seconds)}s ago)"
+    ago = timestamps.ago(value)
+    return f"{value} ({ago})" if ago else value
 
 
 def _database_problem(path: str, exc: sqlite3.DatabaseError) -> str:

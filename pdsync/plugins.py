@@ -38,6 +38,16 @@ def entities() -> list:
     return specs
 
 
+def entity_order() -> list[str]:
+    """Entity names in the order pdsync syncs them (dependencies first), plugins' included."""
+    return [spec.name for spec in entities()]
+
+
+def entity_sort_key(name: str, order: list[str]) -> tuple[int, str]:
+    """Sorts entity names in ``order``; names it lacks (a plugin since removed) go last."""
+    return (order.index(name) if name in order else len(order), name)
+
+
 def has_record_transforms() -> bool:
     return bool(pm.hook.pdsync_transform_record.get_hookimpls())
 

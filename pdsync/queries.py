@@ -11,15 +11,31 @@ import sqlite_utils
 import yaml
 
 from .api import open_database
-from .serve import metadata_path, plugins_dir
+from .schema import database_path
+from .serve import metadata_path
 
 _NAMED = re.compile(r"(?<!:):([a-zA-Z_][a-zA-Z0-9_]*)")
 
-# Every list of deals in metadata.yml says these word for word (tests/test_canned_queries.py
-# checks it). A list is complete unless the caller asks for fewer rows: Datasette stops it at
-# max_returned_rows and says "truncated", and `after` carries on from the last row shown.
-LIST_LIMIT = """limit case when trim(:limit) <> '' and trim(:limit) not glob '*[^0-9]*'
-  then cast(trim(:limit) as integer) else -1 end"""
+# metadata.yml spells these idioms out wherever it uses them (Datasette runs plain SQL), and
+# tests/test_canned_queries.py checks that every occurrence is one of these, word for word:
+# an idiom copied by hand 17 times would otherwise drift in one of them.
+
+# A parameter that takes an id (digits only) or else an exact name, so that the pipeline
+# "5 Stars" is never pipeline 5: the ids it names (none for an unknown one).
+ID_OR_NAME = """select id from {table} where case when trim(:{param}) not glob '*[^0-9]*'
+  then id = cast(trim(:{param}) as integer) else name = trim(:{param}) end"""
+# The same, where an empty parameter names every row (for an `in (...)` with no `or`).
+EVERY_OR_ID_OR_NAME = """select id from {table} where case when trim(:{param}) = '' then 1
+  when trim(:{param}) not glob '*[^0-9]*' then id = cast(trim(:{param}) as integer)
+  else name = trim(:{param}) end"""
+# A whole-number parameter; empty or anything else gives the default.
+WHOLE_NUMBER = """case when trim(:{param}) <> '' and trim(:{param}) not glob '*[^0-9]*'
+  then cast(trim(:{param}) as integer) else {default} end"""
+
+# Every list of deals says these. A list is complete unless the caller asks for fewer rows:
+# Datasette stops it at max_returned_rows and says "truncated", and `after` carries on from
+# the last row shown.
+LIST_LIMIT = "limit " + WHOLE_NUMBER.format(param="limit", default=-1)
 # `after` is "VALUE,ID": the last row's sort value and id (the value may hold commas, the id
 # is the digits after the last one). low/high stand for "no key" on a first page, below and
 # above any value; a malformed key is null, which matches no row.
@@ -37,12 +53,14 @@ AFTER_KEY = """after_key(low, high, id) as (
 
 
 @lru_cache(maxsize=1)
-def _metadata() -> dict:
-    return yaml.safe_load(metadata_path().read_text()) or {}
+def metadata() -> dict:
+    """metadata.yml, parsed once ({} if it is missing). Callers must not change it."""
+    path = metadata_path()
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
 
 
 def _definitions() -> dict[str, dict]:
-    section = (_metadata().get("databases") or {}).get("pipedrive") or {}
+    section = (metadata().get("databases") or {}).get("pipedrive") or {}
     return {
         name: (query if isinstance(query, dict) else {"sql": query})
         for name, query in (section.get("queries") or {}).items()
@@ -83,18 +101,20 @@ def query(
 
 
 def datasette(db: str | os.PathLike | sqlite_utils.Database, **kwargs: Any):
-    """A Datasette instance for ``db`` with pdsync's metadata and plugins, for
+    """A Datasette instance for ``db`` with pdsync's metadata and plugin, for
     ``await ds.client.get("/pipedrive/overdue_deals.json")`` in a notebook."""
     from datasette.app import Datasette
 
+    from . import datasette_plugin
+
     if isinstance(db, sqlite_utils.Database):
-        path = db.conn.execute("pragma database_list").fetchone()[2]
+        path = database_path(db)
         if not path:
             raise ValueError("Datasette needs a database file, not an in-memory database")
         db = path
+    datasette_plugin.register()
     return Datasette(
         [str(db)],
-        metadata=_metadata(),
-        plugins_dir=str(plugins_dir()),
+        metadata=metadata(),
         **{"settings": {"suggest_facets": False}, **kwargs},
     )

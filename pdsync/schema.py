@@ -218,7 +218,7 @@ def add_columns(db: sqlite_utils.Database, table: str, columns: dict[str, type])
 
 def prepare(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     """Everything a sync needs before it writes: WAL, migrations, entity tables."""
-    if db.journal_mode != "wal" and db.conn.execute("pragma database_list").fetchone()[2]:
+    if db.journal_mode != "wal" and database_path(db):
         db.enable_wal()  # readers (Datasette) never wait for the writer
     # In WAL mode NORMAL keeps every commit safe from a crashed or killed process; only a
     # power cut can lose the last commits (never corrupt the file), which the next run
@@ -246,6 +246,16 @@ class ForeignDatabase(Exception):
 def is_pdsync(names: set[str]) -> bool:
     """Tables (and views) of a database pdsync made, or the original design's."""
     return "sync_metadata" in names
+
+
+def is_pdsync_file(path: str | None) -> bool:
+    """The SQLite file at ``path`` is a pdsync database (read-only; False if it is none)."""
+    return is_pdsync(table_names(path))
+
+
+def database_path(db: sqlite_utils.Database) -> str | None:
+    """The file behind ``db``, or None for an in-memory database."""
+    return db.conn.execute("pragma database_list").fetchone()[2] or None
 
 
 def check_ours(db: sqlite_utils.Database, label: str) -> None:
@@ -283,7 +293,7 @@ def pending_upgrades(path: str) -> list[str]:
     without writing. Empty for a database pdsync has not synced."""
     with _read_only(path) as conn:
         db = sqlite_utils.Database(conn)
-        if "sync_metadata" not in db.table_names():
+        if not is_pdsync(set(db.table_names())):
             return []
         return [m.name for m in migrations.pending(db)]
 

@@ -1,4 +1,5 @@
-"""Serving a pdsync database with Datasette, this project's metadata.yml and plugins."""
+"""Serving a pdsync database with Datasette, this project's metadata.yml and its plugin
+(the package ``pdsync.datasette_plugin``)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,20 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 from .schema import read_only_uri
 
 DEFAULT_PORT = 8001
+_PACKAGE = Path(__file__).resolve().parent
 
 
 def metadata_path() -> Path:
-    """metadata.yml: the repository's from a checkout, pdsync/metadata.yml from a wheel."""
-    return Path(str(resources.files("pdsync").joinpath("metadata.yml")))
-
-
-def plugins_dir() -> Path:
-    return Path(str(resources.files("pdsync").joinpath("datasette_plugins")))
+    """metadata.yml. It lives at the top of the repository, where plain ``datasette
+    --metadata metadata.yml`` finds it; a wheel carries a copy in the package (setup.py puts
+    it there), and an installed checkout (``pip install -e .``) has the package beside it."""
+    packaged = _PACKAGE / "metadata.yml"
+    return packaged if packaged.is_file() else _PACKAGE.parent / "metadata.yml"
 
 
 def servable(db_path: str | os.PathLike) -> tuple[str, bool]:
@@ -64,15 +64,14 @@ def datasette_args(
     port: int = DEFAULT_PORT,
     root: bool = False,
 ) -> list[str]:
-    """Arguments for ``datasette serve`` (see ``serve``)."""
+    """Arguments for ``datasette serve`` with pdsync's plugin registered (see ``serve``, and
+    ``python -m pdsync.datasette_plugin`` for another process)."""
     metadata = ["--metadata", str(metadata_path())] if metadata_path().exists() else []
     path, immutable = servable(db_path)
     return [
         "serve",
         *(["-i", path] if immutable else [path]),
         *metadata,
-        "--plugins-dir",
-        str(plugins_dir()),
         "--host",
         host,
         "--port",
@@ -96,6 +95,6 @@ def serve(
     root: bool = False,
 ) -> None:
     """Run Datasette in this process until interrupted (a CLI helper: it blocks)."""
-    from datasette.cli import cli as datasette_cli
+    from .datasette_plugin import run_datasette
 
-    datasette_cli.main(datasette_args(db_path, host, port, root), prog_name="datasette")
+    run_datasette(datasette_args(db_path, host, port, root))

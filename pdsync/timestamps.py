@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # A record's update_time may run this far ahead of our clock (clocks drift); a later one is
@@ -85,13 +86,15 @@ def plausible(value: object, latest: str | None = None) -> bool:
     return is_stored_shape(value) and value <= (latest or latest_plausible())
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZES = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))  # largest first
+_UNIT_SECONDS = dict(_SIZES)
 # Longer than any schedule anyone means; beyond it time.sleep() and timedelta overflow.
 MAX_INTERVAL = 366 * 86400
 
 
-def parse_interval(text: str | int | float) -> float:
-    """``"30m"`` -> 1800.0 seconds (s, m, h, d; a bare number is seconds), at most a year.
+def parse_interval(text: str | int | float, maximum: float | None = MAX_INTERVAL) -> float:
+    """``"30m"`` -> 1800.0 seconds (s, m, h, d; a bare number is seconds), at most
+    ``maximum`` (a year; None: no limit, for a threshold rather than a sleep).
 
     Raises ``ValueError`` with a message fit for the user.
     """
@@ -101,20 +104,61 @@ def parse_interval(text: str | int | float) -> float:
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text))
         if not match:
             raise ValueError(f"{text!r} is not an interval like 90s, 30m, 1h or 1d")
-        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    if not 0 < seconds <= MAX_INTERVAL:
-        raise ValueError(f"{text!r} is not an interval longer than 0s and at most 366d")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+    if seconds <= 0 or (maximum is not None and seconds > maximum):
+        limit = "" if maximum is None else f" and at most {format_interval(maximum)}"
+        raise ValueError(f"{text!r} is not an interval longer than 0s{limit}")
     return seconds
 
 
 def format_interval(seconds: float) -> str:
-    """1800 → ``"30m"``, 5400 → ``"1h 30m"``."""
+    """1800 -> ``"30m"``, 5400 -> ``"1h 30m"``: the two largest units, as parse_interval reads."""
     seconds = int(round(seconds))
     parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+    for unit, size in _SIZES:
         if seconds >= size or (unit == "s" and not parts):
             parts.append(f"{seconds // size}{unit}")
             seconds %= size
         if len(parts) == 2:
             break
     return " ".join(parts)
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """An aware UTC datetime from stored (or any ISO) text; None for anything else.
+
+    Unlike ``parse``, never raises: it reads what a table holds, whoever wrote it."""
+    if not value or not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment
+
+
+def seconds_since(value: Any, now: datetime | None = None) -> float | None:
+    moment = parse_timestamp(value)
+    if moment is None:
+        return None
+    return ((now or datetime.now(timezone.utc)) - moment).total_seconds()
+
+
+def ago(value: Any, now: datetime | None = None) -> str | None:
+    """``"3h ago"`` (the largest whole unit), ``"in 5m"``; None for no or bad timestamps."""
+    seconds = seconds_since(value, now)
+    if seconds is None:
+        return None
+    future = seconds < 0
+    seconds = abs(seconds)
+    unit, size = next((u, s) for u, s in _SIZES if seconds >= s or u == "s")
+    amount = f"{int(seconds // size)}{unit}"
+    return f"in {amount}" if future else f"{amount} ago"
+
+
+def days_since(value: Any, now: datetime | None = None) -> int | None:
+    """Whole days from ``value`` to now (UTC), truncated like the views' ``cast(...)``."""
+    seconds = seconds_since(value, now)
+    return None if seconds is None else int(seconds / 86400)

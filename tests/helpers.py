@@ -4,6 +4,7 @@ of pdsync's own code (so a bug there cannot hide behind the same bug here)."""
 import json
 import re
 import time
+from pathlib import Path
 
 import httpx
 import sqlite_utils
@@ -147,3 +148,19 @@ def wait_for_server(base: str, tries: int = 100) -> None:
         except httpx.TransportError:
             time.sleep(0.1)
     raise AssertionError(f"nothing answered at {base}")
+
+
+PLUGINS_DIR = Path(__file__).resolve().parents[1] / "datasette_plugins"
+
+
+def unregister_pdsync_plugins() -> None:
+    """Datasette keeps plugins registered for the whole process: pdsync's package, and the
+    datasette_plugins/ shim that registered it. Each test's Datasette must start without."""
+    from datasette.plugins import pm
+
+    from pdsync import datasette_plugin
+
+    datasette_plugin.unregister()
+    for plugin in list(pm.get_plugins()):
+        if Path(getattr(plugin, "__file__", "") or "/").parent == PLUGINS_DIR:
+            pm.unregister(plugin)

@@ -17,11 +17,11 @@ from urllib.parse import urlsplit
 import pytest
 import sqlite_utils
 import yaml
-from helpers import FAST_CLIENT, wait_for_server
+from helpers import FAST_CLIENT, PLUGINS_DIR, wait_for_server
 
 import pdsync
 from pdsync.fake import FakePipedrive, FakeServer
-from pdsync.serve import metadata_path, plugins_dir
+from pdsync.serve import metadata_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -99,7 +99,7 @@ def site(tmp_path_factory):
                 "--metadata",
                 str(work / "metadata.yml"),
                 "--plugins-dir",
-                str(plugins_dir()),
+                str(PLUGINS_DIR),  # plain `datasette --plugins-dir datasette_plugins`
                 "--host",
                 "127.0.0.1",
                 "--port",

@@ -47,3 +47,16 @@ def test_readme_starts_with_the_two_commands():
     assert blocks[1].endswith("pytest")
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert blocks[1] in ci  # CI runs exactly the README's test command
+
+
+def test_every_path_the_architecture_page_names_exists():
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "architecture.md").read_text()
+    paths = set(re.findall(r"(?<![\w/-])(?:pdsync|tests|datasette_plugins)/[\w/.-]*\w/?", text))
+    paths |= {"metadata.yml"} if "`metadata.yml`" in text else set()
+    # modules named alone, in a table under their package's heading
+    folders = ["pdsync", "pdsync/fake", "pdsync/datasette_plugin"]
+    alone = set(re.findall(r"`(\w+\.(?:py|html))`", text))
+    missing = [p for p in sorted(paths) if not (root / p).exists()]
+    missing += [n for n in sorted(alone) if not any((root / f / n).exists() for f in folders)]
+    assert not missing and len(paths) > 20

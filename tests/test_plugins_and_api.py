@@ -111,8 +111,8 @@ def test_datasette_instance_for_a_notebook(run_sync, db_path):
     try:
         status, rows = asyncio.run(get())
     finally:
-        from test_serve import _unregister_plugins
+        from helpers import unregister_pdsync_plugins
 
-        _unregister_plugins()
+        unregister_pdsync_plugins()
     assert status == 200
     assert {r["entity_type"] for r in rows} >= {"deals"}

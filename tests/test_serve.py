@@ -13,11 +13,11 @@ import pytest
 import sqlite_utils
 import yaml
 from datasette.app import Datasette
-from datasette.plugins import pm
-from helpers import wait_for_server
+from helpers import PLUGINS_DIR, unregister_pdsync_plugins, wait_for_server
 
 import pdsync
-from pdsync.serve import metadata_path, plugins_dir
+from pdsync.datasette_plugin import metadata as metadata_plugin
+from pdsync.serve import metadata_path
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def pipedrive_queries():
 
 def test_any_database_name_gets_the_canned_queries_and_labels(synced):
     async def check():
-        ds = Datasette([str(synced)], plugins_dir=str(plugins_dir()))
+        ds = Datasette([str(synced)], plugins_dir=str(PLUGINS_DIR))
         try:
             queries = await ds.get_canned_queries("acme", None)
             assert set(queries) == pipedrive_queries()
@@ -47,7 +47,7 @@ def test_any_database_name_gets_the_canned_queries_and_labels(synced):
             assert {r["entity_type"] for r in response.json()} >= {"deals", "notes"}
             assert ds.metadata("label_column", database="acme", table="stages") == "name"
         finally:
-            _unregister_plugins()
+            unregister_pdsync_plugins()
 
     asyncio.run(check())
 
@@ -56,18 +56,18 @@ def test_local_metadata_for_the_database_is_merged_over_the_plugins(synced):
     local = {"databases": {"acme": {"title": "Acme CRM", "queries": {"mine": "select 1"}}}}
 
     async def check():
-        ds = Datasette([str(synced)], metadata=local, plugins_dir=str(plugins_dir()))
+        ds = Datasette([str(synced)], metadata=local, plugins_dir=str(PLUGINS_DIR))
         try:
             queries = await ds.get_canned_queries("acme", None)
             assert set(queries) == pipedrive_queries() | {"mine"}
             assert ds.metadata("title", database="acme") == "Acme CRM"
             assert (await ds.client.get("/acme/mine.json")).status_code == 200
             # The merge must not leak into the section served to other databases.
-            plain = Datasette([str(synced)], plugins_dir=str(plugins_dir()))
+            plain = Datasette([str(synced)], plugins_dir=str(PLUGINS_DIR))
             assert plain.metadata("title", database="acme") != "Acme CRM"
             assert "mine" not in await plain.get_canned_queries("acme", None)
         finally:
-            _unregister_plugins()
+            unregister_pdsync_plugins()
 
     asyncio.run(check())
 
@@ -79,7 +79,7 @@ def test_a_database_filled_while_served_gets_the_canned_queries(tmp_path):
     path.touch()  # served before its first sync, as `pdsync serve` right after `auth` would
 
     async def check():
-        ds = Datasette([str(path)], plugins_dir=str(plugins_dir()))
+        ds = Datasette([str(path)], plugins_dir=str(PLUGINS_DIR))
         try:
             assert await ds.get_canned_queries("acme", None) == {}
             fake = FakePipedrive(deals=50, seed=3)
@@ -89,11 +89,10 @@ def test_a_database_filled_while_served_gets_the_canned_queries(tmp_path):
                 )
                 assert result.ok
             fake.close()
-            plugin = next(p for p in pm.get_plugins() if hasattr(p, "RECHECK_SECONDS"))
-            plugin._not_yet.clear()  # instead of waiting RECHECK_SECONDS
+            metadata_plugin._not_yet.clear()  # instead of waiting RECHECK_SECONDS
             assert set(await ds.get_canned_queries("acme", None)) == pipedrive_queries()
         finally:
-            _unregister_plugins()
+            unregister_pdsync_plugins()
 
     asyncio.run(check())
 
@@ -105,24 +104,13 @@ def test_a_database_that_is_not_pdsyncs_gets_nothing(tmp_path):
     sqlite_utils.Database(str(path))["deals"].insert({"id": 1})
 
     async def check():
-        ds = Datasette([str(path)], plugins_dir=str(plugins_dir()))
+        ds = Datasette([str(path)], plugins_dir=str(PLUGINS_DIR))
         try:
             assert await ds.get_canned_queries("other", None) == {}
         finally:
-            _unregister_plugins()
+            unregister_pdsync_plugins()
 
     asyncio.run(check())
-
-
-def _unregister_plugins():
-    # Plugins loaded from a plugins dir stay registered for the whole process otherwise.
-    from datasette.plugins import pm
-
-    for plugin in list(pm.get_plugins()):
-        name = getattr(plugin, "__name__", "") or ""
-        path = getattr(plugin, "__file__", "") or ""
-        if any(n.startswith("pdsync_") and n.endswith(".py") for n in (name, path.rsplit("/")[-1])):
-            pm.unregister(plugin)
 
 
 def free_port():
@@ -141,8 +129,9 @@ def test_pdsync_serve_runs_datasette_with_metadata_and_plugins(synced):
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for_server(base)
-        plugins = {p["name"] for p in httpx.get(base + "/-/plugins.json").json()}
-        assert "pdsync_metadata.py" in plugins
+        plugins = {p["name"]: p for p in httpx.get(base + "/-/plugins.json").json()}
+        assert plugins["pdsync.datasette_plugin"]["templates"]  # its templates/ found
+        assert httpx.get(base + "/-/pdsync").status_code == 200
         title = yaml.safe_load(metadata_path().read_text()).get("title")
         assert httpx.get(base + "/-/metadata.json").json().get("title") == title
         response = httpx.get(base + "/acme/sync_status.json?_shape=array")
@@ -194,6 +183,10 @@ def test_wheel_ships_metadata_and_plugins(tmp_path):
     )
     wheel = zipfile.ZipFile(glob.glob(str(tmp_path / "pdsync-*.whl"))[0])
     names = set(wheel.namelist())
-    assert {"pdsync/metadata.yml", "pdsync/datasette_plugins/pdsync_metadata.py"} <= names
+    assert {
+        "pdsync/metadata.yml",
+        "pdsync/datasette_plugin/hooks.py",
+        "pdsync/datasette_plugin/templates/pdsync_status.html",
+    } <= names
     assert wheel.read("pdsync/metadata.yml") == metadata_path().read_bytes()
     assert any(n.startswith("pdsync/fake/") for n in names)

@@ -13,15 +13,16 @@ import pytest
 import sqlite_utils
 import yaml
 from datasette.app import Datasette
-from datasette.plugins import pm
+from helpers import PLUGINS_DIR, unregister_pdsync_plugins
 from markupsafe import escape
 
 import pdsync
+from pdsync.datasette_plugin import jobs
 from pdsync.lock import SyncLock
-from pdsync.serve import metadata_path, plugins_dir
+from pdsync.serve import metadata_path
+from pdsync.timestamps import parse_interval
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGIN_FILES = {"pdsync_metadata.py", "pdsync_reads.py", "pdsync_ui.py"}
 SECRET = "tok-3f9c1e7a-secret-never-shown"
 
 
@@ -34,23 +35,6 @@ def metadata(**pdsync_config):
     return merged
 
 
-def unregister_plugins():
-    # Plugins loaded from a plugins dir stay registered for the whole process otherwise.
-    for plugin in list(pm.get_plugins()):
-        name = getattr(plugin, "__name__", "") or ""
-        path = getattr(plugin, "__file__", "") or ""
-        if name in PLUGIN_FILES or Path(path).name in PLUGIN_FILES:
-            pm.unregister(plugin)
-
-
-def ui_module():
-    """The pdsync_ui module Datasette registered (its state: the sync jobs)."""
-    for plugin in pm.get_plugins():
-        if (getattr(plugin, "__name__", "") or "") == "pdsync_ui.py":
-            return plugin
-    raise AssertionError("pdsync_ui.py is not registered")
-
-
 def run(coro_fn, *args):
     """Build a Datasette inside the event loop, run the check, always unregister plugins."""
 
@@ -58,7 +42,7 @@ def run(coro_fn, *args):
         try:
             return await coro_fn(*args)
         finally:
-            unregister_plugins()
+            unregister_pdsync_plugins()
 
     return asyncio.run(main())
 
@@ -69,7 +53,7 @@ def make_ds(path, immutable=False, **config):
         files,
         immutables=[str(path)] if immutable else [],
         metadata=metadata(**config),
-        plugins_dir=str(plugins_dir()),
+        plugins_dir=str(PLUGINS_DIR),  # as plain `datasette --plugins-dir` loads it
     )
 
 
@@ -126,28 +110,29 @@ def configured(fake, server, monkeypatch):
 def test_helpers():
     from datetime import datetime, timezone
 
-    from datasette.utils import module_from_path
+    from pdsync import timestamps as ts
+    from pdsync.datasette_plugin import filters
 
-    ui = module_from_path(str(ROOT / "datasette_plugins" / "pdsync_ui.py"), "pdsync_ui_helpers")
     now = datetime(2025, 1, 15, 12, 0, 0, tzinfo=timezone.utc)
-    assert ui.parse_interval("30m") == 1800
-    assert ui.parse_interval("90s") == 90 and ui.parse_interval("1d") == 86400
-    assert ui.parse_interval(45) == 45
+    assert ts.parse_interval("30m") == 1800
+    assert ts.parse_interval("90s") == 90 and ts.parse_interval("1d") == 86400
+    assert ts.parse_interval(45) == 45
     for bad in ("", "soon", "0m", "-5m"):
         with pytest.raises(ValueError):
-            ui.parse_interval(bad)
-    assert ui.format_interval(1800) == "30m" and ui.format_interval(5400) == "1h 30m"
-    assert ui.ago("2025-01-15T09:00:00Z", now) == "3h ago"
-    assert ui.ago("2025-01-13T11:00:00Z", now) == "2d ago"
-    assert ui.ago("2025-01-15T11:59:30Z", now) == "30s ago"
-    assert ui.ago("2025-01-15T12:05:00Z", now) == "in 5m"
-    assert ui.ago(None, now) is None and ui.ago("not a time", now) is None
-    assert ui.days_since("2025-01-10T13:00:00Z", now) == 4  # 4 days 23 hours
-    assert ui.days_since("2025-01-15 12:00:00", now) == 0
-    assert ui.format_duration(229) == "229ms" and ui.format_duration(5300) == "5.3s"
-    assert ui.format_duration(95_000) == "1m 35s"
-    assert ui.format_errors('{"deals": "boom", "notes": "bang"}') == "deals: boom; notes: bang"
-    assert ui.scrub(f"401 for {SECRET}", SECRET) == "401 for [token]"
+            ts.parse_interval(bad)
+    assert ts.format_interval(1800) == "30m" and ts.format_interval(5400) == "1h 30m"
+    assert ts.ago("2025-01-15T09:00:00Z", now) == "3h ago"
+    assert ts.ago("2025-01-13T11:00:00Z", now) == "2d ago"
+    assert ts.ago("2025-01-15T11:59:30Z", now) == "30s ago"
+    assert ts.ago("2025-01-15T12:05:00Z", now) == "in 5m"
+    assert ts.ago(None, now) is None and ts.ago("not a time", now) is None
+    assert ts.days_since("2025-01-10T13:00:00Z", now) == 4  # 4 days 23 hours
+    assert ts.days_since("2025-01-15 12:00:00", now) == 0
+    assert filters.format_duration(229) == "229ms" and filters.format_duration(5300) == "5.3s"
+    assert filters.format_duration(95_000) == "1m 35s"
+    assert filters.format_errors({"deals": "boom", "notes": "bang"}) == "deals: boom; notes: bang"
+    assert filters.format_count(1234) == "1,234" and filters.format_count(None) == ""
+    assert jobs.scrub(f"401 for {SECRET}", SECRET) == "401 for [redacted]"
 
 
 # -- the status page ---------------------------------------------------------------------
@@ -182,6 +167,28 @@ def test_status_page_shows_every_entity_and_the_recent_runs(synced):
         assert db["name"] == "pipedrive" and not db["stale"] and db["can_sync"] is False
         assert {e["entity"] for e in db["entities"]} == set(rows)
         assert db["runs"][0]["id"] == 1 and db["runs"][0]["status"] == "success"
+        # The day's tokens (issue 18): the first sync's, against 30,000 per active user.
+        tokens = db["tokens"]
+        assert tokens["spent_today"] == run["tokens"] and tokens["spent_by_purpose"] == {
+            "sync": run["tokens"]
+        }
+        assert tokens["budget"] == 30_000 * tokens["active_users"]
+        assert f"Today ({tokens['day']} UTC): {run['tokens']:,} (sync {run['tokens']:,})" in page
+        assert "the least this account's daily budget can be" in page
+        # data, not text: the page formats it
+        for entity in db["entities"]:
+            row = rows[entity["entity"]]
+            assert entity["records_total"] == row["records_total"]
+            assert entity["duration_ms"] == row["last_sync_duration_ms"]
+            assert entity["last_sync_time"] == row["last_sync_time"]
+        assert db["stale_after_seconds"] == 1800 and db["runs"][0]["errors"] == {}
+
+        def keys(value):
+            if isinstance(value, dict):
+                return set(value) | {k for v in value.values() for k in keys(v)}
+            return {k for v in value for k in keys(v)} if isinstance(value, list) else set()
+
+        assert not {k for k in keys(data) if k.endswith(("_text", "_ago"))}
 
     run(check)
 
@@ -197,6 +204,15 @@ def test_warning_when_the_last_successful_sync_is_older_than_the_interval(synced
 
     async def check(config, expect_warning):
         ds = make_ds(synced, **config)
+        (status,) = (await ds.client.get("/-/pdsync.json")).json()["databases"]
+        deals = next(e for e in status["entities"] if e["entity"] == "deals")
+        assert deals["error_message"] == "<script>alert('x')</script> & 429"
+        assert status["stale"] is bool(expect_warning)
+        if expect_warning:
+            assert status["stale_entities"] == ["deals"]
+            assert status["oldest_success_time"] == "2020-01-01T00:00:00Z"
+            assert status["stale_after_seconds"] == parse_interval(expect_warning)
+        # the page says it, and escapes what a table holds
         page = (await ds.client.get("/-/pdsync")).text
         if expect_warning:
             assert "Data may be out of date" in page
@@ -219,7 +235,7 @@ def test_a_database_that_is_not_pdsyncs_is_not_listed(tmp_path, synced):
     sqlite_utils.Database(str(other))["deals"].insert({"id": 1})
 
     async def check():
-        ds = Datasette([str(synced), str(other)], plugins_dir=str(plugins_dir()))
+        ds = Datasette([str(synced), str(other)], plugins_dir=str(PLUGINS_DIR))
         data = (await ds.client.get("/-/pdsync.json")).json()
         assert [d["name"] for d in data["databases"]] == ["pipedrive"]
         response = await post_sync(ds, {"id": "root"}, database="other")
@@ -270,7 +286,7 @@ def test_anonymous_gets_403(synced):
         # No cookies at all: CSRF does not apply, the permission check does.
         response = await ds.client.post("/-/pdsync/sync", data={"database": "pipedrive"})
         assert response.status_code == 403
-        assert ui_module().latest_job(synced) is None
+        assert jobs.latest_job(synced) is None
 
     run(check)
 
@@ -282,8 +298,9 @@ def test_an_actor_without_the_permission_gets_403_unless_allowed(synced, configu
         assert response.status_code == expected
         if expected == 302:
             await wait_for_job(ds)
-        page = await ds.client.get("/-/pdsync", cookies={"ds_actor": cookie(ds, {"id": "alice"})})
-        assert ('value="Sync now"' in page.text) is (expected == 302)
+        alice = {"ds_actor": cookie(ds, {"id": "alice"})}
+        (status,) = (await ds.client.get("/-/pdsync.json", cookies=alice)).json()["databases"]
+        assert status["can_sync"] is (expected == 302)
 
     run(check, configured, 403)
     run(check, {**configured, "allow": {"id": ["alice", "carol"]}}, 302)
@@ -304,7 +321,7 @@ def test_a_post_without_the_csrf_token_is_rejected(synced, configured):
             cookies=cookies,
         )
         assert response.status_code == 403
-        assert ui_module().latest_job(synced) is None
+        assert jobs.latest_job(synced) is None
         assert sqlite_utils.Database(synced)["sync_runs"].count == 1
 
     run(check)
@@ -340,7 +357,7 @@ def test_read_only_routes_refuse_other_methods_as_datasette_does(synced, method)
         if method != "POST":
             response = await ds.client.request(method, "/-/pdsync/sync")
             assert response.status_code == 405
-        assert ui_module().latest_job(synced) is None
+        assert jobs.latest_job(synced) is None
 
     run(check)
 
@@ -375,17 +392,18 @@ def test_sync_now_updates_the_database_from_pipedrive(synced, fake, configured):
         assert job["status"] == "success", job
         assert job["trigger"] == "Sync now"  # who pressed it: only for those who may sync
         root = {"ds_actor": cookie(ds, {"id": "root"})}
-        assert "Sync now by root" in (await ds.client.get("/-/pdsync", cookies=root)).text
+        as_root = (await ds.client.get("/-/pdsync.json", cookies=root)).json()["databases"][0]
+        assert as_root["job"]["trigger"] == "Sync now by root"
         title = (await ds.client.get(f"/pipedrive/deals/{deal_id}.json?_shape=array")).json()[0][
             "title"
         ]
         assert title == "Renamed while Datasette was running"
-        page = (await ds.client.get("/-/pdsync")).text
-        assert "Last sync started here" in page and f"run #{job['run_id']}" in page
-        assert re.search(r"<td>deals</td><td class=\"pdsync-num\">[\d,]+</td>", page)
-        assert [
-            r["id"] for r in (await ds.client.get("/-/pdsync.json")).json()["databases"][0]["runs"]
-        ][:2] == [2, 1]
+        assert job["run_id"] == 2 and job["records"] >= 1 and job["finished_at"]
+        progress = {e["entity"]: e for e in job["entities"]}
+        assert progress["deals"]["done"] and progress["deals"]["records"] >= 1
+        assert [e["entity"] for e in job["entities"]][:2] == ["pipelines", "stages"]  # sync order
+        status = (await ds.client.get("/-/pdsync.json")).json()["databases"][0]
+        assert [r["id"] for r in status["runs"]][:2] == [2, 1]
 
     run(check)
     assert sqlite_utils.Database(synced)["deals"].get(deal_id)["title"] == (
@@ -400,8 +418,10 @@ def test_a_second_sync_is_refused_while_one_runs(synced, fake, configured):
         ds = make_ds(synced, **configured)
         first = await post_sync(ds, {"id": "root"})
         assert first.status_code == 302
+        (status,) = (await ds.client.get("/-/pdsync.json")).json()["databases"]
+        assert status["job"]["running"] and status["job"]["status"] == "running"
         page = (await ds.client.get("/-/pdsync")).text
-        assert "Sync running" in page and 'http-equiv="refresh"' in page
+        assert "Sync running" in page and 'http-equiv="refresh"' in page  # it follows the job
         second = await post_sync(ds, {"id": "root"})
         assert second.status_code == 409
         assert "already running" in second.text
@@ -502,7 +522,7 @@ def test_the_token_never_appears_on_a_page(tmp_path, monkeypatch):
             patch.setattr(pdsync, "sync", leaky)
             assert (await post_sync(ds, {"id": "root"})).status_code == 302
             job = await wait_for_job(ds)
-        assert job["status"] == "failed" and "[token]" in job["message"]
+        assert job["status"] == "failed" and "[redacted]" in job["message"]
 
         seen = []
         for page in pages:
@@ -511,7 +531,7 @@ def test_the_token_never_appears_on_a_page(tmp_path, monkeypatch):
                 assert response.status_code in (200, 302), page
                 assert SECRET not in response.text, page
                 seen.append(page)
-        assert "[token]" in (await ds.client.get("/-/pdsync")).text
+        assert "[redacted]" in (await ds.client.get("/-/pdsync")).text
         return seen
 
     try:
@@ -554,16 +574,15 @@ def test_periodic_sync_runs_from_the_server_lifespan(synced, configured):
             await asyncio.sleep(0.2)
         assert db["sync_runs"].count >= 3, "two periodic syncs, a second apart"
         status = (await ds.client.get("/-/pdsync.json")).json()["databases"][0]
-        assert status["periodic"] and status["sync_interval"] == "1s"
+        assert status["periodic"] and status["sync_interval_seconds"] == 1
+        assert 0 <= status["next_sync_in_seconds"] <= 1
         assert status["job"]["trigger"] == "every 1s"
-        page = (await ds.client.get("/-/pdsync")).text
-        assert "Datasette syncs this database every 1s" in page
         await messages.put({"type": "lifespan.shutdown"})
         await asyncio.wait_for(lifespan, 10)
         assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
-        assert ui_module().scheduler_for(ds) is None
+        assert jobs.scheduler_for(ds) is None
         await asyncio.sleep(0.3)
-        job = ui_module().latest_job(synced)
+        job = jobs.latest_job(synced)
         job.done.wait(30)
         count = db["sync_runs"].count
         await asyncio.sleep(2.5)
@@ -584,7 +603,7 @@ def test_no_periodic_sync_without_an_interval(synced, configured):
         task = asyncio.create_task(app({"type": "lifespan"}, messages.get, send))
         await messages.put({"type": "lifespan.startup"})
         await asyncio.sleep(1)
-        assert ui_module().scheduler_for(ds) is None
+        assert jobs.scheduler_for(ds) is None
         await messages.put({"type": "lifespan.shutdown"})
         await asyncio.wait_for(task, 10)
 

@@ -10,25 +10,9 @@ from __future__ import annotations
 
 import copy
 import time
-from functools import lru_cache
-from pathlib import Path
 
-import yaml
-from datasette import hookimpl
-
-from pdsync.schema import table_names
-
-# From a checkout: the repository's metadata.yml; from a wheel: pdsync/metadata.yml.
-METADATA = Path(__file__).resolve().parent.parent / "metadata.yml"
-PDSYNC_TABLES = {"sync_metadata", "deals", "pipelines", "stages"}
-
-
-@lru_cache(maxsize=1)
-def pipedrive_metadata() -> dict:
-    if not METADATA.exists():
-        return {}
-    return yaml.safe_load(METADATA.read_text()) or {}
-
+from pdsync.queries import metadata as pipedrive_metadata
+from pdsync.schema import is_pdsync_file
 
 _known: set[str] = set()  # pdsync databases stay pdsync databases
 _not_yet: dict[str, float] = {}  # path -> when it was last seen not to be one
@@ -45,7 +29,7 @@ def is_pdsync_database(path: str | None) -> bool:
     checked = _not_yet.get(path)
     if checked is not None and time.monotonic() - checked < RECHECK_SECONDS:
         return False
-    if PDSYNC_TABLES <= table_names(path):
+    if is_pdsync_file(path):
         _known.add(path)
         _not_yet.pop(path, None)
         return True
@@ -53,8 +37,9 @@ def is_pdsync_database(path: str | None) -> bool:
     return False
 
 
-@hookimpl
-def get_metadata(datasette, key, database, table):
+def metadata_for(datasette) -> dict:
+    """What the ``get_metadata`` hook returns: metadata.yml's ``pipedrive`` section for every
+    pdsync database, and its top level where local metadata has none."""
     metadata = pipedrive_metadata()
     section = (metadata.get("databases") or {}).get("pipedrive")
     if not section:
@@ -78,9 +63,8 @@ def get_metadata(datasette, key, database, table):
     return {**top, "databases": databases} if databases or top else {}
 
 
-@hookimpl
-def startup(datasette):
-    """metadata.yml's charts read the database ``pipedrive``. Served under another name
+def point_dashboards(datasette) -> None:
+    """On startup: metadata.yml's charts read the database ``pipedrive``. Served under another name
     (``pdsync serve acme.db``) and alone, the pdsync database gets them: otherwise the
     Dashboards menu would link to a page that answers 404."""
     local = datasette._metadata_local or {}

@@ -22,7 +22,6 @@ import base64
 import sqlite3
 
 import orjson
-from datasette import hookimpl
 from datasette.renderer import json_renderer
 from datasette.utils.asgi import Response
 
@@ -31,8 +30,7 @@ FAST_SHAPES = {"arrays", "objects", "array"}
 DATASETTE_ONLY = ("_nl", "_json", "_json_infinity")
 
 
-@hookimpl
-def prepare_connection(conn):
+def memory_map(conn: sqlite3.Connection) -> None:
     conn.execute(f"pragma mmap_size = {MMAP_SIZE}")
 
 
@@ -72,8 +70,3 @@ def render_json(args, data, view_name):
         headers={"link": f'<{next_url}>; rel="next"'} if next_url else {},
         content_type="application/json; charset=utf-8",
     )
-
-
-@hookimpl
-def register_output_renderer(datasette):
-    return {"extension": "json", "render": render_json}
