@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -141,7 +143,7 @@ def sync(
                 reporter.close()
         return result
 
-    try:
+    with _one_line_errors(db_path):
         if interval is None:
             result = once(full)
             _report(result, quiet=quiet and not verbose, tty=show_progress)
@@ -149,6 +151,13 @@ def sync(
                 sys.exit(1)
             return
         _every(once, full, interval)
+
+
+@contextlib.contextmanager
+def _one_line_errors(db_path: str) -> Iterator[None]:
+    """What can stop a sync, as one line and an exit status: never a traceback."""
+    try:
+        yield
     except KeyboardInterrupt:
         click.echo("pdsync: interrupted; committed pages are kept, the next run resumes", err=True)
         sys.exit(130)

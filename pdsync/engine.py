@@ -7,7 +7,6 @@ request therefore loses nothing: the next run resumes from the last committed pa
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import sqlite3
@@ -20,11 +19,12 @@ from typing import Any
 
 import sqlite_utils
 
-from . import plugins, timestamps
+from . import pacing, plugins, timestamps
 from .client import PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
 from .errors import AuthError, BudgetSpent, ConnectionFailed, PipedriveError
 from .fetch import Batch, fetch, stream_pages
+from .pacing import SchemaPacer
 from .plugins import selected_entities
 from .records import BadRecord, CustomFieldMap, assign_column_names, to_row
 from .results import EntityResult, ProgressCallback, ProgressEvent, SyncResult
@@ -41,12 +41,6 @@ LOOKBACK = timedelta(seconds=60)
 DELETED_DEALS_KEPT = timedelta(days=29)
 _REJECTIONS_KEPT = 5  # rejected records named in sync_metadata.warning_message
 _QUEUE_PAGES = 8  # pages in flight between fetchers and the writer: bounds memory
-# Index builds are schema changes. A reader (Datasette) whose statement is being prepared
-# across two schema changes a few milliseconds apart can fail to reconnect a full-text table
-# ("vtable constructor failed: persons_fts"); measured: 10 ms apart failed ~2 % of changes,
-# 20 ms and more never. So cheap builds share one commit, and commits are spaced.
-_SCHEMA_BATCH = 0.1  # a commit takes in further index builds for this many seconds
-_SCHEMA_GAP = 0.05  # seconds between schema-changing commits
 
 
 class Sync:
@@ -76,7 +70,7 @@ class Sync:
         self.transform_record = transform_record
         self.version = version
         self.every = every  # the schedule's interval, when this run belongs to one
-        self._schema_calm_at = 0.0  # monotonic time after which a schema change may commit
+        self.pacer = SchemaPacer(db)  # schema changes spaced for Datasette's readers
         self.store = Store(db)
         self.stop = threading.Event()
         self._fatal: str | None = None
@@ -100,10 +94,10 @@ class Sync:
     # -- the run --------------------------------------------------------------------------
 
     def run(self) -> SyncResult:
-        version = self._schema_version()
+        version = self.pacer.version()
         prepare(self.db, self.all_entities)  # one commit
-        if self._schema_version() != version:
-            self._schema_calm_at = time.monotonic() + _SCHEMA_GAP
+        if self.pacer.version() != version:
+            self.pacer.changed()
         # The lock is ours, so a run still marked running was killed: say so.
         self.store.close_interrupted_runs()
         self.store.redact_messages(self.client.redact.text)
@@ -380,7 +374,7 @@ class Sync:
     ) -> None:
         old = self._watermark.get((spec.name, stream.key))
         watermark = max(w for w in (old, mark) if w) if (old or mark) else None
-        with self._transaction():
+        with self.pacer.transaction():
             self.store.upsert(spec, rows)
             if self._full_pass[spec.name]:
                 self.store.mark_seen(spec, [row[spec.pk] for row in rows] + list(refused))
@@ -388,26 +382,6 @@ class Sync:
             counted = self._count_spend(spec)  # a kill loses no count of tokens spent
         self._watermark[(spec.name, stream.key)] = watermark
         self._spend_counted[spec.name] = counted
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """``db.atomic()``. If it changed the schema, it commits no sooner than _SCHEMA_GAP
-        after the last schema change (see there): an index build that took that long waits
-        for nothing."""
-        before = self._schema_version()
-        changed = False
-        with self.db.atomic():
-            yield
-            if self._schema_version() != before:
-                changed = True
-                delay = self._schema_calm_at - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-        if changed:
-            self._schema_calm_at = time.monotonic() + _SCHEMA_GAP
-
-    def _schema_version(self) -> int:
-        return self.db.execute("pragma schema_version").fetchone()[0]
 
     def _finish_entity(
         self, spec: EntitySpec, entity: EntityResult, rows: list[Row], refused: list[Any]
@@ -417,13 +391,13 @@ class Sync:
         try:
             steps = deque(index_steps(self.db, spec))
             while steps:
-                with self._transaction():  # one schema change for the builds a batch fits
+                with self.pacer.transaction():  # one schema change for the builds a batch fits
                     started = time.monotonic()
-                    while steps and time.monotonic() - started < _SCHEMA_BATCH:
+                    while steps and time.monotonic() - started < pacing.BATCH:
                         steps.popleft()()
                 yield
             if spec.name not in self._errors:
-                with self._transaction():
+                with self.pacer.transaction():
                     if not spec.incremental:
                         self._write_whole(spec, rows, entity, refused)
                     elif self._full_pass[spec.name]:
@@ -471,7 +445,7 @@ class Sync:
 
     def _prepare_incremental(self) -> None:
         """Read what fetcher threads need (they never touch the database connection)."""
-        with self._transaction():  # custom fields' new columns: one schema change
+        with self.pacer.transaction():  # custom fields' new columns: one schema change
             self._prepare_streams()
 
     def _prepare_streams(self) -> None:

@@ -232,7 +232,7 @@ def prepare(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     # and a cache that holds the upper B-tree levels made them a quarter faster.
     db.execute("pragma cache_size = -16000")
     # One commit, so one schema change for readers of a database served before its first
-    # sync (see engine._SCHEMA_GAP), and a new database appears whole or not at all.
+    # sync (see pacing.GAP), and a new database appears whole or not at all.
     with db.atomic():
         migrations.apply(db)
         ensure_entity_tables(db, entities)

@@ -87,7 +87,7 @@ def test_readers_get_no_errors_during_a_first_sync(phases):
     # search_deals included: its full-text tables exist (empty) from the start of the sync.
     # Index builds used to commit milliseconds apart, and a reader prepared across two such
     # schema changes failed to reconnect an FTS5 table ("vtable constructor failed"); the
-    # sync now spaces them (engine._SCHEMA_GAP, tests/test_schema.py).
+    # sync now spaces them (pacing.GAP, tests/test_schema.py).
     assert errors(phases["first"][0]) == []
 
 

@@ -9,7 +9,7 @@ import time
 import sqlite_utils
 from helpers import differences
 
-from pdsync import engine, totals
+from pdsync import pacing, totals
 from pdsync.schema import migrations
 
 
@@ -75,7 +75,7 @@ def test_shape_is_idempotent(run_sync, db_path):
 def test_a_first_sync_spaces_its_schema_changes(fake, run_sync, db_path):
     """Readers fail to reconnect a full-text table when their statement is prepared across
     schema changes milliseconds apart (docs/benchmarks.md, section 7): a first sync commits
-    its index builds in batches, at least engine._SCHEMA_GAP apart."""
+    its index builds in batches, at least pacing.GAP apart."""
     changes: list[tuple[float, int]] = []
     done = threading.Event()
 
@@ -108,9 +108,7 @@ def test_a_first_sync_spaces_its_schema_changes(fake, run_sync, db_path):
     assert len(changes) >= 3, changes  # the tables, then index builds
     # Half the gap: this thread sees a change up to a few milliseconds late (the GIL), and
     # unspaced changes were 1-3 ms apart.
-    assert min(g for g, _ in gaps) >= engine._SCHEMA_GAP / 2, [
-        (round(g * 1000), v) for g, v in gaps
-    ]
+    assert min(g for g, _ in gaps) >= pacing.GAP / 2, [(round(g * 1000), v) for g, v in gaps]
 
 
 def test_an_incremental_sync_makes_no_schema_change(fake, run_sync, db_path):
