@@ -476,10 +476,20 @@ class Sync:
         """Which parents each dependent stream asks about, read before its fetcher starts."""
         for spec in specs:
             for stream in spec.streams:
-                if stream.children is not None:
-                    self._parents[(spec.name, stream.key)] = self.store.parents_to_ask(
+                if stream.children is None:
+                    continue
+                parent = stream.children.parent
+                asked: list[tuple[Any, str | None]] = []
+                if parent in self._errors:
+                    # Its parents may be half-written: ask next run, when they are whole.
+                    self._errors.setdefault(
+                        spec.name, f"not fetched because {parent} failed: {self._errors[parent]}"
+                    )
+                else:
+                    asked = self.store.parents_to_ask(
                         spec, stream.children, self._full_pass[spec.name]
                     )
+                self._parents[(spec.name, stream.key)] = asked
 
     def _fail(self, spec: EntitySpec, exc: BaseException) -> None:
         message = self.client.redact.text(str(exc) or type(exc).__name__)
