@@ -60,6 +60,7 @@ def test_original_design_database_upgrades_in_place(fake, run_sync, db_path):
         "m006_deals_owner_index",
         "m007_deals_totals",
         "m008_warning_message",
+        "m009_parents_asked",
     ]
 
 
