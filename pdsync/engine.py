@@ -23,7 +23,7 @@ from . import pacing, plugins, timestamps
 from .client import PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
 from .errors import AuthError, BudgetSpent, ConnectionFailed, PipedriveError
-from .fetch import Batch, fetch, stream_pages
+from .fetch import Batch, ChildPage, child_pages, fetch, stream_pages
 from .pacing import SchemaPacer
 from .plugins import selected_entities
 from .records import BadRecord, CustomFieldMap, assign_column_names, to_row
@@ -64,6 +64,7 @@ class Sync:
         self.full = full
         self.all_entities = entities if entities is not None else plugins.entities()
         self.specs = selected_entities(only, self.all_entities)
+        self.only = set(only or ())
         self.progress = progress
         if transform_record is None and plugins.has_record_transforms():
             transform_record = _plugin_transform
@@ -85,6 +86,8 @@ class Sync:
         self._held: set[tuple[str, str]] = set()  # streams whose watermark a refusal holds
         self._unkeyed: set[str] = set()  # entities a record without a usable id was refused of
         self._spend_counted: dict[str, tuple[int, int]] = {}  # (requests, tokens) in sync_tokens
+        # Per (entity, stream) of a dependent entity: the parents to ask (entities.Children).
+        self._parents: dict[tuple[str, str], list[tuple[Any, str | None]]] = {}
         self._started_at = ""
         # A stream's requests rank by its page number (see RateLimiter: the deepest stream
         # leads); this fraction of a page breaks ties in declared order, deals first.
@@ -101,6 +104,7 @@ class Sync:
         # The lock is ours, so a run still marked running was killed: say so.
         self.store.close_interrupted_runs()
         self.store.redact_messages(self.client.redact.text)
+        self.specs = [spec for spec in self.specs if self._due(spec)]
         started = time.perf_counter()
         started_at = self._started_at = timestamps.now()
         mode = "full" if self.full else "incremental"
@@ -111,12 +115,16 @@ class Sync:
             self._tallies[spec.name] = Tally()
             self._begin_entity(spec)
         try:
-            whole = [s for s in self.specs if not s.incremental]
+            whole = [s for s in self.specs if not s.incremental and not s.dependent]
             incremental = [s for s in self.specs if s.incremental]
+            dependent = [s for s in self.specs if s.dependent]
             # Field definitions first: deals need them to name their custom-field columns.
             self._run_streams(whole, result)
             self._prepare_incremental()
             self._run_streams(incremental, result)
+            # Then what is asked per parent record, from the parents just written.
+            self._prepare_dependent(dependent)
+            self._run_streams(dependent, result)
         except KeyboardInterrupt:
             self.stop.set()
             self._fatal = self._fatal or "interrupted"
@@ -130,6 +138,16 @@ class Sync:
             raise
         self._close_run(result, started)
         return result
+
+    def _due(self, spec: EntitySpec) -> bool:
+        """Whether this run fetches ``spec``: reference data waits for its refresh interval
+        unless the run is full or names it."""
+        if spec.refresh is None or self.full or spec.name in self.only:
+            return True
+        meta = self.store.metadata(spec.name)
+        return meta.get("status") != "success" or _older_than(
+            meta.get("last_success_time"), spec.refresh
+        )
 
     def _begin_entity(self, spec: EntitySpec) -> None:
         meta = self.store.metadata(spec.name)
@@ -151,7 +169,7 @@ class Sync:
             or (has_rows and no_watermark)
             or (has_rows and stale_deals)
         )
-        self._full_pass[spec.name] = full_pass
+        self._full_pass[spec.name] = full_pass or (spec.dependent and self.full)
         with self.db.atomic():
             if full_pass and (self.full or bad_watermark or not meta.get("full_pending")):
                 # A new full pass refetches from the beginning; a pending one resumes.
@@ -279,7 +297,14 @@ class Sync:
             # hold the GIL that executemany gives up and takes back for every row (measured:
             # 80,000 rows/s alone, a few hundred beside a busy thread).
             rows, refused_at, refused = self._rows(spec, records, entity)
-            if not spec.incremental:
+            if isinstance(records, ChildPage):
+                with self.pacer.transaction():
+                    entity.flagged_gone += self.store.replace_children(
+                        spec, stream.children, records.parents, rows
+                    )
+                    counted = self._count_spend(spec)
+                self._spend_counted[spec.name] = counted
+            elif not spec.incremental:
                 batch.whole_rows[spec.name].extend(rows)
                 batch.whole_refused[spec.name].extend(refused)
             else:
@@ -324,6 +349,12 @@ class Sync:
 
     def _fetch(self, spec: EntitySpec, stream: Stream, pages: queue.Queue) -> None:
         """Fetcher thread of one stream (it never touches the database connection)."""
+        key = (spec.name, stream.key)
+        if stream.children:
+            tally, rank = self._tallies[spec.name], self._rank[key]
+            source = child_pages(self.client, stream, self._parents[key], tally, rank)
+            fetch(pages, self.stop, spec.name, stream, source)
+            return
         source = stream_pages(
             self.client,
             spec,
@@ -398,7 +429,9 @@ class Sync:
                 yield
             if spec.name not in self._errors:
                 with self.pacer.transaction():
-                    if not spec.incremental:
+                    if spec.dependent:
+                        pass  # written batch by batch (_take_page)
+                    elif not spec.incremental:
                         self._write_whole(spec, rows, entity, refused)
                     elif self._full_pass[spec.name]:
                         self._reconcile(spec, entity)
@@ -458,6 +491,25 @@ class Sync:
                 definitions = list(self.db[spec.fields_table].rows)
                 self._custom[spec.name] = CustomFieldMap.from_definitions(definitions)
                 self.store.ensure_columns(spec.name, self._custom[spec.name].columns())
+
+    def _prepare_dependent(self, specs: list[EntitySpec]) -> None:
+        """Which parents each dependent stream asks about, read before its fetcher starts."""
+        for spec in specs:
+            for stream in spec.streams:
+                if stream.children is None:
+                    continue
+                parent = stream.children.parent
+                asked: list[tuple[Any, str | None]] = []
+                if parent in self._errors:
+                    # Its parents may be half-written: ask next run, when they are whole.
+                    self._errors.setdefault(
+                        spec.name, f"not fetched because {parent} failed: {self._errors[parent]}"
+                    )
+                else:
+                    asked = self.store.parents_to_ask(
+                        spec, stream.children, self._full_pass[spec.name]
+                    )
+                self._parents[(spec.name, stream.key)] = asked
 
     def _fail(self, spec: EntitySpec, exc: BaseException) -> None:
         message = self.client.redact.text(str(exc) or type(exc).__name__)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 # A record as stored: column name -> value.
@@ -31,11 +32,30 @@ OPEN_DEAL = open_deal()
 
 
 @dataclass(frozen=True)
+class Children:
+    """A list asked per batch of parent records the database names, because the endpoint
+    takes no updated_since (deal line items: ``deal_ids``, at most 100 a request).
+
+    A run asks for the parents that have children (``has_children``, SQL over the parent's
+    columns) or had some, and whose ``update_time`` moved since their children were last
+    fetched (every such parent on a full pass). Each batch is written with the versions it
+    covers, and a stored child of an asked parent that the answer leaves out is deleted.
+    """
+
+    parent: str  # the parent entity, synced earlier in the run: "deals"
+    param: str  # the request parameter listing parent ids: "deal_ids"
+    column: str  # the child column holding the parent id: "deal_id"
+    has_children: str  # e.g. "products_count > 0"
+    per_request: int = 100
+
+
+@dataclass(frozen=True)
 class Stream:
     """One list endpoint that feeds an entity's table."""
 
     path: str  # e.g. "/api/v2/deals" or "/v1/notes"
     params: tuple[tuple[str, str], ...] = ()
+    children: Children | None = None
 
     @property
     def key(self) -> str:
@@ -72,6 +92,14 @@ class EntitySpec:
     # Last tweak of a stored row (after timestamps and JSON are handled).
     transform: Callable[[Row, dict], None] | None = None
     description: str = ""
+    # Reference data that rarely changes is fetched at most this often (None: every run);
+    # --full and naming the entity in --only fetch it anyway.
+    refresh: timedelta | None = None
+
+    @property
+    def dependent(self) -> bool:
+        """Fetched per parent record, after the parents (see ``Children``)."""
+        return any(stream.children for stream in self.streams)
 
 
 _TIMESTAMPS = ("add_time", "update_time")
@@ -147,7 +175,9 @@ def _users() -> EntitySpec:
     )
 
 
-def _field_definitions(name: str, path: str, what: str) -> EntitySpec:
+def _field_definitions(
+    name: str, path: str, what: str, refresh: timedelta | None = None
+) -> EntitySpec:
     return EntitySpec(
         name=name,
         streams=(Stream(path),),
@@ -165,6 +195,7 @@ def _field_definitions(name: str, path: str, what: str) -> EntitySpec:
             "is_deleted": int,
         },
         description=f"{what} field definitions; custom fields get readable {what.lower()} columns.",
+        refresh=refresh,
     )
 
 
@@ -176,14 +207,18 @@ def _deals_transform(row: Row, record: dict) -> None:
     row["is_deleted"] = int(bool(record.get("is_deleted")))
 
 
+_DEAL_PARAMS = (("status", "open,won,lost,deleted"), ("include_fields", "products_count"))
+
+
 def _deals() -> EntitySpec:
     return EntitySpec(
         name="deals",
         streams=(
             # No status filter means open, won and lost; deleted (kept 30 days) needs asking.
-            Stream("/api/v2/deals", (("status", "open,won,lost,deleted"),)),
+            # products_count says which deals have line items worth asking for.
+            Stream("/api/v2/deals", _DEAL_PARAMS),
             # Archived deals are only listed here (since 2025-07-15), deleted ones on request.
-            Stream("/api/v2/deals/archived", (("status", "open,won,lost,deleted"),)),
+            Stream("/api/v2/deals/archived", _DEAL_PARAMS),
         ),
         incremental=True,
         columns={
@@ -222,6 +257,7 @@ def _deals() -> EntitySpec:
             "local_won_date": str,
             "local_lost_date": str,
             "local_close_date": str,
+            "products_count": int,
             "custom_fields": str,
         },
         foreign_keys=(
@@ -420,6 +456,147 @@ def _notes() -> EntitySpec:
     )
 
 
+def _products() -> EntitySpec:
+    return EntitySpec(
+        name="products",
+        streams=(Stream("/api/v2/products"),),
+        incremental=True,
+        columns={
+            "id": int,
+            "name": str,
+            "code": str,
+            "description": str,
+            "unit": str,
+            "tax": float,
+            "category": str,
+            "is_linkable": int,
+            "is_deleted": int,
+            "visible_to": int,
+            "owner_id": int,
+            "add_time": str,
+            "update_time": str,
+            "billing_frequency": str,
+            "billing_frequency_cycles": int,
+            "prices": str,  # [{currency, price, cost, ...}], one per currency
+            "custom_fields": str,
+        },
+        foreign_keys=(("owner_id", "users", "id"),),
+        indexes=(("update_time",),),
+        fields_table="product_fields",
+        description="The product catalogue, with a price per currency (prices).",
+    )
+
+
+def _deal_products() -> EntitySpec:
+    return EntitySpec(
+        name="deal_products",
+        # No updated_since: asked only for deals with products whose update_time moved
+        # (adding a product bumps it: an assumption, see README).
+        streams=(
+            Stream(
+                "/api/v2/deals/products",
+                (("sort_by", "id"),),
+                children=Children("deals", "deal_ids", "deal_id", "products_count > 0"),
+            ),
+        ),
+        incremental=False,
+        columns={
+            "id": int,
+            "deal_id": int,
+            "product_id": int,
+            "name": str,
+            "order_nr": int,
+            "quantity": float,
+            "item_price": float,
+            "discount": float,
+            "discount_type": str,  # percentage or amount
+            "tax": float,
+            "tax_method": str,  # exclusive, inclusive or none
+            "sum": float,
+            "currency": str,
+            "comments": str,
+            "is_enabled": int,
+            "product_variation_id": int,
+            "billing_frequency": str,
+            "billing_frequency_cycles": int,
+            "billing_start_date": str,
+            "add_time": str,
+            "update_time": str,
+        },
+        foreign_keys=(("deal_id", "deals", "id"), ("product_id", "products", "id")),
+        indexes=(("deal_id", "order_nr", "id"), ("product_id",)),
+        description="Deal line items: the products on each deal, in order_nr order.",
+    )
+
+
+# Reference lists change a few times a year: once an hour is fresh enough, and it saves a
+# request (20 tokens for most) on every other run.
+HOURLY = timedelta(hours=1)
+
+
+def _reference(
+    name: str, path: str, columns: dict[str, type], pk: str = "id", description: str = ""
+) -> EntitySpec:
+    return EntitySpec(
+        name=name,
+        streams=(Stream(path),),
+        incremental=False,
+        columns={**columns, "is_deleted": int},
+        pk=pk,
+        refresh=HOURLY,
+        description=description,
+    )
+
+
+def _reference_lists() -> list[EntitySpec]:
+    return [
+        _reference(
+            "currencies",
+            "/v1/currencies",
+            {
+                "id": int,
+                "code": str,
+                "name": str,
+                "decimal_points": int,
+                "symbol": str,
+                "active_flag": int,
+                "is_custom_flag": int,
+            },
+            description="Currencies the account can use (code is what deals say).",
+        ),
+        _reference(
+            "activity_types",
+            "/v1/activityTypes",
+            {
+                "id": int,
+                "name": str,
+                "key_string": str,  # what activities.type says
+                "icon_key": str,
+                "order_nr": int,
+                "active_flag": int,
+                "is_custom_flag": int,
+                "color": str,
+                "add_time": str,
+                "update_time": str,
+            },
+            description="Activity types; activities.type is their key_string.",
+        ),
+        _reference(
+            "lead_labels",
+            "/v1/leadLabels",
+            {"id": str, "name": str, "color": str, "add_time": str, "update_time": str},
+            description="Lead labels (ids are UUIDs).",
+        ),
+        _reference(
+            "lead_sources",
+            "/v1/leadSources",
+            {"name": str},
+            pk="name",
+            description="Where leads come from.",
+        ),
+    ]
+
+
 def builtin_entities() -> list[EntitySpec]:
     """pdsync's own specs, in the order their tables are created (referenced tables first)."""
     return [
@@ -434,6 +611,11 @@ def builtin_entities() -> list[EntitySpec]:
         _deals(),
         _activities(),
         _notes(),
+        _field_definitions("product_fields", "/api/v2/productFields", "Product"),
+        _products(),
+        _deal_products(),
+        _field_definitions("activity_fields", "/api/v2/activityFields", "Activity", HOURLY),
+        *_reference_lists(),
     ]
 
 

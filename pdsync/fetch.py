@@ -43,6 +43,35 @@ def stream_pages(
     yield from client.iter_v2(stream.path, params, tally, rank)
 
 
+class ChildPage(list):
+    """The children of one batch of parents (all pages of its answer), with the parents'
+    (id, update_time) it covers: the writer replaces what they had with it."""
+
+    def __init__(self, records: list, parents: list[tuple[Any, str | None]]) -> None:
+        super().__init__(records)
+        self.parents = parents
+
+
+def child_pages(
+    client: PipedriveClient,
+    stream: Stream,
+    parents: list[tuple[Any, str | None]],
+    tally: Tally,
+    rank: float,
+) -> Iterator[ChildPage]:
+    """One ChildPage per batch of at most ``per_request`` parents (see entities.Children)."""
+    children = stream.children
+    assert children is not None
+    size = children.per_request
+    for start in range(0, len(parents), size):
+        batch = parents[start : start + size]
+        params = {**dict(stream.params), children.param: ",".join(str(p) for p, _ in batch)}
+        records: list = []
+        for page in client.iter_v2(stream.path, params, tally, rank):
+            records.extend(page)
+        yield ChildPage(records, batch)
+
+
 def fetch(
     pages: queue.Queue, stop: threading.Event, entity: str, stream: Stream, source: Iterator
 ) -> None:

@@ -161,6 +161,17 @@ def m009_daily_tokens(db: sqlite_utils.Database) -> None:
         db["sync_runs"].add_column("every_s", float)
 
 
+@migrations()
+def m010_parents_asked(db: sqlite_utils.Database) -> None:
+    # Per parent record (a deal), the update_time at which its children (line items) were
+    # last fetched: a run asks again only for parents whose update_time moved.
+    db.execute(
+        "create table if not exists _pdsync_parents ("
+        "entity_type text not null, parent_id integer not null, version text,"
+        " primary key (entity_type, parent_id)) without rowid"
+    )
+
+
 def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     """Create what the specs declare and is missing. Safe to run on every sync."""
     for spec in entities:

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlite_utils
 
-from .entities import EntitySpec, Row
+from .entities import Children, EntitySpec, Row
 from .schema import add_columns
 from .timestamps import FUTURE_TOLERANCE
 from .timestamps import now as utc_now
@@ -82,12 +82,7 @@ class Store:
             keep = "select id from _pdsync_seen where entity_type = ?"
             keep_params: list[Any] = [spec.name]
         else:
-            self.db.execute("create temp table if not exists _pdsync_keep (id primary key)")
-            self.db.execute("delete from temp._pdsync_keep")
-            self.db.conn.executemany(
-                "insert or ignore into temp._pdsync_keep values (?)", [(i,) for i in keep_ids]
-            )
-            keep = "select id from temp._pdsync_keep"
+            keep = self._keep(keep_ids)
             keep_params = []
         cursor = self.db.execute(
             f"update [{spec.name}] set {assignments} "
@@ -95,6 +90,15 @@ class Store:
             [*values, *keep_params, *values],
         )
         return cursor.rowcount
+
+    def _keep(self, ids: list[Any]) -> str:
+        """SQL selecting ``ids``, held in a temporary table (a list can be long)."""
+        self.db.execute("create temp table if not exists _pdsync_keep (id primary key)")
+        self.db.execute("delete from temp._pdsync_keep")
+        self.db.conn.executemany(
+            "insert or ignore into temp._pdsync_keep values (?)", [(i,) for i in ids]
+        )
+        return "select id from temp._pdsync_keep"
 
     def mark_seen(self, spec: EntitySpec, ids: list[Any]) -> None:
         self.db.conn.executemany(
@@ -112,6 +116,48 @@ class Store:
 
     def count(self, spec: EntitySpec) -> int:
         return self.db.execute(f"select count(*) from [{spec.name}]").fetchone()[0]
+
+    # -- children asked per parent (see entities.Children) ---------------------------------
+
+    def parents_to_ask(
+        self, spec: EntitySpec, children: Children, full: bool
+    ) -> list[tuple[Any, str | None]]:
+        """(parent id, update_time) of the parents whose children must be fetched: those
+        that have or had children, and (unless ``full``) changed since last asked."""
+        moved = "" if full else " and a.version is not p.update_time"
+        return self.db.execute(
+            f"select p.id, p.update_time from [{children.parent}] p"
+            " left join _pdsync_parents a on a.entity_type = ? and a.parent_id = p.id"
+            f" where (p.{children.has_children}"
+            f" or p.id in (select [{children.column}] from [{spec.name}])){moved}"
+            " order by p.id",
+            [spec.name],
+        ).fetchall()
+
+    def replace_children(
+        self,
+        spec: EntitySpec,
+        children: Children,
+        parents: list[tuple[Any, str | None]],
+        rows: list[Row],
+    ) -> int:
+        """Write what the parents have now: upsert ``rows``, delete their other children,
+        remember the versions asked. Returns how many children were deleted."""
+        self.upsert(spec, rows)
+        keep = self._keep([r[spec.pk] for r in rows])
+        ids = [parent for parent, _ in parents]
+        marks = ",".join("?" for _ in ids)
+        deleted = self.db.execute(
+            f"delete from [{spec.name}] where [{children.column}] in ({marks})"
+            f" and [{spec.pk}] not in ({keep})",
+            ids,
+        ).rowcount
+        self.db.conn.executemany(
+            "insert into _pdsync_parents (entity_type, parent_id, version) values (?, ?, ?)"
+            " on conflict (entity_type, parent_id) do update set version = excluded.version",
+            [(spec.name, parent, version) for parent, version in parents],
+        )
+        return deleted
 
     # -- watermarks -----------------------------------------------------------------------
 

@@ -39,6 +39,25 @@ COMPARED = {
     ],
     "activities": ["subject", "deal_id", "done", "update_time"],
     "notes": ["content", "deal_id", "update_time"],
+    "products": ["name", "code", "tax", "category", "owner_id", "update_time"],
+    "deal_products": [
+        "deal_id",
+        "product_id",
+        "name",
+        "order_nr",
+        "quantity",
+        "item_price",
+        "discount",
+        "discount_type",
+        "tax",
+        "sum",
+        "currency",
+        "add_time",
+        "update_time",
+    ],
+    "currencies": ["code", "name"],
+    "activity_types": ["name", "key_string", "update_time"],
+    "lead_labels": ["name", "color"],
 }
 # Retries back off for real in production; in tests they should not take seconds.
 FAST_CLIENT = {"backoff": 0.01, "max_backoff": 0.05, "timeout": 2.0}
@@ -60,7 +79,10 @@ def expected(entity, record, column):
         return int(value)
     if column.endswith("_time"):
         return utc(value)
-    if column == "value" and value is not None:
+    if (
+        column in ("value", "quantity", "item_price", "discount", "sum", "tax")
+        and value is not None
+    ):
         return float(value)
     return value
 
@@ -87,11 +109,16 @@ def differences(db: sqlite_utils.Database, fake, entities=None):
                 if not ok:
                     problems.append(f"{entity} {id_}.{column}: want {want!r}, got {got!r}")
             if (
-                entity not in ("pipelines", "stages", "users")
+                entity not in ("pipelines", "stages", "users", "deal_products")
                 and row.get("is_deleted")
                 and not (record.get("is_deleted"))
             ):
                 problems.append(f"{entity} {id_}: flagged deleted but exists upstream")
+    if not entities or "deal_products" in entities:
+        # A line item removed upstream must not linger (it is deleted, not flagged).
+        upstream = {r["id"] for r in fake.records("deal_products")}
+        extra = [r["id"] for r in db.query("select id from deal_products")]
+        problems += [f"deal_products {i}: removed upstream" for i in extra if i not in upstream]
     return problems
 
 

@@ -50,6 +50,8 @@ CONTRACT = {
     "search_deals": ["q", "pipeline", "owner", "limit", "after"],
     "deal_notes": ["deal_id"],
     "sync_status": [],
+    "deal_products": ["deal_id", "limit", "after"],
+    "product_sales": ["product", "pipeline", "months"],
 }
 DEAL_LISTS = [
     "overdue_deals",
@@ -93,6 +95,8 @@ class World:
         self.orgs = {o["id"]: o["name"] for o in fake.records("organizations")}
         self.persons = {p["id"]: p["name"] for p in fake.records("persons")}
         self.notes = fake.records("notes")
+        self.line_items = fake.records("deal_products")
+        self.products = {p["id"]: p for p in fake.records("products")}
         self.metadata = yaml.safe_load(METADATA_PATH.read_text())
         self.ds = Datasette([str(path)], metadata=self.metadata)
         self.loop = asyncio.new_event_loop()
@@ -920,6 +924,109 @@ def test_deal_notes_match_the_fake(world):
     assert [(r["id"], r["content"], r["author"]) for r in rows] == [
         (n["id"], n["content"], world.users[n["user_id"]]) for n in notes
     ]
+
+
+def test_deal_products_in_order_and_paged_by_after(world):
+    by_deal: dict[int, list] = {}
+    for item in world.line_items:
+        by_deal.setdefault(item["deal_id"], []).append(item)
+    deal_id, items = max(by_deal.items(), key=lambda entry: len(entry[1]))
+    items.sort(key=lambda i: (i.get("order_nr") or 0, i["id"]))
+    rows = world.rows("deal_products", deal_id=str(deal_id))
+    assert [(r["id"], r["name"], r["quantity"], r["sum"], r["currency"]) for r in rows] == [
+        (i["id"], i["name"], i["quantity"], i["sum"], i["currency"]) for i in items
+    ]
+    first = world.rows("deal_products", deal_id=str(deal_id), limit="1")
+    last = first[-1]
+    rest = world.rows(
+        "deal_products", deal_id=str(deal_id), after=f"{last['order_nr']},{last['id']}"
+    )
+    assert first + rest == rows
+    assert world.rows("deal_products", deal_id=str(deal_id), after="x") == []
+
+
+@pytest.mark.parametrize("deal_id", ["", "abc", "-1", "999999"])
+def test_deal_products_without_a_deal_id_give_no_rows(world, deal_id):
+    assert world.rows("deal_products", deal_id=deal_id) == []
+
+
+def _product_sales(world, now, product="", pipeline="", months=12):
+    start = date(now.year, now.month, 1)
+    for _ in range(months - 1):
+        start = (start - timedelta(days=1)).replace(day=1)
+    deals = {d["id"]: d for d in world.deals}
+    pipelines = world.pipeline_ids(pipeline)
+    groups: dict[tuple, dict] = {}
+    for item in world.line_items:
+        deal = deals.get(item["deal_id"])
+        if not deal or deal["status"] != "won" or deal["is_archived"] or deal.get("is_deleted"):
+            continue
+        if utc(deal["won_time"]) < start.isoformat() + "T00:00:00Z":
+            continue
+        if pipelines is not None and deal["pipeline_id"] not in pipelines:
+            continue
+        name = world.products[item["product_id"]]["name"]
+        if product and product not in (str(item["product_id"]), name):
+            continue
+        key = (item["product_id"], name, deal["won_time"][:7], item["currency"])
+        group = groups.setdefault(key, {"deals": set(), "quantity": 0, "revenue": 0.0})
+        group["deals"].add(deal["id"])
+        group["quantity"] += item["quantity"]
+        group["revenue"] += item["sum"]
+    rows = [
+        {
+            "product_id": pid,
+            "product": name,
+            "month": month,
+            "currency": currency,
+            "won_deals": len(g["deals"]),
+            "quantity": g["quantity"],
+            "revenue": round(g["revenue"], 2),
+        }
+        for (pid, name, month, currency), g in groups.items()
+    ]
+    return sorted(
+        rows,
+        key=lambda r: (
+            -int(r["month"].replace("-", "")),
+            r["product"],
+            r["product_id"],
+            r["currency"],
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "params, kwargs",
+    [
+        ({}, {}),
+        ({"months": "36"}, {"months": 36}),
+        ({"months": "x"}, {}),
+        ({"pipeline": "3", "months": "36"}, {"pipeline": "3", "months": 36}),
+        ({"product": "2", "months": "36"}, {"product": "2", "months": 36}),
+        ({"pipeline": "no such pipeline"}, {"pipeline": "no such pipeline"}),
+    ],
+)
+def test_product_sales(world, params, kwargs):
+    check(world, "product_sales", lambda now: _product_sales(world, now, **kwargs), params)
+    if kwargs.get("months") == 36 and not kwargs.get("pipeline"):
+        assert world.rows("product_sales", **params)  # the demo has sales to show
+
+
+def test_near_invoicing_shows_the_line_items_behind_the_value(world):
+    rows = world.rows("near_invoicing", stages="")
+    items: dict[int, list] = {}
+    for item in world.line_items:
+        items.setdefault(item["deal_id"], []).append(item)
+    assert any(r["line_items"] for r in rows)
+    for row in rows:
+        mine = items.get(row["id"], [])
+        assert row["line_items"] == len(mine)
+        totals: dict[str, float] = {}
+        for item in mine:
+            totals[item["currency"]] = totals.get(item["currency"], 0) + item["sum"]
+        want = "; ".join(f"{c} {round(t, 2)}" for c, t in sorted(totals.items())) or None
+        assert row["line_items_sum"] == want
 
 
 @pytest.mark.parametrize("deal_id", ["", "abc", "-1", "1.5", "999999"])

@@ -30,6 +30,10 @@ OPERATIONS = [
     "add_note",
     "edit_note",
     "rename_stage",
+    "add_line_item",
+    "update_line_item",
+    "remove_line_item",
+    "update_product",
     "sync",
 ]
 
@@ -67,6 +71,21 @@ def apply(fake, op, data):
         fake.edit_note(pick(st.sampled_from(fake.records("notes")))["id"], pick(TEXT))
     elif op == "rename_stage":
         fake.rename_stage(pick(st.sampled_from(stages))["id"], pick(TEXT))
+    elif op == "add_line_item" and live:
+        product = pick(st.sampled_from(fake.records("products")))
+        quantity = pick(st.integers(1, 50))
+        fake.add_line_item(pick(st.sampled_from(live))["id"], product["id"], quantity=quantity)
+    elif op in ("update_line_item", "remove_line_item"):
+        items = fake.records("deal_products")
+        if items:
+            item = pick(st.sampled_from(items))
+            if op == "remove_line_item":
+                fake.remove_line_item(item["id"])
+            else:
+                fake.update_line_item(item["id"], quantity=pick(st.integers(1, 50)), discount=5)
+    elif op == "update_product":
+        product = pick(st.sampled_from(fake.records("products")))
+        fake.update_product(product["id"], name=pick(TEXT))
 
 
 @settings(

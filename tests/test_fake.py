@@ -261,6 +261,10 @@ V2_LISTS = [
         {"include_fields": "ui_visibility,important_fields,required_fields"},
     ),
     ("/api/v2/personFields", "/personFields", {"include_fields": "ui_visibility"}),
+    ("/api/v2/products", "/products", {"sort_by": "update_time"}),
+    ("/api/v2/productFields", "/productFields", {"include_fields": "ui_visibility"}),
+    ("/api/v2/activityFields", "/activityFields", {}),
+    ("/api/v2/deals/products", "/deals/products", {"deal_ids": ",".join(map(str, range(1, 101)))}),
     (
         "/api/v2/organizationFields",
         "/organizationFields",
@@ -290,6 +294,63 @@ def test_v1_endpoints_match_the_spec(client, specs):
     me = client.get("/v1/users/me").json()
     Checker(specs["v1"], "/users/me").check(me)
     assert me["data"]["company_domain"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/currencies", "/v1/activityTypes", "/v1/leadLabels", "/v1/leadSources"]
+)
+def test_v1_reference_lists_match_the_spec(client, specs, path):
+    body = client.get(path).json()
+    Checker(specs["v1"], path[3:]).check(body)
+    assert body["data"] and "additional_data" not in body  # not paginated
+
+
+def test_deals_report_products_count_when_asked(client, fake, specs):
+    body = client.get(
+        "/api/v2/deals", params={"limit": 500, "include_fields": "products_count"}
+    ).json()
+    Checker(specs["v2"], "/deals").validator.validate(body)
+    items: dict[int, int] = {}
+    for item in fake.records("deal_products"):
+        items[item["deal_id"]] = items.get(item["deal_id"], 0) + 1
+    assert {d["id"]: d["products_count"] for d in body["data"]} == {
+        d["id"]: items.get(d["id"], 0) for d in body["data"]
+    }
+    assert any(body_deal["products_count"] for body_deal in body["data"])
+    plain = client.get("/api/v2/deals", params={"limit": 5}).json()["data"]
+    assert all("products_count" not in d for d in plain)
+
+
+def test_deal_products_need_deal_ids_at_most_100(client):
+    assert client.get("/api/v2/deals/products").status_code == 400
+    too_many = ",".join(map(str, range(1, 102)))
+    assert client.get("/api/v2/deals/products", params={"deal_ids": too_many}).status_code == 400
+
+
+def test_line_item_and_product_mutations(live, specs):
+    fake, client = live.fake, live.client
+    deal = next(d for d in fake.records("deals") if not d["is_deleted"])
+    product = fake.records("products")[0]
+    item = fake.add_line_item(deal["id"], product["id"], quantity=4, discount=10)
+    bumped = next(d for d in fake.records("deals") if d["id"] == deal["id"])
+    assert bumped["update_time"] > deal["update_time"]  # the assumption pdsync relies on
+    listed = walk(client, "/api/v2/deals/products", deal_ids=str(deal["id"]))[0]
+    assert item["id"] in ids(listed)
+    assert item["sum"] == round(4 * item["item_price"] * 0.9 * (1 + item["tax"] / 100), 2)
+    changed = fake.update_line_item(item["id"], quantity=1)
+    assert changed["sum"] < item["sum"]
+    fake.remove_line_item(item["id"])
+    listed, pages = walk(client, "/api/v2/deals/products", deal_ids=str(deal["id"]))
+    assert item["id"] not in ids(listed)
+    for page in pages:
+        Checker(specs["v2"], "/deals/products").check(page)
+    fake.update_product(product["id"], name="Renamed valve")
+    fake.delete_product(fake.add_product("Gone soon", 10)["id"])
+    products, pages = walk(client, "/api/v2/products")
+    assert "Renamed valve" in [p["name"] for p in products]
+    assert "Gone soon" not in [p["name"] for p in products]
+    for page in pages:
+        Checker(specs["v2"], "/products").check(page)
 
 
 def test_the_validator_is_not_vacuous(client, specs):

@@ -8,6 +8,7 @@ from helpers import differences
 
 from pdsync.client import PipedriveClient
 from pdsync.engine import Sync
+from pdsync.entities import builtin_entities
 from pdsync.fake import FakePipedrive, FakeServer
 from pdsync.fake.entities import BY_PATH
 from pdsync.fake.front import FAULTS
@@ -15,6 +16,13 @@ from pdsync.fake.front import FAULTS
 FAST = {"backoff": 0.01, "max_backoff": 0.05, "timeout": 1.0}
 # Every declared list endpoint, and the entity pdsync syncs from it.
 ENDPOINTS = {path: declared.name for path, (declared, _) in BY_PATH.items()}
+# Entities asked per parent record (pdsync.entities.Children), and their parents.
+PARENTS = {
+    spec.name: stream.children.parent
+    for spec in builtin_entities()
+    for stream in spec.streams
+    if stream.children
+}
 # With 1,600 deals these list more than one page of 500 (test_multi_page_is_right checks it).
 MULTI_PAGE = {"/api/v2/persons", "/api/v2/deals", "/api/v2/activities", "/v1/notes"}
 CASES = [
@@ -50,6 +58,10 @@ def test_fault(upstream, tmp_path, path, kind, page):
     transient = FAULTS[kind].transient
     fake.inject(path, kind, times=2 if transient else 1, after=0 if page == "first" else 1)
     db = sqlite_utils.Database(str(tmp_path / "p.db"))
+    parent = PARENTS.get(entity)
+    if parent:  # asked per parent record: the parents come first, without faults
+        with PipedriveClient(fake.token, server.url, **FAST) as client:
+            assert Sync(db, client, only=[parent]).run().ok
     with PipedriveClient(fake.token, server.url, **FAST) as client:
         result = Sync(db, client, only=[entity]).run()
     outcome = result.entities[entity]

@@ -61,6 +61,7 @@ def test_original_design_database_upgrades_in_place(fake, run_sync, db_path):
         "m007_deals_totals",
         "m008_warning_message",
         "m009_daily_tokens",
+        "m010_parents_asked",
     ]
 
 

@@ -63,14 +63,15 @@ def test_schema_declares_foreign_keys_indexes_and_wal(run_sync, db_path):
     assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
 
 
-def test_no_changes_costs_twelve_requests(fake, run_sync):
+def test_no_changes_costs_fourteen_requests(fake, run_sync):
     run_sync()
     fake.reset_log()
     result = run_sync()
     assert result.ok
-    # 6 whole fetches (pipelines, stages, users, 3 field lists) + 6 incremental streams.
-    assert result.requests == 12
-    assert len(fake.requests) == 12
+    # 7 whole fetches (pipelines, stages, users, 4 field lists) + 7 incremental streams;
+    # the reference lists wait an hour, and no deal changed, so no line items are asked.
+    assert result.requests == 14 and result.tokens == 160
+    assert len(fake.requests) == 14
 
 
 def test_incremental_sync_lands_every_kind_of_change(fake, run_sync, db_path):

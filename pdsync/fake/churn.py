@@ -31,6 +31,10 @@ _OPS = [
     ("edit_note", 3),
     ("delete_note", 1),
     ("rename_stage", 1),
+    ("add_line_item", 4),
+    ("update_line_item", 2),
+    ("remove_line_item", 1),
+    ("update_product", 1),
 ]
 # Which entity a method changes, by the singular in its name (first match wins).
 _ENTITY_OF = {op: next(e.name for e in BY_NAME.values() if e.singular in op) for op, _ in _OPS}
@@ -48,6 +52,16 @@ class Churn(Mutations):
         for _ in range(30):
             id_ = rng.randint(1, top)
             if self.store.scalar(sql, [id_]):
+                return id_
+        return None
+
+    def _live_deal(self, rng: random.Random) -> int | None:
+        """A deal that is not deleted (line items go on those)."""
+        for _ in range(30):
+            id_ = self._random_id("deals", rng)
+            if id_ is not None and not self.store.scalar(
+                "SELECT deleted_at FROM deals WHERE id = ?", [id_]
+            ):
                 return id_
         return None
 
@@ -98,6 +112,11 @@ class Churn(Mutations):
                 id_, f"<p>Updated: <b>{rng.randint(1, 999)}</b> units</p>"
             ),
             "delete_note": lambda id_, rng: self.delete_note(id_),
+            "update_line_item": lambda id_, rng: self.update_line_item(
+                id_, quantity=rng.randint(1, 40), discount=rng.choice((0, 5, 10))
+            ),
+            "remove_line_item": lambda id_, rng: self.remove_line_item(id_),
+            "update_product": lambda id_, rng: self.update_product(id_, tax=rng.choice((0, 5, 15))),
         }
 
     def _random_deal_update(self, id_: int, rng: random.Random) -> None:
@@ -139,5 +158,11 @@ class Churn(Mutations):
         if op == "add_activity":
             deal_id = self._random_id("deals", rng)
             return self.add_activity(rng.choice(company.ACTIVITY_SUBJECTS), deal_id=deal_id)
+        if op == "add_line_item":
+            deal_id = self._live_deal(rng)
+            product_id = self._random_id("products", rng)
+            if deal_id is None or product_id is None:
+                return self.add_deal(title="New deal")  # an empty company: still a change
+            return self.add_line_item(deal_id, product_id, quantity=rng.randint(1, 20))
         deal_id = self._random_id("deals", rng)
         return self.add_note(f"<p>Follow-up {rng.randint(1, 999)}</p>", deal_id=deal_id)

@@ -176,6 +176,55 @@ LOST_REASONS = [
 CURRENCIES = ["SAR", "USD", "EUR", "AED"]
 CURRENCY_WEIGHTS = [72, 14, 8, 6]
 ACTIVITY_TYPES = ["call", "meeting", "task", "deadline", "email", "lunch"]
+# The product catalogue of a Gulf MEP contractor: (category, name, unit, SAR list price).
+PRODUCT_LINES = [
+    ("Valves", "Gate valve DN{n}", "pcs", 850),
+    ("Valves", "Butterfly valve DN{n}", "pcs", 1_250),
+    ("Pumps", "Centrifugal pump {n} kW", "pcs", 14_500),
+    ("Pumps", "Booster set {n} m³/h", "set", 38_000),
+    ("Piping", "HDPE pipe PN{n}", "m", 95),
+    ("Piping", "Steel pipe SCH{n}", "m", 240),
+    ("Instrumentation", "Pressure transmitter {n} bar", "pcs", 3_900),
+    ("Electrical", "MCC panel {n} A", "pcs", 62_000),
+    ("HVAC", "Chiller {n} TR", "pcs", 410_000),
+    ("Services", "Commissioning, {n} days", "day", 4_200),
+    ("Services", "Annual maintenance, {n} sites", "year", 96_000),
+]
+PRODUCT_SIZES = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 40, 50, 80, 100)
+# SAR to the other currencies deals are in (line items take their deal's currency).
+FROM_SAR = {"SAR": 1.0, "USD": 0.2667, "EUR": 0.2451, "AED": 0.9793}
+CURRENCY_LIST = [
+    # (code, name, decimal points, symbol)
+    ("SAR", "Saudi Riyal", 2, "﷼"),
+    ("USD", "US Dollar", 2, "$"),
+    ("EUR", "Euro", 2, "€"),
+    ("AED", "UAE Dirham", 2, "د.إ"),
+    ("GBP", "Pound Sterling", 2, "£"),
+    ("KWD", "Kuwaiti Dinar", 3, "د.ك"),
+    ("QAR", "Qatari Riyal", 2, "ر.ق"),
+    ("BHD", "Bahraini Dinar", 3, ".د.ب"),
+]
+ACTIVITY_TYPE_ICONS = {
+    "call": "call",
+    "meeting": "meeting",
+    "task": "task",
+    "deadline": "deadline",
+    "email": "email",
+    "lunch": "lunch",
+}
+LEAD_LABELS = [("Hot", "red"), ("Warm", "yellow"), ("Cold", "blue"), ("Tender", "purple")]
+LEAD_SOURCES = [
+    "Manually created",
+    "Deal",
+    "Web forms",
+    "Prospector",
+    "Leadbooster",
+    "Live chat",
+    "Import",
+    "Website visitors",
+    "Workflow automation",
+    "API",
+]
 ACTIVITY_SUBJECTS = [
     "Follow up on quotation",
     "Site visit",
@@ -210,6 +259,7 @@ class Company:
     deal_fields: list[dict] = field(default_factory=list)
     person_fields: list[dict] = field(default_factory=list)
     org_fields: list[dict] = field(default_factory=list)
+    product_fields: list[dict] = field(default_factory=list)
     stage_pipeline: dict[int, int] = field(default_factory=dict)
     first_stage: dict[int, int] = field(default_factory=dict)
     user_ids: list[int] = field(default_factory=list)
@@ -217,7 +267,12 @@ class Company:
     next_option_id: int = 1000
 
     def custom(self, kind: str) -> list[dict]:
-        fields = {"deal": self.deal_fields, "person": self.person_fields, "org": self.org_fields}
+        fields = {
+            "deal": self.deal_fields,
+            "person": self.person_fields,
+            "org": self.org_fields,
+            "product": self.product_fields,
+        }
         return [f for f in fields[kind] if f["is_custom_field"]]
 
 

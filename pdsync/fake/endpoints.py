@@ -127,10 +127,10 @@ def _scope(entity: Entity, route: Route) -> tuple[list[str], list[Any]]:
 
 
 def _include(entity: Entity, params: Params) -> frozenset[str]:
-    if not entity.namespaces:
+    if not entity.namespaces and not entity.counts:
         return frozenset()
     include = frozenset(x.strip() for x in params.get("include_fields", "").split(",") if x)
-    unknown = include - set(entity.namespaces)
+    unknown = include - set(entity.namespaces) - set(entity.counts)
     if unknown:
         raise p.bad("include_fields", f"Invalid value '{sorted(unknown)[0]}'")
     return include
@@ -182,8 +182,10 @@ def cursor_page(source: Source, params: Params, entity: Entity, route: Route) ->
             where.append(f"({col}, id) {op} (?, ?)")
             args.extend((value, last_id))
     order_by = f"id {order}" if col == "id" else f"{col} {order}, id {order}"
+    counts = [name for name in entity.counts if name in include]
+    extra = "".join(f", ({entity.counts[name]})" for name in counts)
     sql = (
-        f"SELECT json, {col}, id FROM {entity.table.name} WHERE {' AND '.join(where)} "
+        f"SELECT json, {col}, id{extra} FROM {entity.table.name} WHERE {' AND '.join(where)} "
         f"ORDER BY {order_by} LIMIT {limit + 1}"
     )
     rows = source.store.query(sql, args)
@@ -194,7 +196,17 @@ def cursor_page(source: Source, params: Params, entity: Entity, route: Route) ->
         next_cursor = p.encode_cursor(sort_by, direction, last[1], last[2])
     if entity.namespaces:
         return _page([dumps(strip_namespaces(entity, r[0], include)) for r in rows], next_cursor)
+    if counts:
+        return _page([_with_counts(r[0], counts, r[3:]) for r in rows], next_cursor)
     return _page([r[0] for r in rows], next_cursor)
+
+
+def _with_counts(raw: bytes, names: list[str], values: tuple) -> bytes:
+    """The stored JSON with the asked-for counts spliced in before its closing brace."""
+    added = b"".join(
+        b',"' + n.encode() + b'":' + str(v).encode() for n, v in zip(names, values, strict=True)
+    )
+    return raw[:-1] + added + b"}"
 
 
 # -- v1: offset pages and unpaged lists -------------------------------------------------------

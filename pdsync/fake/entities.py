@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .params import Narrow, Params, bad, flag, match
+from .params import Narrow, Params, bad, flag, id_list, match
 from .wire import PURGE_AFTER_MS
 
 # How a column's value is taken from (record, given): ``given`` holds what the writer passes
@@ -112,6 +112,8 @@ class Entity:
     incremental: bool = True  # takes updated_since / updated_until
     ids: bool = True  # takes ids=1,2,3
     namespaces: tuple[str, ...] = ()  # objects only sent when asked for with include_fields
+    # Counts only sent when asked for with include_fields: name -> SQL over the row's ``id``.
+    counts: Mapping[str, str] = field(default_factory=dict)
     embeds: tuple[Embed, ...] = ()
     embeds_user: str | None = None  # column naming the user whose object is embedded
     nullable: frozenset[str] = frozenset()  # fields the spec marks nullable: kept as null
@@ -191,6 +193,7 @@ DEALS = Entity(
     purged_after_ms=PURGE_AFTER_MS,
     filters={k: k for k in ("owner_id", "person_id", "org_id", "pipeline_id", "stage_id")},
     narrow=(_deal_status,),
+    counts={"products_count": "SELECT count(*) FROM deal_products p WHERE p.deal_id = deals.id"},
     nullable=_words(
         "probability lost_reason close_time origin_id channel channel_id source_lead_id "
         "arr mrr acv archive_time"
@@ -356,7 +359,12 @@ FIELDS = Table(
 )
 
 
-def _fields(name: str, path: str, kind: str) -> Entity:
+def _fields(
+    name: str,
+    path: str,
+    kind: str,
+    namespaces: tuple[str, ...] = ("ui_visibility", "important_fields", "required_fields"),
+) -> Entity:
     return Entity(
         name=name,
         singular=name[:-1],
@@ -366,8 +374,82 @@ def _fields(name: str, path: str, kind: str) -> Entity:
         sorts={},
         incremental=False,
         ids=False,
-        namespaces=("ui_visibility", "important_fields", "required_fields"),
+        namespaces=namespaces,
     )
+
+
+# -- products and deal line items -------------------------------------------------------------
+
+PRODUCTS = Entity(
+    name="products",
+    singular="product",
+    table=Table(
+        "products",
+        (*TIMES, bit("gone", "is_deleted"), optional("owner_id"), required("name", "TEXT")),
+        indexes=("ut", "at"),
+    ),
+    routes=(Route("/api/v2/products", 10),),
+    live="gone = 0",
+    sorts={**TIME_SORTS, "name": "name"},
+    filters={"owner_id": "owner_id"},
+    nullable=_words("category billing_frequency_cycles direct_cost"),
+    writable=_words("name code unit tax description category prices custom_fields owner_id"),
+)
+
+# A line item removed upstream is gone from the store: the API forgets it.
+DEAL_PRODUCTS = Entity(
+    name="deal_products",
+    singular="line_item",
+    table=Table(
+        "deal_products",
+        (
+            *TIMES,
+            required("deal_id", "INTEGER NOT NULL"),
+            required("product_id", "INTEGER NOT NULL"),
+            optional("order_nr"),
+        ),
+        indexes=("deal_id, id", "ut", "at"),
+    ),
+    routes=(Route("/api/v2/deals/products", 10),),
+    sorts={**TIME_SORTS, "deal_id": "deal_id", "order_nr": "order_nr"},
+    narrow=(id_list("deal_ids", "deal_id"),),
+    incremental=False,
+    ids=False,
+    nullable=_words("product_variation_id order_nr billing_frequency_cycles billing_start_date"),
+    writable=_words("quantity item_price discount discount_type tax comments"),
+)
+
+# -- reference tables: v1, one unpaged answer each ---------------------------------------------
+
+
+def _reference(name: str, path: str, tokens: int, column: Column) -> Entity:
+    # Lead labels (UUIDs) and lead sources (only a name) have no integer id: the store keys
+    # them by their order.
+    uuid = column.name in ("lead_label", "lead_source")
+    return Entity(
+        name=name,
+        singular=name[:-1],
+        table=Table(name, (column,), key=(lambda rec, given: given["id"]) if uuid else rec_id),
+        routes=(Route(path, tokens),),
+        paging="all",
+        sorts={},
+        incremental=False,
+        ids=False,
+    )
+
+
+def rec_id(rec: dict[str, Any], given: dict[str, Any]) -> Any:
+    return rec["id"]
+
+
+CURRENCIES = _reference("currencies", "/v1/currencies", 20, required("code", "TEXT"))
+ACTIVITY_TYPES = _reference(
+    "activity_types", "/v1/activityTypes", 20, required("key_string", "TEXT")
+)
+LEAD_LABELS = _reference("lead_labels", "/v1/leadLabels", 10, required("lead_label", "TEXT", "id"))
+LEAD_SOURCES = _reference(
+    "lead_sources", "/v1/leadSources", 2, required("lead_source", "TEXT", "name")
+)
 
 
 ENTITIES_DECLARED: tuple[Entity, ...] = (
@@ -382,6 +464,14 @@ ENTITIES_DECLARED: tuple[Entity, ...] = (
     _fields("deal_fields", "/api/v2/dealFields", "deal"),
     _fields("person_fields", "/api/v2/personFields", "person"),
     _fields("organization_fields", "/api/v2/organizationFields", "org"),
+    PRODUCTS,
+    _fields("product_fields", "/api/v2/productFields", "product", ("ui_visibility",)),
+    DEAL_PRODUCTS,
+    _fields("activity_fields", "/api/v2/activityFields", "activity", ("ui_visibility",)),
+    CURRENCIES,
+    ACTIVITY_TYPES,
+    LEAD_LABELS,
+    LEAD_SOURCES,
 )
 
 # -- derived look-ups -------------------------------------------------------------------------

@@ -19,23 +19,30 @@ from typing import Any
 from . import records
 from .company import (
     ACTIVITY_SUBJECTS,
+    ACTIVITY_TYPE_ICONS,
     ACTIVITY_TYPES,
     ARABIC_ORGS,
     ARABIC_PERSONS,
+    CURRENCY_LIST,
     CURRENCY_POOL,
     DEAL_SUBJECTS,
     EURO_ROOTS,
     EURO_SUFFIXES,
     FIRST_NAMES,
+    FROM_SAR,
     GULF_ROOTS,
     GULF_SUFFIXES,
     JOB_TITLES,
     LAST_NAMES,
+    LEAD_LABELS,
+    LEAD_SOURCES,
     LOST_REASONS,
     NOTE_TEMPLATES,
     OWNER_WEIGHTS,
     PIPELINE_WEIGHTS,
     PIPELINES,
+    PRODUCT_LINES,
+    PRODUCT_SIZES,
     USERS,
     Company,
     address,
@@ -46,7 +53,7 @@ from .company import (
 from .entities import BY_NAME
 from .records import precise, prune
 from .store import Store
-from .wire import DAY_MS, PURGE_AFTER_MS, day, trunc, v2_time
+from .wire import DAY_MS, PURGE_AFTER_MS, day, trunc, v1_time, v2_time
 
 YEAR_MS = 365 * DAY_MS
 _BATCH = 5000
@@ -74,6 +81,7 @@ class Gen:
         self.org_names: list[str] = []
         self.person_org: list[int | None] = [None]  # index = person id
         self.stages_by_pipeline: dict[int, list[int]] = {}
+        self.products: list[dict] = []
         for sid, pid in company.stage_pipeline.items():
             self.stages_by_pipeline.setdefault(pid, []).append(sid)
 
@@ -484,3 +492,211 @@ def _ascii(text: str) -> str:
     """Lower-case ASCII letters, digits, dots and spaces (for e-mail addresses and URLs)."""
     plain = unicodedata.normalize("NFKD", text.lower())
     return "".join(ch for ch in plain if ch.isascii() and (ch.isalnum() or ch in ". "))
+
+
+# -- added after the first entities: they draw from the random stream after them --------------
+
+
+def _field_rows(g: Gen, kind: str, fields: list[dict]) -> Iterator[tuple]:
+    """Field definitions go to the shared fields table, numbered after the others."""
+    for f in fields:
+        fid = g.company.next_id["fields"]
+        g.company.next_id["fields"] = fid + 1
+        yield g.store.row("fields", f, id=fid, kind=kind)
+
+
+@generates("product_fields", lambda deals: 0)
+def product_fields(g: Gen) -> Iterator[tuple]:
+    opt = g.company.next_option_id
+    lines = sorted({line[0] for line in PRODUCT_LINES})
+    options = [{"id": opt + i, "label": label, "color": None} for i, label in enumerate(lines)]
+    g.company.next_option_id = opt + len(options)
+    money = [
+        records.field_record("Amount of Price", "value", "double", False),
+        records.field_record("Currency of Price", "currency", "varchar", False),
+    ]
+    for f in money:  # subfields carry only these three keys
+        for key in ("options", "subfields", "is_custom_field", "is_optional_response_field"):
+            f.pop(key)
+        f.pop("ui_visibility")
+    built_in = [
+        records.field_record("Name", "name", "varchar", False),
+        records.field_record("Product code", "code", "varchar", False),
+        records.field_record("Unit", "unit", "varchar", False),
+        records.field_record("Tax", "tax", "double", False),
+        records.field_record("Category", "category", "enum", False, options=options),
+        records.field_record("Owner", "owner_id", "user", False),
+        records.field_record("Price", "prices", "price_list", False, subfields=money),
+    ]
+    custom = [
+        records.field_record("Brand", f"{g.rng.getrandbits(160):040x}", "varchar", True),
+        records.field_record("Warranty (months)", f"{g.rng.getrandbits(160):040x}", "int", True),
+        records.field_record(
+            "Origin",
+            f"{g.rng.getrandbits(160):040x}",
+            "enum",
+            True,
+            options=[
+                {"id": g.company.next_option_id + i, "label": label, "color": None}
+                for i, label in enumerate(("Local (KSA)", "GCC", "Europe", "Asia"))
+            ],
+        ),
+    ]
+    g.company.next_option_id += 4
+    g.company.product_fields = built_in + custom
+    yield from _field_rows(g, "product", g.company.product_fields)
+
+
+@generates("activity_fields", lambda deals: 0)
+def activity_fields(g: Gen) -> Iterator[tuple]:
+    types = [{"id": i, "label": t} for i, t in enumerate(ACTIVITY_TYPES, start=1)]
+    yield from _field_rows(
+        g,
+        "activity",
+        [
+            records.field_record("Subject", "subject", "varchar", False),
+            records.field_record("Type", "type", "enum", False, options=types),
+            records.field_record("Due date", "due_date", "date", False),
+            records.field_record("Duration", "duration", "time", False),
+            records.field_record("Owner", "owner_id", "user", False),
+            records.field_record("Deal", "deal_id", "deal", False),
+            records.field_record("Note", "note", "text", False),
+        ],
+    )
+
+
+@generates("currencies", lambda deals: len(CURRENCY_LIST))
+def currencies(g: Gen) -> Iterator[tuple]:
+    for i, (code, name, points, symbol) in enumerate(CURRENCY_LIST, start=1):
+        rec = {
+            "id": i,
+            "code": code,
+            "name": name,
+            "decimal_points": points,
+            "symbol": symbol,
+            "active_flag": True,
+            "is_custom_flag": False,
+        }
+        yield g.store.row("currencies", rec)
+
+
+@generates("activity_types", lambda deals: len(ACTIVITY_TYPES))
+def activity_types(g: Gen) -> Iterator[tuple]:
+    for i, key in enumerate(ACTIVITY_TYPES, start=1):
+        at = g.start - 200 * DAY_MS + i * 60_000
+        rec = {
+            "id": i,
+            "order_nr": i,
+            "name": key.capitalize(),
+            "key_string": key,
+            "icon_key": ACTIVITY_TYPE_ICONS[key],
+            "active_flag": True,
+            "color": "FFFFFF",
+            "is_custom_flag": False,
+            "add_time": v1_time(at),
+            "update_time": v1_time(at),
+        }
+        yield g.store.row("activity_types", rec, at, at)
+
+
+@generates("lead_labels", lambda deals: len(LEAD_LABELS))
+def lead_labels(g: Gen) -> Iterator[tuple]:
+    for i, (name, color) in enumerate(LEAD_LABELS, start=1):
+        at = g.start - 100 * DAY_MS + i * 1000
+        rec = {
+            "id": records.uuid(g.rng),
+            "name": name,
+            "color": color,
+            "add_time": v2_time(at, True),
+            "update_time": v2_time(at, True),
+        }
+        yield g.store.row("lead_labels", rec, at, at, id=i)
+
+
+@generates("lead_sources", lambda deals: len(LEAD_SOURCES))
+def lead_sources(g: Gen) -> Iterator[tuple]:
+    for i, name in enumerate(LEAD_SOURCES, start=1):
+        yield g.store.row("lead_sources", {"name": name}, id=i)
+
+
+@generates("products", lambda deals: max(12, min(240, deals // 400)))
+def products(g: Gen) -> Iterator[tuple]:
+    r, pick, n = g.r, g.pick, g.size["products"]
+    custom = g.custom("product", 0.7)
+    for i in range(1, n + 1):
+        category, pattern, unit, sar = PRODUCT_LINES[(i - 1) % len(PRODUCT_LINES)]
+        size = PRODUCT_SIZES[((i - 1) // len(PRODUCT_LINES)) % len(PRODUCT_SIZES)]
+        ms = precise(i)
+        at = trunc(g.start - 60 * DAY_MS + int(r() * 3 * YEAR_MS * i / n), ms)
+        ut = trunc(g.between(at, g.latest, 1.5), ms)
+        price = round(sar * (0.6 + 0.1 * ((i - 1) // len(PRODUCT_LINES))), 2)
+        # Everything has a SAR price; some items are also quoted in dollars or euros.
+        prices = [("SAR", price, round(price * 0.7, 2))]
+        for currency in ("USD", "EUR"):
+            if r() < 0.4:
+                prices.append((currency, round(price * FROM_SAR[currency], 2), 0))
+        rec = records.product_record(
+            i,
+            name=pattern.format(n=size)
+            if i <= len(PRODUCT_LINES) * len(PRODUCT_SIZES)
+            else f"{pattern.format(n=size)} ({i})",
+            code=f"{category[:3].upper()}-{i:04d}",
+            unit=unit,
+            category=category,
+            owner_id=pick(g.owners),
+            add_time=at,
+            update_time=ut,
+            prices=prices,
+            tax=0 if category == "Services" and r() < 0.3 else 15,
+            custom_fields=custom(),
+        )
+        g.products.append(rec)
+        yield g.store.row("products", rec, ut, at)
+
+
+@generates("deal_products", lambda deals: deals)  # an upper bound: ids are not all used
+def deal_products(g: Gen) -> Iterator[tuple]:
+    """Line items on about a third of the deals, added between the deal's creation and its
+    last update (adding one bumps the deal's update_time, which pdsync relies on)."""
+    r, pick = g.r, g.pick
+    item_id = 0
+    deals = g.store.query(
+        "SELECT id, at, ut, status, json_extract(CAST(json AS TEXT), '$.currency') FROM deals"
+        " ORDER BY id"
+    )
+    for deal_id, at, ut, status, currency in deals:
+        if r() >= (0.55 if status == "won" else 0.3):
+            continue
+        for order_nr in range(1, 2 + int(r() * r() * 5)):
+            item_id += 1
+            product = pick(g.products)
+            ms = precise(item_id)
+            item_at = trunc(g.between(at, ut), ms)
+            sar = product["prices"][0]["price"]
+            quoted = {p["currency"]: p["price"] for p in product["prices"]}
+            item_price = quoted.get(currency, round(sar * FROM_SAR.get(currency, 1.0), 2))
+            discount_type = "percentage" if r() < 0.8 else "amount"
+            discount = (
+                0
+                if r() < 0.6
+                else (
+                    pick((5, 10, 15)) if discount_type == "percentage" else round(item_price * 0.05)
+                )
+            )
+            rec = records.line_item_record(
+                item_id,
+                deal_id=deal_id,
+                product=product,
+                order_nr=order_nr,
+                currency=currency,
+                quantity=pick((1, 1, 2, 3, 4, 6, 10, 12, 24, 50))
+                if product["unit"] != "m"
+                else float(10 * (1 + int(r() * 80))),
+                item_price=item_price,
+                discount=discount,
+                discount_type=discount_type,
+                tax_method=pick(("exclusive", "exclusive", "inclusive", "none")),
+                add_time=item_at,
+                update_time=item_at,
+            )
+            yield g.store.row("deal_products", rec, item_at, item_at)

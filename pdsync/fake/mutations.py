@@ -14,10 +14,13 @@ from .entities import BY_NAME, NOTES
 from .records import (
     activity_record,
     deal_record,
+    line_item_record,
+    line_item_sum,
     note_record,
     organization_record,
     person_record,
     precise,
+    product_record,
     prune,
 )
 from .store import Store
@@ -409,6 +412,124 @@ class Mutations:
 
     def rename_pipeline(self, id: int, name: str) -> dict[str, Any]:  # noqa: A002
         return self._rename("pipelines", id, name)
+
+    # -- mutations: products and deal line items ---------------------------------------------
+
+    def add_product(self, name: str = "New product", price: float = 100, **fields: Any) -> dict:
+        """A new catalogue product priced in SAR (code, unit, tax, category, custom_fields...)."""
+        _check_fields("product", fields, "products")
+        with self.store.lock:
+            id_ = self._company.next_id["products"]
+            stamp = self._stamp(id_)
+            rec = product_record(
+                id_,
+                name=name,
+                code=fields.pop("code", f"NEW-{id_:04d}"),
+                unit=fields.pop("unit", "pcs"),
+                category=fields.pop("category", "Services"),
+                owner_id=fields.pop("owner_id", 1),
+                add_time=stamp,
+                update_time=stamp,
+                prices=[("SAR", price, round(price * 0.7, 2))],
+            )
+            self._product_fields(rec, fields)
+            self._company.next_id["products"] = id_ + 1
+            return self._save("products", rec, stamp, stamp)
+
+    def _product_fields(self, rec: dict, fields: dict[str, Any]) -> None:
+        _check_fields("product", fields, "products")
+        for key, value in fields.items():
+            if key == "custom_fields":
+                _merge_custom(rec, value, self._codes("product"))
+            else:
+                rec[key] = value
+
+    def update_product(self, id: int, **fields: Any) -> dict[str, Any]:  # noqa: A002
+        with self.store.lock:
+            rec, cols = self._load("products", id)
+            self._product_fields(rec, fields)
+            return self._save("products", rec, cols["at"], self._stamp(id))
+
+    def delete_product(self, id: int) -> dict[str, Any]:  # noqa: A002
+        """Delete a product: the list no longer shows it; line items keep their copy."""
+        with self.store.lock:
+            rec, cols = self._load("products", id)
+            rec["is_deleted"] = True
+            return self._save("products", rec, cols["at"], self._stamp(id))
+
+    def _touch_deal(self, deal_id: int, stamp: int) -> None:
+        """A line item change bumps its deal's update_time: pdsync's assumption about
+        Pipedrive (unverified), which the fake follows."""
+        try:
+            rec, cols = self._load("deals", deal_id)
+        except KeyError:
+            return  # a deleted deal stays as it was deleted
+        self._save_deal(rec, cols, stamp)
+
+    def add_line_item(
+        self, deal_id: int, product_id: int, quantity: float = 1, **fields: Any
+    ) -> dict[str, Any]:
+        """Attach a product to a deal at its price in the deal's currency (discount, tax...)."""
+        _check_fields("line item", fields, "deal_products")
+        with self.store.lock:
+            deal, _ = self._load("deals", deal_id)
+            product, _ = self._load("products", product_id)
+            id_ = self._company.next_id["deal_products"]
+            stamp = self._stamp(id_)
+            prices = {p["currency"]: p["price"] for p in product["prices"]}
+            order_nr = 1 + (
+                self.store.scalar(
+                    "SELECT max(order_nr) FROM deal_products WHERE deal_id = ?", [deal_id]
+                )
+                or 0
+            )
+            rec = line_item_record(
+                id_,
+                deal_id=deal_id,
+                product=product,
+                order_nr=order_nr,
+                currency=deal["currency"],
+                quantity=quantity,
+                item_price=fields.pop("item_price", prices.get(deal["currency"], 100)),
+                discount=fields.pop("discount", 0),
+                discount_type=fields.pop("discount_type", "percentage"),
+                tax_method="exclusive",
+                add_time=stamp,
+                update_time=stamp,
+            )
+            rec.update(fields)
+            self._company.next_id["deal_products"] = id_ + 1
+            self.store.put("deal_products", rec, stamp, stamp)
+            self._touch_deal(deal_id, stamp)
+            return rec
+
+    def update_line_item(self, id: int, **fields: Any) -> dict[str, Any]:  # noqa: A002
+        """Change a line item's quantity, price, discount or tax; its sum follows."""
+        _check_fields("line item", fields, "deal_products")
+        with self.store.lock:
+            rec, cols = self._load("deal_products", id)
+            stamp = self._stamp(id)
+            rec.update(fields)
+            method = rec["tax_method"]
+            rec["sum"] = line_item_sum(
+                rec["quantity"],
+                rec["item_price"],
+                rec["discount"],
+                rec["discount_type"],
+                rec["tax"] if method != "none" else 0,
+                method,
+            )
+            rec["update_time"] = self._time(id, stamp)
+            self.store.put("deal_products", rec, stamp, cols["at"])
+            self._touch_deal(rec["deal_id"], stamp)
+            return rec
+
+    def remove_line_item(self, id: int) -> None:  # noqa: A002
+        """Take a product off a deal: the API forgets the line item."""
+        with self.store.lock:
+            rec, _ = self._load("deal_products", id)
+            self.store.query("DELETE FROM deal_products WHERE id = ?", [id])
+            self._touch_deal(rec["deal_id"], self._stamp(rec["deal_id"]))
 
     def add_deal_field_option(self, field_code: str, label: str) -> dict[str, Any]:
         """Add an option to an enum/set custom field; returns the field definition."""

@@ -73,16 +73,16 @@ def time_ms(params: Params, name: str) -> int | None:
     return -(-micros // 1000)
 
 
-def ids(params: Params) -> list[int] | None:
-    raw = params.get("ids")
+def ids(params: Params, name: str = "ids") -> list[int] | None:
+    raw = params.get(name)
     if raw is None:
         return None
     try:
         found = [int(x) for x in raw.split(",") if x.strip()]
     except ValueError:
-        raise bad("ids", "Expected comma separated integers") from None
+        raise bad(name, "Expected comma separated integers") from None
     if len(found) > 100:
-        raise bad("ids", "Array must contain at most 100 element(s)")
+        raise bad(name, "Array must contain at most 100 element(s)")
     return found
 
 
@@ -135,5 +135,17 @@ def flag(name: str, column: str) -> Narrow:
         if raw.lower() not in ("true", "false", "1", "0"):
             raise bad(name, "Expected boolean")
         return [f"{column} = {int(raw.lower() in ('true', '1'))}"], []
+
+    return narrow
+
+
+def id_list(name: str, column: str) -> Narrow:
+    """A required list of at most 100 integer ids (``deal_ids=1,2,3``) matched on ``column``."""
+
+    def narrow(params: Params, now_ms: int) -> tuple[list[str], list[Any]]:
+        found = ids(params, name)
+        if not found:
+            raise bad(name, "Required")
+        return [f"{column} IN ({','.join('?' * len(found))})"], found
 
     return narrow

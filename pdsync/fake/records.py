@@ -25,7 +25,7 @@ def precise(id_: int) -> bool:
     return id_ % 3 == 0
 
 
-def _uuid(rng: random.Random) -> str:
+def uuid(rng: random.Random) -> str:
     h = f"{rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:32]}"
 
@@ -34,11 +34,11 @@ def user_record(uid: int, spec: tuple, now_ms: int, rng: random.Random) -> dict:
     name, email, admin, active, phone, icon = spec
     created = now_ms - rng.randint(400, 1500) * DAY_MS
     access = [
-        {"app": "sales", "admin": admin, "permission_set_id": _uuid(rng)},
-        {"app": "global", "admin": admin, "permission_set_id": _uuid(rng)},
+        {"app": "sales", "admin": admin, "permission_set_id": uuid(rng)},
+        {"app": "global", "admin": admin, "permission_set_id": uuid(rng)},
     ]
     if admin:
-        access.append({"app": "account_settings", "admin": True, "permission_set_id": _uuid(rng)})
+        access.append({"app": "account_settings", "admin": True, "permission_set_id": uuid(rng)})
     return {
         "id": uid,
         "name": name,
@@ -305,3 +305,130 @@ def note_record(
             "user_id": user_id,
         },
     )
+
+
+def product_record(
+    id_: int,
+    *,
+    name: str,
+    code: str,
+    unit: str,
+    category: str,
+    owner_id: int,
+    add_time: int,
+    update_time: int,
+    prices: list[tuple[str, float, float]],  # (currency, price, cost)
+    tax: float = 15,
+    custom_fields: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A product exactly as GET /api/v2/products returns it."""
+    ms = precise(id_)
+    return prune(
+        "products",
+        {
+            "id": id_,
+            "name": name,
+            "code": code,
+            "description": f"{name} ({category.lower()})",
+            "unit": unit,
+            "tax": tax,
+            "category": category,
+            "is_linkable": True,
+            "is_deleted": False,
+            "visible_to": 3,
+            "owner_id": owner_id,
+            "add_time": v2_time(add_time, ms),
+            "update_time": v2_time(update_time, ms),
+            "billing_frequency": "annually" if unit == "year" else "one-time",
+            "billing_frequency_cycles": None,
+            "prices": [
+                {
+                    "product_id": id_,
+                    "price": price,
+                    "currency": currency,
+                    "cost": cost,
+                    "direct_cost": None,
+                    "notes": "",
+                }
+                for currency, price, cost in prices
+            ],
+            "custom_fields": custom_fields or {},
+        },
+    )
+
+
+def line_item_sum(
+    quantity: float, item_price: float, discount: float, discount_type: str, tax: float, method: str
+) -> float:
+    """What Pipedrive shows as a line item's sum: after the discount, with an exclusive tax."""
+    gross = quantity * item_price
+    net = gross - (gross * discount / 100 if discount_type == "percentage" else discount)
+    return round(net * (1 + tax / 100) if method == "exclusive" else net, 2)
+
+
+def line_item_record(
+    id_: int,
+    *,
+    deal_id: int,
+    product: dict[str, Any],
+    order_nr: int,
+    currency: str,
+    quantity: float,
+    item_price: float,
+    discount: float,
+    discount_type: str,
+    tax_method: str,
+    add_time: int,
+    update_time: int,
+    comments: str = "",
+) -> dict[str, Any]:
+    """A deal's line item exactly as GET /api/v2/deals/products returns it."""
+    ms = precise(id_)
+    tax = product["tax"] if tax_method != "none" else 0
+    return prune(
+        "deal_products",
+        {
+            "id": id_,
+            "sum": line_item_sum(quantity, item_price, discount, discount_type, tax, tax_method),
+            "tax": tax,
+            "deal_id": deal_id,
+            "name": product["name"],
+            "product_id": product["id"],
+            "product_variation_id": None,
+            "order_nr": order_nr,
+            "add_time": v2_time(add_time, ms),
+            "update_time": v2_time(update_time, ms),
+            "comments": comments,
+            "currency": currency,
+            "discount": discount,
+            "quantity": quantity,
+            "item_price": item_price,
+            "tax_method": tax_method,
+            "discount_type": discount_type,
+            "is_enabled": True,
+            "billing_frequency": product.get("billing_frequency", "one-time"),
+            "billing_frequency_cycles": None,
+            "billing_start_date": None,
+        },
+    )
+
+
+def field_record(
+    name: str,
+    code: str,
+    ftype: str,
+    custom: bool,
+    options: list[dict] | None = None,
+    subfields: list[dict] | None = None,
+) -> dict[str, Any]:
+    """A product or activity field definition (/api/v2/productFields, /activityFields)."""
+    return {
+        "field_name": name,
+        "field_code": code,
+        "field_type": ftype,
+        "options": options,
+        "subfields": subfields,
+        "is_custom_field": custom,
+        "is_optional_response_field": False,
+        "ui_visibility": {"add_visible_flag": True, "details_visible_flag": True},
+    }
