@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -11,12 +12,13 @@ import sqlite3
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 import sqlite_utils
 
-from . import api, plugins, timestamps
+from . import access, api, plugins, timestamps
 from .auth import ConfigError, save_auth
 from .budget import token_usage
 from .client import AuthError, ConnectionFailed, PipedriveError
@@ -29,7 +31,7 @@ from .schema import (
     is_pdsync,
     pending_upgrades,
 )
-from .serve import DEFAULT_PORT, needs_immutable
+from .serve import DEFAULT_PORT, needs_immutable, prepare_access, serving_mode
 from .serve import serve as serve_database
 
 AUTH_OPTION = click.option(
@@ -241,6 +243,11 @@ def _token_lines(usage: dict) -> list[str]:
 
 HOST_OPTION = click.option("-h", "--host", default="127.0.0.1", show_default=True)
 PORT_OPTION = click.option("-p", "--port", default=DEFAULT_PORT, show_default=True, type=int)
+CONFIG_DIR_OPTION = click.option(
+    "--config-dir",
+    type=click.Path(file_okay=False),
+    help="Where the secrets file lives (default: beside the database)",
+)
 ROOT_OPTION = click.option(
     "--root", is_flag=True, help="Print a link that signs you in as root (who may press Sync now)"
 )
@@ -251,8 +258,15 @@ ROOT_OPTION = click.option(
 @HOST_OPTION
 @PORT_OPTION
 @ROOT_OPTION
-def serve(db_path: str, host: str, port: int, root: bool) -> None:
-    """Explore DB_PATH in Datasette, with pdsync's canned queries, labels and plugins."""
+@click.option("--public", is_flag=True, help="Beyond loopback, let anyone read without signing in")
+@CONFIG_DIR_OPTION
+def serve(
+    db_path: str, host: str, port: int, root: bool, public: bool, config_dir: str | None
+) -> None:
+    """Explore DB_PATH in Datasette, with pdsync's canned queries, labels and plugins.
+
+    Bound to anything but loopback it shows nothing until you sign in (see `pdsync user`
+    and `pdsync token`), unless --public."""
     try:
         check_database(db_path)
         upgrades = pending_upgrades(db_path)
@@ -271,8 +285,29 @@ def serve(db_path: str, host: str, port: int, root: bool) -> None:
             " (changes made meanwhile show after a restart).",
             err=True,
         )
+    mode = serving_mode(host, public)
+    try:
+        secrets_file, secrets = prepare_access(db_path, mode, config_dir)
+    except access.SecretsError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"Serving {db_path} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
-    serve_database(db_path, host, port, root)
+    click.echo(_mode_line(mode, db_path, secrets), err=True)
+    serve_database(db_path, host, port, root, mode, secrets_file)
+
+
+def _mode_line(mode: str, db_path: str, secrets: dict) -> str:
+    if mode == "local":
+        return "Only this machine can connect: no sign-in needed."
+    if mode == "public":
+        return (
+            "PUBLIC: anyone who can reach this address reads every table (arbitrary SQL"
+            " still needs a user or token allowed it)."
+        )
+    people, scripts = len(secrets.get("users", {})), len(secrets.get("tokens", {}))
+    line = f"Sign-in required: {people} user(s), {scripts} token(s)."
+    if not people and not scripts:
+        line += f" Nobody can get in yet: `pdsync user add {db_path} NAME`."
+    return line + " (--public lets anyone read.)"
 
 
 @cli.command()
@@ -324,6 +359,122 @@ def demo(db_path: str, deals: int, seed: int, no_serve: bool, host: str, port: i
             serve_database(db_path, host, port, root=True)
     finally:
         fake.close()
+
+
+CAN_OPTION = click.option(
+    "--can",
+    type=click.Choice(access.ABILITIES),
+    multiple=True,
+    help="Also allow: sync (press Sync now), sql (run arbitrary SQL)",
+)
+
+
+@cli.group()
+def user() -> None:
+    """People who sign in to `pdsync serve` with a password."""
+
+
+@user.command("add")
+@click.argument("db_path", type=click.Path(dir_okay=False))
+@click.argument("name")
+@CAN_OPTION
+@CONFIG_DIR_OPTION
+def user_add(db_path: str, name: str, can: tuple[str, ...], config_dir: str | None) -> None:
+    """Add NAME; the password comes from the prompt, or the first line of stdin."""
+    path = access.secrets_path(db_path, config_dir)
+    with _secrets_errors():
+        access.check_name(name)
+        if name in {u["name"] for u in access.users(path)}:
+            raise access.SecretsError(f"user {name} exists: `pdsync user remove` it first")
+        if sys.stdin.isatty():
+            password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+        access.add_user(path, name, password, can)
+    click.echo(f"Added {name} to {path}", err=True)
+
+
+@user.command("list")
+@click.argument("db_path", type=click.Path(dir_okay=False))
+@CONFIG_DIR_OPTION
+def user_list(db_path: str, config_dir: str | None) -> None:
+    """The people who can sign in, and what else they may do."""
+    with _secrets_errors():
+        for entry in access.users(access.secrets_path(db_path, config_dir)):
+            click.echo(f"{entry['name']}\t{','.join(entry['can']) or 'read'}")
+
+
+@user.command("remove")
+@click.argument("db_path", type=click.Path(dir_okay=False))
+@click.argument("name")
+@CONFIG_DIR_OPTION
+def user_remove(db_path: str, name: str, config_dir: str | None) -> None:
+    """Remove NAME: their sign-in stops working at once, even in a running server."""
+    with _secrets_errors():
+        access.remove_user(access.secrets_path(db_path, config_dir), name)
+    click.echo(f"Removed {name}", err=True)
+
+
+@cli.group()
+def token() -> None:
+    """API tokens for scripts and dashboards: `Authorization: Bearer TOKEN`."""
+
+
+@token.command("create")
+@click.argument("db_path", type=click.Path(dir_okay=False))
+@click.argument("name")
+@click.option("--expires-after", metavar="INTERVAL", help="e.g. 30d, 12h (default: never)")
+@CAN_OPTION
+@CONFIG_DIR_OPTION
+def token_create(
+    db_path: str, name: str, expires_after: str | None, can: tuple[str, ...], config_dir: str | None
+) -> None:
+    """Print a new token named NAME. It is shown once: only its hash is kept."""
+    try:
+        seconds = timestamps.parse_interval(expires_after, None) if expires_after else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expires-after") from None
+    with _secrets_errors():
+        made = access.create_token(access.secrets_path(db_path, config_dir), name, seconds, can)
+    click.echo(made)
+
+
+@token.command("list")
+@click.argument("db_path", type=click.Path(dir_okay=False))
+@CONFIG_DIR_OPTION
+def token_list(db_path: str, config_dir: str | None) -> None:
+    """Token names, what they may do and when they expire (never the tokens)."""
+    with _secrets_errors():
+        for entry in access.tokens(access.secrets_path(db_path, config_dir)):
+            expires = entry["expires"]
+            when = "never" if expires is None else _utc(expires)
+            if expires is not None and expires <= time.time():
+                when += " (expired)"
+            click.echo(f"{entry['name']}\t{','.join(entry['can']) or 'read'}\texpires {when}")
+
+
+@token.command("revoke")
+@click.argument("db_path", type=click.Path(dir_okay=False))
+@click.argument("name")
+@CONFIG_DIR_OPTION
+def token_revoke(db_path: str, name: str, config_dir: str | None) -> None:
+    """Revoke the token NAME: it stops working at once, even in a running server."""
+    with _secrets_errors():
+        access.revoke_token(access.secrets_path(db_path, config_dir), name)
+    click.echo(f"Revoked {name}", err=True)
+
+
+@contextlib.contextmanager
+def _secrets_errors():
+    """A SecretsError becomes one line and exit status 1."""
+    try:
+        yield
+    except access.SecretsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _utc(epoch: float) -> str:
+    return timestamps.format(datetime.fromtimestamp(epoch, timezone.utc))
 
 
 def _keep_changing(fake) -> None:
