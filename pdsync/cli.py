@@ -259,14 +259,27 @@ ROOT_OPTION = click.option(
 @PORT_OPTION
 @ROOT_OPTION
 @click.option("--public", is_flag=True, help="Beyond loopback, let anyone read without signing in")
+@click.option(
+    "--private", is_flag=True, help="Require sign-in on loopback too (behind a reverse proxy)"
+)
 @CONFIG_DIR_OPTION
 def serve(
-    db_path: str, host: str, port: int, root: bool, public: bool, config_dir: str | None
+    db_path: str,
+    host: str,
+    port: int,
+    root: bool,
+    public: bool,
+    private: bool,
+    config_dir: str | None,
 ) -> None:
     """Explore DB_PATH in Datasette, with pdsync's canned queries, labels and plugins.
 
     Bound to anything but loopback it shows nothing until you sign in (see `pdsync user`
     and `pdsync token`), unless --public."""
+    try:
+        mode = serving_mode(host, public, private)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         check_database(db_path)
         upgrades = pending_upgrades(db_path)
@@ -285,7 +298,6 @@ def serve(
             " (changes made meanwhile show after a restart).",
             err=True,
         )
-    mode = serving_mode(host, public)
     try:
         secrets_file, secrets = prepare_access(db_path, mode, config_dir)
     except access.SecretsError as exc:

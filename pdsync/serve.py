@@ -100,8 +100,15 @@ def is_loopback(host: str) -> bool:
         return False  # a name that may resolve anywhere: assume the network
 
 
-def serving_mode(host: str, public: bool = False) -> str:
-    """``local`` on loopback, else ``private`` (sign-in required) unless ``public``."""
+def serving_mode(host: str, public: bool = False, private: bool = False) -> str:
+    """``local`` on loopback, else ``private`` (sign-in required) unless ``public``.
+
+    ``private`` forces sign-in on loopback too: behind a reverse proxy on the same machine
+    every visitor arrives from 127.0.0.1."""
+    if public and private:
+        raise ValueError("--public and --private contradict each other")
+    if private:
+        return "private"
     if is_loopback(host):
         return "local"
     return "public" if public else "private"

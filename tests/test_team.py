@@ -89,6 +89,9 @@ def test_loopback_decides_the_mode():
         assert is_loopback(host) and serving_mode(host) == "local"
     for host in ("0.0.0.0", "::", "192.168.1.5", "example.com"):
         assert serving_mode(host) == "private" and serving_mode(host, public=True) == "public"
+    assert serving_mode("127.0.0.1", private=True) == "private"  # behind a reverse proxy
+    both = invoke("serve", __file__, "--public", "--private")
+    assert both.exit_code == 2 and "contradict" in both.output
 
 
 def test_secrets_file_is_0600_and_holds_no_usable_secret(synced):
