@@ -59,15 +59,17 @@ def _secrets(datasette) -> access.Cached | None:
 
 
 def secrets_data(datasette) -> dict:
-    """The secrets file's content; {} when there is none or it cannot be read (said once a
-    change in the log, never a traceback: nobody signs in until it is fixed)."""
+    """The secrets file's content; {} when there is none or it cannot be read (one log line
+    per new problem, never a traceback: nobody signs in until it is fixed)."""
     cached = _secrets(datasette)
     if cached is None:
         return {}
     try:
         return cached.data()
     except access.SecretsError as exc:
-        log.error("%s", exc)
+        if str(exc) != getattr(cached, "problem", None):
+            cached.problem = str(exc)
+            log.error("%s", exc)
         return {}
 
 
