@@ -18,11 +18,13 @@ from pathlib import Path
 import click
 import sqlite_utils
 
-from . import api, plugins, timestamps
+from . import access, api, plugins, timestamps
+from . import cli_text as say
 from .auth import ConfigError, save_auth
 from .budget import token_usage
+from .cli_team import CONFIG_DIR_OPTION, token, user
 from .client import AuthError, ConnectionFailed, PipedriveError
-from .engine import ProgressEvent, SyncResult, selected_entities
+from .engine import SyncResult, selected_entities
 from .lock import LockHeld
 from .schema import (
     ForeignDatabase,
@@ -31,7 +33,7 @@ from .schema import (
     is_pdsync,
     pending_upgrades,
 )
-from .serve import DEFAULT_PORT, needs_immutable
+from .serve import DEFAULT_PORT, needs_immutable, prepare_access, serving_mode
 from .serve import serve as serve_database
 
 AUTH_OPTION = click.option(
@@ -125,7 +127,7 @@ def sync(
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
     def once(full_pass: bool) -> SyncResult:
-        reporter = _ProgressLine() if show_progress else None
+        reporter = say.ProgressLine() if show_progress else None
         try:
             result = api.sync(
                 db_path,
@@ -146,7 +148,7 @@ def sync(
     with _one_line_errors(db_path):
         if interval is None:
             result = once(full)
-            _report(result, quiet=quiet and not verbose, tty=show_progress)
+            say.report(result, quiet=quiet and not verbose, tty=show_progress)
             if not result.ok:
                 sys.exit(1)
             return
@@ -162,13 +164,13 @@ def _one_line_errors(db_path: str) -> Iterator[None]:
         click.echo("pdsync: interrupted; committed pages are kept, the next run resumes", err=True)
         sys.exit(130)
     except (ConfigError, LockHeld, AuthError, ConnectionFailed, PipedriveError) as exc:
-        raise click.ClickException(_with_hint(exc)) from None
+        raise click.ClickException(say.with_hint(exc)) from None
     except ForeignDatabase as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.DatabaseError as exc:
-        raise click.ClickException(_database_problem(db_path, exc)) from None
+        raise click.ClickException(say.database_problem(db_path, exc)) from None
     except OSError as exc:
-        raise click.ClickException(_os_problem(db_path, exc)) from None
+        raise click.ClickException(say.os_problem(db_path, exc)) from None
 
 
 @cli.command()
@@ -193,7 +195,7 @@ def status(db_path: str, as_json: bool, budget: int | None) -> None:
         rows = list(db.query("select * from sync_metadata order by entity_type"))
         usage = token_usage(db, budget)
     except sqlite3.DatabaseError as exc:
-        raise click.ClickException(_database_problem(db_path, exc)) from None
+        raise click.ClickException(say.database_problem(db_path, exc)) from None
     if as_json:
         click.echo(json.dumps(rows, indent=2))  # a list of entities, as scripts expect
         return
@@ -206,7 +208,7 @@ def status(db_path: str, as_json: bool, budget: int | None) -> None:
         table.append(
             (
                 row["entity_type"],
-                _when(row.get("last_sync_time")),
+                say.when(row.get("last_sync_time")),
                 status,
                 f"{row.get('records_synced') or 0:,}",
                 f"{row.get('records_total') or 0:,}",
@@ -218,34 +220,8 @@ def status(db_path: str, as_json: bool, budget: int | None) -> None:
     for r in table:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     click.echo()
-    for line in _token_lines(usage):
+    for line in say.token_lines(usage):
         click.echo(line)
-
-
-def _token_lines(usage: dict) -> list[str]:
-    """The day's tokens in words: today, a day of this schedule, and the budget."""
-    limit = usage["budget"]
-    parts = ", ".join(f"{purpose} {n:,}" for purpose, n in usage["spent_by_purpose"].items())
-    today = f"Tokens today ({usage['day']} UTC): {usage['spent_today']:,}"
-    today += f" ({parts})" if parts else ""
-    if limit and usage["budget_is_configured"]:
-        today += f", {usage['share_today']:.1%} of the daily budget of {limit:,}"
-    elif limit:
-        today += (
-            f", {usage['share_today']:.1%} of {limit:,}, the least this account's daily budget"
-            f" can be (30,000 x {usage['active_users']} active users)"
-        )
-    lines = [today]
-    if usage["projected_per_day"] is not None:
-        every = timestamps.format_interval(usage["every_s"])
-        day = (
-            f"A day of this schedule (a sync every {every}, ~{usage['tokens_per_run']:,.0f}"
-            f" tokens each): ~{usage['projected_per_day']:,} tokens"
-        )
-        if usage["share_projected"] is not None:
-            day += f", {usage['share_projected']:.1%} of the budget"
-        lines.append(day)
-    return lines
 
 
 HOST_OPTION = click.option("-h", "--host", default="127.0.0.1", show_default=True)
@@ -260,13 +236,33 @@ ROOT_OPTION = click.option(
 @HOST_OPTION
 @PORT_OPTION
 @ROOT_OPTION
-def serve(db_path: str, host: str, port: int, root: bool) -> None:
-    """Explore DB_PATH in Datasette, with pdsync's canned queries, labels and plugins."""
+@click.option("--public", is_flag=True, help="Beyond loopback, let anyone read without signing in")
+@click.option(
+    "--private", is_flag=True, help="Require sign-in on loopback too (behind a reverse proxy)"
+)
+@CONFIG_DIR_OPTION
+def serve(
+    db_path: str,
+    host: str,
+    port: int,
+    root: bool,
+    public: bool,
+    private: bool,
+    config_dir: str | None,
+) -> None:
+    """Explore DB_PATH in Datasette, with pdsync's canned queries, labels and plugins.
+
+    Bound to anything but loopback it shows nothing until you sign in (see `pdsync user`
+    and `pdsync token`), unless --public."""
+    try:
+        mode = serving_mode(host, public, private)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         check_database(db_path)
         upgrades = pending_upgrades(db_path)
     except sqlite3.DatabaseError as exc:
-        raise click.ClickException(_database_problem(db_path, exc)) from None
+        raise click.ClickException(say.database_problem(db_path, exc)) from None
     if upgrades:
         # Serving never writes; some canned queries read tables only a newer sync makes.
         click.echo(
@@ -280,8 +276,28 @@ def serve(db_path: str, host: str, port: int, root: bool) -> None:
             " (changes made meanwhile show after a restart).",
             err=True,
         )
+    try:
+        secrets_file, secrets = prepare_access(db_path, mode, config_dir)
+    except access.SecretsError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"Serving {db_path} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
-    serve_database(db_path, host, port, root)
+    click.echo(_mode_line(mode, db_path, secrets), err=True)
+    serve_database(db_path, host, port, root, mode, secrets_file)
+
+
+def _mode_line(mode: str, db_path: str, secrets: dict) -> str:
+    if mode == "local":
+        return "Only this machine can connect: no sign-in needed."
+    if mode == "public":
+        return (
+            "PUBLIC: anyone who can reach this address reads every table (arbitrary SQL"
+            " still needs a user or token allowed it)."
+        )
+    people, scripts = len(secrets.get("users", {})), len(secrets.get("tokens", {}))
+    line = f"Sign-in required: {people} user(s), {scripts} token(s)."
+    if not people and not scripts:
+        line += f" Nobody can get in yet: `pdsync user add {db_path} NAME`."
+    return line + " (--public lets anyone read.)"
 
 
 @cli.command()
@@ -305,7 +321,7 @@ def demo(db_path: str, deals: int, seed: int, no_serve: bool, host: str, port: i
     fake = FakePipedrive(deals=deals, seed=seed)
     try:
         with FakeServer(fake) as server:
-            reporter = _ProgressLine() if sys.stderr.isatty() else None
+            reporter = say.ProgressLine() if sys.stderr.isatty() else None
             try:
                 result = api.sync(
                     db_path,
@@ -319,7 +335,7 @@ def demo(db_path: str, deals: int, seed: int, no_serve: bool, host: str, port: i
             finally:
                 if reporter:
                     reporter.close()
-            _report(result, quiet=False, tty=reporter is not None)
+            say.report(result, quiet=False, tty=reporter is not None)
             if not result.ok:
                 sys.exit(1)
             if no_serve:
@@ -358,58 +374,6 @@ def _configure_logging(verbose: bool) -> None:
     root.propagate = False
 
 
-class _ProgressLine:
-    """One line on stderr that shows every entity's progress while it runs."""
-
-    def __init__(self) -> None:
-        self.state: dict[str, str] = {}
-        self.started = time.monotonic()
-
-    def __call__(self, event: ProgressEvent) -> None:
-        if event.done:
-            mark = "ok" if event.status == "success" else "FAILED"
-            self._clear()
-            error = f": {event.error}" if event.error else ""
-            click.echo(
-                f"  {event.entity:<20} {event.records:>9,} records "
-                f"{event.requests:>5} requests  {mark}{error}",
-                err=True,
-            )
-            self.state.pop(event.entity, None)
-        else:
-            self.state[event.entity] = f"{event.entity} {event.records:,}"
-        if self.state:
-            line = " | ".join(self.state.values())
-            click.echo(f"\r\x1b[2K{line[:150]}", err=True, nl=False)
-
-    def _clear(self) -> None:
-        click.echo("\r\x1b[2K", err=True, nl=False)
-
-    def close(self) -> None:
-        self._clear()
-
-
-def _report(result: SyncResult, quiet: bool, tty: bool) -> None:
-    failed = {name: e for name, e in result.entities.items() if e.status != "success"}
-    if not quiet:
-        summary = (
-            f"Synced {result.records:,} records in {result.duration_ms / 1000:.1f}s "
-            f"({result.requests} requests, {result.tokens} tokens)"
-        )
-        click.echo(summary, err=tty)
-    for name, entity in failed.items():
-        click.echo(
-            f"pdsync: {name} failed: {_with_hint(entity.error or 'unknown error')}", err=True
-        )
-
-
-def _with_hint(error: object) -> str:
-    text = str(error)
-    if "401" in text and "token" in text:
-        text += "; check PIPEDRIVE_API_TOKEN or run `pdsync auth`"
-    return text
-
-
 def _every(once, full: bool, interval: float) -> None:
     failures = 0
     while True:
@@ -426,7 +390,7 @@ def _every(once, full: bool, interval: float) -> None:
             if result.errors:
                 line += "; " + "; ".join(f"{k}: {v}" for k, v in result.errors.items())
         except (AuthError, ConfigError) as exc:
-            raise click.ClickException(_with_hint(exc)) from None
+            raise click.ClickException(say.with_hint(exc)) from None
         except (ConnectionFailed, PipedriveError, sqlite3.OperationalError) as exc:
             failures += 1
             line = f"{timestamps.now()} sync failed: {exc}"
@@ -444,50 +408,10 @@ def _parse_interval(text: str) -> float:
         raise click.BadParameter(str(exc), param_hint="--every") from None
 
 
-def _when(value: str | None) -> str:
-    """``2025-01-15T10:30:00Z (3h ago)``; the text as it is when it is not a timestamp."""
-    if not value:
-        return "never"
-    ago = timestamps.ago(value)
-    return f"{value} ({ago})" if ago else value
-
-
-def _database_problem(path: str, exc: sqlite3.DatabaseError) -> str:
-    """One line that says what is wrong with the database file, in the user's words."""
-    text = str(exc)
-    folder = os.path.dirname(os.path.abspath(path))
-    if "readonly" in text or "read-only" in text or not os.access(folder, os.W_OK):
-        return (
-            f"{path} is read-only: pdsync must write it, and create its -wal and -shm files"
-            " beside it (check the file's and the directory's permissions)"
-        )
-    if "disk is full" in text or "disk I/O" in text:
-        return (
-            f"{path}: the disk is full (or failed) while writing; what was committed is kept:"
-            " free some space and sync again"
-        )
-    if "unable to open" in text:
-        return f"cannot open {path}: check that it and its directory exist and are writable"
-    if "not a database" in text or "malformed" in text:
-        return f"{path} is not a SQLite database, or is damaged ({text})"
-    return f"{path}: SQLite said: {text}"
-
-
-def _os_problem(path: str, exc: OSError) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return str(exc)
-    if isinstance(exc, PermissionError):
-        return (
-            f"permission denied: {exc.filename or path} (pdsync must write the database and"
-            " its lock file beside it)"
-        )
-    if exc.errno == 28:  # ENOSPC
-        return f"{path}: the disk is full; what was committed is kept: free some space"
-    return f"{path}: {exc.strerror or exc}"
-
-
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt()
 
 
+cli.add_command(user)
+cli.add_command(token)
 plugins.pm.hook.pdsync_register_commands(cli=cli)

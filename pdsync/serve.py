@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import os
 import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
 
+from . import access
 from .schema import read_only_uri
 
 DEFAULT_PORT = 8001
@@ -88,13 +90,65 @@ def datasette_args(
     ]
 
 
+def is_loopback(host: str) -> bool:
+    """Only this machine can connect: 127.0.0.0/8, ::1 or localhost."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere: assume the network
+
+
+def serving_mode(host: str, public: bool = False, private: bool = False) -> str:
+    """``local`` on loopback, else ``private`` (sign-in required) unless ``public``.
+
+    ``private`` forces sign-in on loopback too: behind a reverse proxy on the same machine
+    every visitor arrives from 127.0.0.1."""
+    if public and private:
+        raise ValueError("--public and --private contradict each other")
+    if private:
+        return "private"
+    if is_loopback(host):
+        return "local"
+    return "public" if public else "private"
+
+
+def prepare_access(
+    db_path: str | os.PathLike, mode: str, config_dir: str | os.PathLike | None = None
+) -> tuple[Path | None, dict]:
+    """The secrets file to serve with (None: none, local mode without one) and its content.
+
+    Beyond loopback the file is made if missing, for the cookie secret; a file that cannot be
+    read raises ``access.SecretsError`` with a message for the user."""
+    path = access.secrets_path(db_path, config_dir)
+    if mode == "local" and not path.exists():
+        return None, {}
+    data = access.load(path)
+    if not data.get("cookie_secret"):
+        access.cookie_secret(path)
+        data = access.load(path)
+    return path, data
+
+
 def serve(
     db_path: str | os.PathLike,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     root: bool = False,
+    mode: str = "local",
+    secrets_file: str | os.PathLike | None = None,
 ) -> None:
-    """Run Datasette in this process until interrupted (a CLI helper: it blocks)."""
-    from .datasette_plugin import run_datasette
+    """Run Datasette in this process until interrupted (a CLI helper: it blocks).
 
+    The mode and the secrets file reach the plugin through the environment, and the cookie
+    secret through ``DATASETTE_SECRET``: none of it shows in ``ps``, ``/-/metadata.json`` or
+    ``/-/settings.json``."""
+    from .datasette_plugin import run_datasette
+    from .datasette_plugin.access import MODE_ENV, SECRETS_ENV
+
+    os.environ[MODE_ENV] = mode
+    if secrets_file:
+        os.environ[SECRETS_ENV] = str(secrets_file)
+        os.environ["DATASETTE_SECRET"] = access.cookie_secret(Path(secrets_file))
     run_datasette(datasette_args(db_path, host, port, root))

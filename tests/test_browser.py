@@ -280,3 +280,44 @@ def test_anonymous_visitors_see_status_but_cannot_sync(chromium, site, shots):
         page.screenshot(path=shots / "status_anonymous.png", full_page=True)
     finally:
         context.close()
+
+
+def test_signing_in_through_the_real_form(chromium, site, tmp_path, shots):
+    """`pdsync serve --private`: a browser is sent to the sign-in form, a wrong password is
+    refused there, the right one lands on the instance signed in."""
+    from click.testing import CliRunner
+
+    from pdsync.cli import cli
+
+    db = tmp_path / "pipedrive.db"
+    db.write_bytes(site["db"].read_bytes())
+    added = CliRunner().invoke(cli, ["user", "add", str(db), "ann"], input="s3cret pass\n")
+    assert added.exit_code == 0, added.output
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pdsync", "serve", str(db), "--port", str(port), "--private"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    context = chromium.new_context()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for_server(base)
+        page = context.new_page()
+        page.goto(base + "/pipedrive/deals")
+        assert urlsplit(page.url).path == "/-/login"
+        page.fill("#id_username", "ann")
+        page.fill("#id_password", "wrong")
+        page.click("input[type=submit]")
+        assert "Wrong user name or password" in page.content()
+        page.fill("#id_username", "ann")
+        page.fill("#id_password", "s3cret pass")
+        page.click("input[type=submit]")
+        page.goto(base + "/pipedrive/deals")
+        assert urlsplit(page.url).path == "/pipedrive/deals"
+        assert page.locator(".actor").inner_text().strip() == "ann"
+        page.screenshot(path=str(shots / "signed-in.png"))
+    finally:
+        context.close()
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -7,6 +7,7 @@ in its package). ``pdsync serve`` and ``pdsync.datasette()`` call it; plain ``da
 --plugins-dir datasette_plugins`` does through the one-line shim there.
 
 - config.py: the ``plugins: pdsync:`` configuration and the token
+- access.py: who gets in: the sign-in gate, /-/login, API tokens, permissions
 - jobs.py: syncs in background threads, the periodic scheduler
 - status.py: the status view-model (raw values)
 - filters.py and templates/: how the page shows them
@@ -20,6 +21,7 @@ from __future__ import annotations
 import sys
 
 from .hooks import (
+    actor_from_request,
     asgi_wrapper,
     get_metadata,
     menu_links,
@@ -32,6 +34,7 @@ from .hooks import (
 )
 
 __all__ = [
+    "actor_from_request",
     "asgi_wrapper",
     "get_metadata",
     "menu_links",

@@ -3,7 +3,9 @@ metadata and reads.
 
 - ``/-/pdsync`` and ``/-/pdsync.json``: the sync status of each pdsync database (GET, HEAD).
 - ``POST /-/pdsync/sync``: "Sync now", with Datasette's CSRF check and the ``pdsync-sync``
-  permission (root, or the ``allow`` block of this plugin's configuration).
+  permission (root, users and tokens given ``--can sync``, or the ``allow`` block of this
+  plugin's configuration).
+- ``/-/login``: signing in with a password (see access.py, with the gate and API tokens).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datasette.utils.asgi import Response
 from pdsync.schema import is_pdsync
 from pdsync.timestamps import ago, days_since
 
-from . import metadata, reads
+from . import access, metadata, reads
 from .config import PERMISSION, plugin_config
 from .filters import FILTERS
 from .jobs import SyncRefused, start_scheduler, start_sync, stop_scheduler
@@ -105,9 +107,10 @@ def read_only(view):
 # -- hooks -------------------------------------------------------------------------------
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # our /-/login before datasette-auth-passwords' own
 def register_routes():
     return [
+        (r"^/-/login$", access.login),
         (r"^/-/pdsync$", read_only(status_page)),
         (r"^/-/pdsync\.json$", read_only(status_json)),
         (r"^/-/pdsync/sync$", sync_now),  # POST only: it checks the method itself
@@ -125,9 +128,15 @@ def menu_links(datasette, actor):
 
 
 @hookimpl
+def actor_from_request(datasette, request):
+    return access.actor_for_token(datasette, request)
+
+
+@hookimpl
 def permission_allowed(datasette, actor, action, resource):
-    if action != PERMISSION:
-        return None
+    decided = access.permission(datasette, actor, action, resource)
+    if decided is not None or action != PERMISSION:
+        return decided
     if actor and actor.get("id") == "root":
         return True
     database = resource if isinstance(resource, str) else None
@@ -169,9 +178,11 @@ def startup(datasette):
 @hookimpl
 def asgi_wrapper(datasette):
     def wrap(app):
+        guarded = access.gate(datasette, app)
+
         async def lifespan_aware(scope, receive, send):
             if scope["type"] != "lifespan":
-                return await app(scope, receive, send)
+                return await guarded(scope, receive, send)
 
             async def watching_receive():
                 message = await receive()

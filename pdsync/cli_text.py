@@ -1,0 +1,134 @@
+"""What the CLI says: progress lines, run reports and one-line explanations of problems.
+
+Kept apart from cli.py's commands so that each command reads as what it does.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import time
+
+import click
+
+from . import timestamps
+from .results import ProgressEvent, SyncResult
+
+
+class ProgressLine:
+    """One line on stderr that shows every entity's progress while it runs."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, str] = {}
+        self.started = time.monotonic()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.done:
+            mark = "ok" if event.status == "success" else "FAILED"
+            self._clear()
+            error = f": {event.error}" if event.error else ""
+            click.echo(
+                f"  {event.entity:<20} {event.records:>9,} records "
+                f"{event.requests:>5} requests  {mark}{error}",
+                err=True,
+            )
+            self.state.pop(event.entity, None)
+        else:
+            self.state[event.entity] = f"{event.entity} {event.records:,}"
+        if self.state:
+            line = " | ".join(self.state.values())
+            click.echo(f"\r\x1b[2K{line[:150]}", err=True, nl=False)
+
+    def _clear(self) -> None:
+        click.echo("\r\x1b[2K", err=True, nl=False)
+
+    def close(self) -> None:
+        self._clear()
+
+
+def report(result: SyncResult, quiet: bool, tty: bool) -> None:
+    failed = {name: e for name, e in result.entities.items() if e.status != "success"}
+    if not quiet:
+        summary = (
+            f"Synced {result.records:,} records in {result.duration_ms / 1000:.1f}s "
+            f"({result.requests} requests, {result.tokens} tokens)"
+        )
+        click.echo(summary, err=tty)
+    for name, entity in failed.items():
+        click.echo(f"pdsync: {name} failed: {with_hint(entity.error or 'unknown error')}", err=True)
+
+
+def with_hint(error: object) -> str:
+    text = str(error)
+    if "401" in text and "token" in text:
+        text += "; check PIPEDRIVE_API_TOKEN or run `pdsync auth`"
+    return text
+
+
+def token_lines(usage: dict) -> list[str]:
+    """The day's tokens in words: today, a day of this schedule, and the budget."""
+    limit = usage["budget"]
+    parts = ", ".join(f"{purpose} {n:,}" for purpose, n in usage["spent_by_purpose"].items())
+    today = f"Tokens today ({usage['day']} UTC): {usage['spent_today']:,}"
+    today += f" ({parts})" if parts else ""
+    if limit and usage["budget_is_configured"]:
+        today += f", {usage['share_today']:.1%} of the daily budget of {limit:,}"
+    elif limit:
+        today += (
+            f", {usage['share_today']:.1%} of {limit:,}, the least this account's daily budget"
+            f" can be (30,000 x {usage['active_users']} active users)"
+        )
+    lines = [today]
+    if usage["projected_per_day"] is not None:
+        every = timestamps.format_interval(usage["every_s"])
+        day = (
+            f"A day of this schedule (a sync every {every}, ~{usage['tokens_per_run']:,.0f}"
+            f" tokens each): ~{usage['projected_per_day']:,} tokens"
+        )
+        if usage["share_projected"] is not None:
+            day += f", {usage['share_projected']:.1%} of the budget"
+        lines.append(day)
+    return lines
+
+
+def when(value: str | None) -> str:
+    """``2025-01-15T10:30:00Z (3h ago)``; the text as it is when it is not a timestamp."""
+    if not value:
+        return "never"
+    ago = timestamps.ago(value)
+    return f"{value} ({ago})" if ago else value
+
+
+def database_problem(path: str, exc: sqlite3.DatabaseError) -> str:
+    """One line that says what is wrong with the database file, in the user's words."""
+    text = str(exc)
+    folder = os.path.dirname(os.path.abspath(path))
+    if "readonly" in text or "read-only" in text or not os.access(folder, os.W_OK):
+        return (
+            f"{path} is read-only: pdsync must write it, and create its -wal and -shm files"
+            " beside it (check the file's and the directory's permissions)"
+        )
+    if "disk is full" in text or "disk I/O" in text:
+        return (
+            f"{path}: the disk is full (or failed) while writing; what was committed is kept:"
+            " free some space and sync again"
+        )
+    if "unable to open" in text:
+        return f"cannot open {path}: check that it and its directory exist and are writable"
+    if "not a database" in text or "malformed" in text:
+        return f"{path} is not a SQLite database, or is damaged ({text})"
+    return f"{path}: SQLite said: {text}"
+
+
+def os_problem(path: str, exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return str(exc)
+    if isinstance(exc, PermissionError):
+        return (
+            f"permission denied: {exc.filename or path} (pdsync must write the database and"
+            " its lock file beside it)"
+        )
+    if exc.errno == errno.ENOSPC:
+        return f"{path}: the disk is full; what was committed is kept: free some space"
+    return f"{path}: {exc.strerror or exc}"
