@@ -14,12 +14,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlite_utils
 
-from . import pacing, plugins, timestamps
+from . import pacing, plan, plugins, timestamps
 from .client import PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
 from .errors import AuthError, BudgetSpent, ConnectionFailed, PipedriveError
@@ -33,12 +32,6 @@ from .store import Store
 
 log = logging.getLogger("pdsync")
 
-# Ask again for a little before the watermark: a write Pipedrive commits late with an
-# earlier update_time would otherwise be skipped for good. Re-reading it is harmless.
-LOOKBACK = timedelta(seconds=60)
-# Pipedrive keeps deleted deals listable for 30 days; a deals sync older than that may have
-# missed deletions, so it reconciles with a full pass (a day early, to be safe).
-DELETED_DEALS_KEPT = timedelta(days=29)
 _REJECTIONS_KEPT = 5  # rejected records named in sync_metadata.warning_message
 _QUEUE_PAGES = 8  # pages in flight between fetchers and the writer: bounds memory
 
@@ -140,47 +133,11 @@ class Sync:
         return result
 
     def _due(self, spec: EntitySpec) -> bool:
-        """Whether this run fetches ``spec``: reference data waits for its refresh interval
-        unless the run is full or names it."""
-        if spec.refresh is None or self.full or spec.name in self.only:
-            return True
-        meta = self.store.metadata(spec.name)
-        return meta.get("status") != "success" or _older_than(
-            meta.get("last_success_time"), spec.refresh
-        )
+        return plan.due(self.store, spec, self.full, self.only)
 
     def _begin_entity(self, spec: EntitySpec) -> None:
-        meta = self.store.metadata(spec.name)
-        has_rows = self.store.count(spec) > 0
-        marks = [self.store.watermark(spec.name, s.key) for s in spec.streams]
-        no_watermark = all(mark is None for mark in marks)
-        # A watermark from a bad record (year 9999, not a timestamp) hides every later change:
-        # forget it and reconcile with a full pass.
-        bad_watermark = any(mark is not None and not timestamps.plausible(mark) for mark in marks)
-        if bad_watermark:
-            log.warning("%s: a watermark is not a sane timestamp; syncing it in full", spec.name)
-        stale_deals = spec.name == "deals" and _older_than(
-            meta.get("last_success_time"), DELETED_DEALS_KEPT
-        )
-        full_pass = spec.incremental and (
-            self.full
-            or bool(meta.get("full_pending"))
-            or bad_watermark
-            or (has_rows and no_watermark)
-            or (has_rows and stale_deals)
-        )
+        full_pass = plan.begin_entity(self.db, self.store, spec, self.full)
         self._full_pass[spec.name] = full_pass or (spec.dependent and self.full)
-        with self.db.atomic():
-            if full_pass and (self.full or bad_watermark or not meta.get("full_pending")):
-                # A new full pass refetches from the beginning; a pending one resumes.
-                self.store.clear_watermarks(spec.name)
-                self.store.clear_seen(spec)
-            self.store.update_metadata(
-                spec.name,
-                status="in_progress",
-                error_message=None,
-                full_pending=int(full_pass),
-            )
 
     def _close_run(self, result: SyncResult, started: float, cancelled: bool = False) -> None:
         finished_at = timestamps.now()
@@ -486,7 +443,7 @@ class Sync:
             for stream in spec.streams:
                 committed = self.store.watermark(spec.name, stream.key)
                 self._watermark[(spec.name, stream.key)] = committed
-                self._updated_since[(spec.name, stream.key)] = _minus(committed, LOOKBACK)
+                self._updated_since[(spec.name, stream.key)] = plan.minus(committed, plan.LOOKBACK)
             if spec.fields_table and spec.fields_table in self.db.table_names():
                 definitions = list(self.db[spec.fields_table].rows)
                 self._custom[spec.name] = CustomFieldMap.from_definitions(definitions)
@@ -541,24 +498,6 @@ class Sync:
 
 def _plugin_transform(spec: EntitySpec, record: dict) -> dict | None:
     return plugins.transform_record(spec.name, record)
-
-
-def _older_than(value: str | None, age: timedelta) -> bool:
-    if not value:
-        return False
-    try:
-        return timestamps.parse(value) < datetime.now(timezone.utc) - age
-    except ValueError:
-        return True
-
-
-def _minus(value: str | None, delta: timedelta) -> str | None:
-    if not value:
-        return None
-    try:
-        return timestamps.format(timestamps.parse(value) - delta)
-    except ValueError:
-        return None  # never sent to Pipedrive (a 400 on every run); _begin_entity reconciles
 
 
 def _json(value: Any) -> str:
