@@ -48,6 +48,9 @@ def check_name(name: str) -> str:
             f"{name!r} is not a usable name: letters, digits and _ . @ - (at most 64),"
             " starting with a letter or digit"
         )
+    if name.lower() == "root":
+        # Datasette (and pdsync's own rules) trust an actor whose id is "root" with everything.
+        raise SecretsError("'root' is Datasette's own administrator: choose another name")
     return name
 
 
@@ -133,7 +136,14 @@ def add_user(path: Path, name: str, password: str, can=()) -> None:
         users = data.setdefault("users", {})
         if name in users:
             raise SecretsError(f"user {name} exists: `pdsync user remove` it first")
-        users[name] = {"password_hash": password_hash, "can": can, "created": _now()}
+        # A new session id with every new password: cookies signed for the old one stop
+        # working (see still_valid), so a reset locks out whoever signed in before it.
+        users[name] = {
+            "password_hash": password_hash,
+            "can": can,
+            "created": _now(),
+            "session": secrets.token_hex(8),
+        }
 
 
 def remove_user(path: Path, name: str) -> None:
@@ -154,8 +164,12 @@ def user_actor(data: dict, name: str, password: str) -> dict | None:
     user = data.get("users", {}).get(name)
     # A missing user still costs a hash, so timing does not tell which names exist.
     password_hash = user["password_hash"] if user else _dummy_hash()
-    if verify_password(password, password_hash) and user:
-        return {"id": name, "pdsync": "user"}
+    try:
+        right = verify_password(password, password_hash)
+    except (AssertionError, ValueError):  # a hash edited by hand into nonsense
+        right = False
+    if right and user:
+        return {"id": name, "pdsync": "user", "session": user.get("session")}
     return None
 
 
@@ -231,9 +245,11 @@ def abilities(data: dict, actor: dict | None) -> list[str]:
 
 
 def still_valid(data: dict, actor: dict | None) -> bool:
-    """False for a signed-in user since removed (their cookie outlives them otherwise)."""
+    """False for a signed-in user since removed, or added again with a new password: their
+    cookie would outlive them otherwise."""
     if actor and actor.get("pdsync") == "user":
-        return actor.get("id") in data.get("users", {})
+        user = data.get("users", {}).get(actor.get("id"))
+        return user is not None and user.get("session") == actor.get("session")
     return True
 
 

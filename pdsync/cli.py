@@ -33,7 +33,7 @@ from .schema import (
     is_pdsync,
     pending_upgrades,
 )
-from .serve import DEFAULT_PORT, needs_immutable, prepare_access, serving_mode
+from .serve import DEFAULT_PORT, is_loopback, needs_immutable, prepare_access, serving_mode
 from .serve import serve as serve_database
 
 AUTH_OPTION = click.option(
@@ -315,6 +315,13 @@ def demo(db_path: str, deals: int, seed: int, no_serve: bool, host: str, port: i
     serves, the fake keeps changing a few records a minute, and the printed root link signs
     you in to press "Sync now" on the status page (/-/pdsync).
     """
+    if not no_serve and not is_loopback(host):
+        # The demo signs you in as root and lets anyone run SQL: a loopback address only.
+        raise click.BadParameter(
+            f"{host} is not a loopback address: the demo serves on 127.0.0.1 only"
+            " (use `pdsync serve` to share a database)",
+            param_hint="--host",
+        )
     from .fake import FakePipedrive, FakeServer
 
     click.echo(f"Building the demo company ({deals:,} deals)...", err=True)

@@ -177,7 +177,11 @@ def test_private_refuses_anonymous_everywhere_and_opens_for_people_and_tokens(pr
         for url in PRIVATE_URLS:
             response = await ds.client.get(url)
             assert response.status_code == 401, url
-            assert "deal" not in response.text.lower() or url == "/does-not-exist", url
+            assert response.json() == {
+                "ok": False,
+                "error": "sign in, or send a token",
+                "status": 401,
+            }, url
             browser = await ds.client.get(url, headers={"accept": "text/html"})
             assert browser.status_code == 302 and "/-/login" in browser.headers["location"]
         assert (
@@ -205,10 +209,14 @@ def test_private_refuses_anonymous_everywhere_and_opens_for_people_and_tokens(pr
         page = await ds.client.get("/acme/deals", cookies=cookies)
         assert page.status_code == 200 and "reader" in page.text
         actor = (await ds.client.get("/-/actor.json", cookies=cookies)).json()["actor"]
-        assert actor == {"id": "reader", "pdsync": "user"}
+        assert (actor["id"], actor["pdsync"]) == ("reader", "user") and actor["session"]
 
         # The sync permission: not for readers or tokens, for users given --can sync.
-        reader, boss = {"id": "reader", "pdsync": "user"}, {"id": "boss", "pdsync": "user"}
+        people = access.load(access.secrets_path(db))["users"]
+        reader, boss = (
+            {"id": name, "pdsync": "user", "session": people[name]["session"]}
+            for name in ("reader", "boss")
+        )
         assert not await ds.permission_allowed(reader, "pdsync-sync", "acme", default=False)
         assert not await ds.permission_allowed(actor_of(token, db), "pdsync-sync", "acme")
         assert await ds.permission_allowed(boss, "pdsync-sync", "acme", default=False)
@@ -221,6 +229,58 @@ def test_private_refuses_anonymous_everywhere_and_opens_for_people_and_tokens(pr
         assert (await ds.client.get("/acme/deals", cookies=cookies)).status_code == 401
 
     asyncio.run(check())
+
+
+def test_a_new_password_signs_out_the_old_sessions(private):
+    """Resetting a password (remove, add again) must lock out whoever signed in before."""
+    ds, db, _ = private
+
+    async def check():
+        add_user(db, "reset-me")
+        before = await sign_in(ds, "reset-me", PASSWORD)
+        old = {"ds_actor": before.cookies["ds_actor"]}
+        assert (await ds.client.get("/acme/deals", cookies=old)).status_code == 200
+        assert invoke("user", "remove", db, "reset-me").exit_code == 0
+        add_user(db, "reset-me")
+        assert (await ds.client.get("/acme/deals", cookies=old)).status_code == 401
+        after = await sign_in(ds, "reset-me", PASSWORD)
+        new = {"ds_actor": after.cookies["ds_actor"]}
+        assert (await ds.client.get("/acme/deals", cookies=new)).status_code == 200
+
+    asyncio.run(check())
+
+
+def test_root_is_not_a_name_a_user_or_token_can_take(synced):
+    for command in (["user", "add", synced, "root"], ["token", "create", synced, "Root"]):
+        result = invoke(*command, stdin=PASSWORD + "\n")
+        assert result.exit_code == 1 and "Datasette's own administrator" in result.output
+
+
+@pytest.mark.parametrize(
+    "target, lands",
+    [
+        ("/acme/deals?_size=5", "/acme/deals?_size=5"),
+        ("//example.com/x", "/"),
+        ("/\t/example.com", "/"),
+        ("/%09/example.com", "/%09/example.com"),  # still encoded: a path on this site
+        ("/x\r\nSet-Cookie: a=b", "/"),
+        ("https://example.com/", "/"),
+    ],
+)
+def test_after_sign_in_only_a_path_on_this_site(target, lands):
+    from pdsync.datasette_plugin.access import _next
+
+    class Site:
+        class urls:  # noqa: N801 - Datasette's attribute name
+            path = staticmethod(lambda path: path)
+
+    assert _next(Site, target) == lands
+
+
+def test_the_demo_serves_on_loopback_only(tmp_path):
+    result = CliRunner().invoke(cli.cli, ["demo", str(tmp_path / "d.db"), "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "not a loopback address" in result.output
+    assert not (tmp_path / "d.db").exists()
 
 
 def actor_of(token, db):

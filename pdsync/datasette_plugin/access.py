@@ -3,8 +3,8 @@
 Three modes (``pdsync serve`` picks one from its address, see ``pdsync.serve``):
 
 - ``local``: bound to loopback, everything as plain Datasette (and as pdsync always did).
-- ``private``: anonymous visitors get nothing but the sign-in page, static files and the
-  webhook receiver (which checks its own credentials). The gate is an ASGI wrapper, not only a
+- ``private``: anonymous visitors get nothing but the sign-in page and static files. The
+  gate is an ASGI wrapper, not only a
   permission: it refuses by default, so a route another plugin adds without a permission check
   (a dashboard, a download) is covered too.
 - ``public``: anyone reads; arbitrary SQL still needs an allowed actor.
@@ -16,10 +16,11 @@ Plain ``datasette`` users choose with ``plugins: pdsync: require_sign_in: true``
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from datasette.utils import actor_matches_allow
 from datasette.utils.asgi import Request, Response
@@ -33,8 +34,9 @@ log = logging.getLogger("pdsync.serve")
 MODE_ENV = "PDSYNC_SERVE_MODE"
 SECRETS_ENV = "PDSYNC_SECRETS_FILE"
 MODES = ("local", "private", "public")
-# Reachable without signing in: signing in itself, what its page needs, and the webhook.
-OPEN_PATHS = ("/-/login", "/-/logout", "/-/auth-token", "/favicon.ico", "/-/pdsync/webhook")
+# Reachable without signing in: signing in itself and what its page needs. (A webhook
+# receiver, when there is one, is added here with its own credentials.)
+OPEN_PATHS = ("/-/login", "/-/logout", "/-/auth-token", "/favicon.ico")
 OPEN_PREFIXES = ("/-/static/", "/-/static-plugins/")
 # Actions that read; anonymous visitors get none of them in private mode.
 SQL_ACTION = "execute-sql"
@@ -199,13 +201,24 @@ async def login(request, datasette) -> Response:
     status = 200
     if request.method == "POST":
         form = await request.post_vars()
-        actor = access.user_actor(
-            secrets_data(datasette), form.get("username") or "", form.get("password") or ""
-        )
+        # PBKDF2 takes a tenth of a second: off the event loop, and a few at a time, so a
+        # burst of sign-ins cannot stall every other page.
+        async with _hashing(datasette):
+            actor = await asyncio.to_thread(
+                access.user_actor,
+                secrets_data(datasette),
+                form.get("username") or "",
+                form.get("password") or "",
+            )
         if actor:
             response = Response.redirect(_next(datasette, request.args.get("next")))
+            https = request.scheme == "https" or _forwarded_https(request)
             response.set_cookie(
-                "ds_actor", datasette.sign({"a": actor}, "actor"), httponly=True, samesite="lax"
+                "ds_actor",
+                datasette.sign({"a": actor}, "actor"),
+                httponly=True,
+                samesite="lax",
+                secure=https,
             )
             return response
         error, status = "Wrong user name or password", 401
@@ -216,7 +229,27 @@ async def login(request, datasette) -> Response:
 
 
 def _next(datasette, target: str | None) -> str:
-    # Only a path on this site: never an open redirect to another host.
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
+    # Only a path on this site: never an open redirect to another host ("//host", "/\thost"
+    # that browsers read as "//host", a scheme), nor a header split by a newline.
+    if (
+        target
+        and target.startswith("/")
+        and "\\" not in target
+        and not any(ord(c) < 0x21 or ord(c) == 0x7F for c in target)
+    ):
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc:
+            return target
     return datasette.urls.path("/")
+
+
+def _forwarded_https(request) -> bool:
+    # Behind the TLS proxy README shows, the proxy says so; the cookie then stays on https.
+    return request.headers.get("x-forwarded-proto", "").split(",")[0].strip() == "https"
+
+
+def _hashing(datasette) -> asyncio.Semaphore:
+    """Two password checks at a time, per instance (a semaphore belongs to one event loop)."""
+    if getattr(datasette, "_pdsync_sign_ins", None) is None:
+        datasette._pdsync_sign_ins = asyncio.Semaphore(2)
+    return datasette._pdsync_sign_ins
