@@ -279,7 +279,7 @@ class Company:
 # -- custom fields ----------------------------------------------------------------------------
 
 
-def _field(
+def field_definition(
     kind: str,
     name: str,
     code: str,
@@ -300,6 +300,9 @@ def _field(
         is_custom_field=custom,
         is_optional_response_field=False,
     )
+    if kind in ("product", "activity"):  # /api/v2/productFields, /activityFields
+        rec["ui_visibility"] = {"add_visible_flag": True, "details_visible_flag": True}
+        return rec
     if kind == "deal":
         rec["ui_visibility"] = {
             "add_visible_flag": True,
@@ -359,17 +362,19 @@ def make_fields(rng: random.Random, company: Company) -> None:
     )
     d = "deal"
     company.deal_fields = [
-        _field(d, "Title", "title", "varchar", False, description="The title of the deal"),
-        _field(d, "Value", "value", "monetary", False, subfields=money_sub),
-        _field(d, "Owner", "owner_id", "user", False),
-        _field(d, "Contact person", "person_id", "people", False),
-        _field(d, "Organization", "org_id", "org", False),
-        _field(d, "Stage", "stage_id", "stage", False),
-        _field(d, "Status", "status", "status", False, options=status_options),
-        _field(d, "Expected close date", "expected_close_date", "date", False),
-        _field(d, "Probability", "probability", "double", False),
-        _field(d, "Lost reason", "lost_reason", "varchar_options", False),
-        _field(d, "Visible to", "visible_to", "visible_to", False),
+        field_definition(
+            d, "Title", "title", "varchar", False, description="The title of the deal"
+        ),
+        field_definition(d, "Value", "value", "monetary", False, subfields=money_sub),
+        field_definition(d, "Owner", "owner_id", "user", False),
+        field_definition(d, "Contact person", "person_id", "people", False),
+        field_definition(d, "Organization", "org_id", "org", False),
+        field_definition(d, "Stage", "stage_id", "stage", False),
+        field_definition(d, "Status", "status", "status", False, options=status_options),
+        field_definition(d, "Expected close date", "expected_close_date", "date", False),
+        field_definition(d, "Probability", "probability", "double", False),
+        field_definition(d, "Lost reason", "lost_reason", "varchar_options", False),
+        field_definition(d, "Visible to", "visible_to", "visible_to", False),
     ]
     custom_deal = [
         ("Project Reference", "varchar", None, None),
@@ -410,15 +415,15 @@ def make_fields(rng: random.Random, company: Company) -> None:
         ("Bid Submission Date", "date", None, None),
     ]
     for name, ftype, opts, subs in custom_deal:
-        company.deal_fields.append(_field(d, name, _hash40(rng), ftype, True, opts, subs))
+        company.deal_fields.append(field_definition(d, name, _hash40(rng), ftype, True, opts, subs))
     p = "person"
     company.person_fields = [
-        _field(p, "Name", "name", "varchar", False),
-        _field(p, "Email", "emails", "varchar", False),
-        _field(p, "Phone", "phones", "phone", False),
-        _field(p, "Organization", "org_id", "org", False),
-        _field(p, "Owner", "owner_id", "user", False),
-        _field(
+        field_definition(p, "Name", "name", "varchar", False),
+        field_definition(p, "Email", "emails", "varchar", False),
+        field_definition(p, "Phone", "phones", "phone", False),
+        field_definition(p, "Organization", "org_id", "org", False),
+        field_definition(p, "Owner", "owner_id", "user", False),
+        field_definition(
             p,
             "Preferred Language",
             _hash40(rng),
@@ -426,15 +431,17 @@ def make_fields(rng: random.Random, company: Company) -> None:
             True,
             options("Arabic", "English", "French", "German"),
         ),
-        _field(p, "LinkedIn Profile", _hash40(rng), "varchar", True),
+        field_definition(p, "LinkedIn Profile", _hash40(rng), "varchar", True),
     ]
     o = "org"
     company.org_fields = [
-        _field(o, "Name", "name", "varchar", False),
-        _field(o, "Owner", "owner_id", "user", False),
-        _field(o, "Address", "address", "address", False),
-        _field(o, "CR Number", _hash40(rng), "varchar", True),
-        _field(o, "Vendor Tier", _hash40(rng), "enum", True, options("Tier 1", "Tier 2", "Tier 3")),
+        field_definition(o, "Name", "name", "varchar", False),
+        field_definition(o, "Owner", "owner_id", "user", False),
+        field_definition(o, "Address", "address", "address", False),
+        field_definition(o, "CR Number", _hash40(rng), "varchar", True),
+        field_definition(
+            o, "Vendor Tier", _hash40(rng), "enum", True, options("Tier 1", "Tier 2", "Tier 3")
+        ),
     ]
     company.next_option_id = opt
 

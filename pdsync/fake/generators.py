@@ -46,6 +46,7 @@ from .company import (
     USERS,
     Company,
     address,
+    field_definition,
     make_fields,
     makers,
     pool,
@@ -512,26 +513,29 @@ def product_fields(g: Gen) -> Iterator[tuple]:
     options = [{"id": opt + i, "label": label, "color": None} for i, label in enumerate(lines)]
     g.company.next_option_id = opt + len(options)
     money = [
-        records.field_record("Amount of Price", "value", "double", False),
-        records.field_record("Currency of Price", "currency", "varchar", False),
+        field_definition("product", "Amount of Price", "value", "double", False),
+        field_definition("product", "Currency of Price", "currency", "varchar", False),
     ]
     for f in money:  # subfields carry only these three keys
         for key in ("options", "subfields", "is_custom_field", "is_optional_response_field"):
             f.pop(key)
         f.pop("ui_visibility")
     built_in = [
-        records.field_record("Name", "name", "varchar", False),
-        records.field_record("Product code", "code", "varchar", False),
-        records.field_record("Unit", "unit", "varchar", False),
-        records.field_record("Tax", "tax", "double", False),
-        records.field_record("Category", "category", "enum", False, options=options),
-        records.field_record("Owner", "owner_id", "user", False),
-        records.field_record("Price", "prices", "price_list", False, subfields=money),
+        field_definition("product", "Name", "name", "varchar", False),
+        field_definition("product", "Product code", "code", "varchar", False),
+        field_definition("product", "Unit", "unit", "varchar", False),
+        field_definition("product", "Tax", "tax", "double", False),
+        field_definition("product", "Category", "category", "enum", False, options=options),
+        field_definition("product", "Owner", "owner_id", "user", False),
+        field_definition("product", "Price", "prices", "price_list", False, subfields=money),
     ]
     custom = [
-        records.field_record("Brand", f"{g.rng.getrandbits(160):040x}", "varchar", True),
-        records.field_record("Warranty (months)", f"{g.rng.getrandbits(160):040x}", "int", True),
-        records.field_record(
+        field_definition("product", "Brand", f"{g.rng.getrandbits(160):040x}", "varchar", True),
+        field_definition(
+            "product", "Warranty (months)", f"{g.rng.getrandbits(160):040x}", "int", True
+        ),
+        field_definition(
+            "product",
             "Origin",
             f"{g.rng.getrandbits(160):040x}",
             "enum",
@@ -554,13 +558,13 @@ def activity_fields(g: Gen) -> Iterator[tuple]:
         g,
         "activity",
         [
-            records.field_record("Subject", "subject", "varchar", False),
-            records.field_record("Type", "type", "enum", False, options=types),
-            records.field_record("Due date", "due_date", "date", False),
-            records.field_record("Duration", "duration", "time", False),
-            records.field_record("Owner", "owner_id", "user", False),
-            records.field_record("Deal", "deal_id", "deal", False),
-            records.field_record("Note", "note", "text", False),
+            field_definition("activity", "Subject", "subject", "varchar", False),
+            field_definition("activity", "Type", "type", "enum", False, options=types),
+            field_definition("activity", "Due date", "due_date", "date", False),
+            field_definition("activity", "Duration", "duration", "time", False),
+            field_definition("activity", "Owner", "owner_id", "user", False),
+            field_definition("activity", "Deal", "deal_id", "deal", False),
+            field_definition("activity", "Note", "note", "text", False),
         ],
     )
 

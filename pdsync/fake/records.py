@@ -411,24 +411,3 @@ def line_item_record(
             "billing_start_date": None,
         },
     )
-
-
-def field_record(
-    name: str,
-    code: str,
-    ftype: str,
-    custom: bool,
-    options: list[dict] | None = None,
-    subfields: list[dict] | None = None,
-) -> dict[str, Any]:
-    """A product or activity field definition (/api/v2/productFields, /activityFields)."""
-    return {
-        "field_name": name,
-        "field_code": code,
-        "field_type": ftype,
-        "options": options,
-        "subfields": subfields,
-        "is_custom_field": custom,
-        "is_optional_response_field": False,
-        "ui_visibility": {"add_visible_flag": True, "details_visible_flag": True},
-    }
