@@ -466,6 +466,11 @@ class Sync:
                     asked = self.store.parents_to_ask(
                         spec, stream.children, self._full_pass[spec.name]
                     )
+                    # A parent changed in the last moments may change again within the same
+                    # second, keeping its update_time: remember no version for it, so the next
+                    # run asks once more (one request per 100 such parents).
+                    recent = plan.minus(self._started_at, plan.LOOKBACK) or ""
+                    asked = [(p, v if v and v < recent else None) for p, v in asked]
                 self._parents[(spec.name, stream.key)] = asked
 
     def _fail(self, spec: EntitySpec, exc: BaseException) -> None:

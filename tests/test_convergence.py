@@ -76,7 +76,9 @@ def apply(fake, op, data):
         quantity = pick(st.integers(1, 50))
         fake.add_line_item(pick(st.sampled_from(live))["id"], product["id"], quantity=quantity)
     elif op in ("update_line_item", "remove_line_item"):
-        items = fake.records("deal_products")
+        # Only a deal that is not deleted can have its products changed.
+        alive = {d["id"] for d in deals}
+        items = [i for i in fake.records("deal_products") if i["deal_id"] in alive]
         if items:
             item = pick(st.sampled_from(items))
             if op == "remove_line_item":

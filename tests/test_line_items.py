@@ -123,3 +123,52 @@ def test_reference_lists_wait_an_hour_unless_asked(fake, run_sync, db_path):
     fake.reset_log()
     assert run_sync().ok
     assert "/v1/leadLabels" in {r["path"] for r in fake.requests}
+
+
+def test_a_second_change_in_the_same_second_is_not_missed(tmp_path):
+    """Pipedrive's update_time has whole seconds: a line item changed again within the
+    second a deal was last asked about leaves the deal's update_time as it was. A deal changed
+    that recently is asked about once more on the next run."""
+    from datetime import datetime, timezone
+
+    from helpers import FAST_CLIENT
+
+    import pdsync
+    from pdsync.fake import FakePipedrive, FakeServer
+
+    frozen = datetime.now(timezone.utc).replace(microsecond=0)
+    fake = FakePipedrive(deals=60, seed=3, now=frozen)  # the fake's clock stands still
+    db_path = str(tmp_path / "p.db")
+    try:
+        with FakeServer(fake) as server:
+
+            def run():
+                return pdsync.sync(
+                    db_path,
+                    token=fake.token,
+                    base_url=server.url,
+                    auth_path=None,
+                    client_options=FAST_CLIENT,
+                )
+
+            assert run().ok
+            item = next(
+                i
+                for i in fake.records("deal_products")
+                if i["deal_id"] % 3  # whole-second update_times (the fake varies)
+                and not next(d for d in fake.records("deals") if d["id"] == i["deal_id"])[
+                    "is_deleted"
+                ]
+            )
+            fake.update_line_item(item["id"], quantity=7)
+            assert run().ok
+            deal_time = next(d for d in fake.records("deals") if d["id"] == item["deal_id"])
+            fake.update_line_item(item["id"], quantity=9)  # the same second: same update_time
+            again = next(d for d in fake.records("deals") if d["id"] == item["deal_id"])
+            assert again["update_time"] == deal_time["update_time"]
+            assert run().ok
+            db = sqlite_utils.Database(db_path)
+            assert db["deal_products"].get(item["id"])["quantity"] == 9
+            assert differences(db, fake) == []
+    finally:
+        fake.close()

@@ -508,6 +508,7 @@ class Mutations:
         _check_fields("line item", fields, "deal_products")
         with self.store.lock:
             rec, cols = self._load("deal_products", id)
+            self._load("deals", rec["deal_id"])  # a deleted deal's products cannot change
             stamp = self._stamp(id)
             rec.update(fields)
             method = rec["tax_method"]
@@ -528,6 +529,7 @@ class Mutations:
         """Take a product off a deal: the API forgets the line item."""
         with self.store.lock:
             rec, _ = self._load("deal_products", id)
+            self._load("deals", rec["deal_id"])  # a deleted deal's products cannot change
             self.store.query("DELETE FROM deal_products WHERE id = ?", [id])
             self._touch_deal(rec["deal_id"], self._stamp(rec["deal_id"]))
 
