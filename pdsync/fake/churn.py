@@ -69,12 +69,12 @@ class Churn(Mutations):
                 return id_
         return None
 
-    def random_mutations(self, n: int, rng: random.Random) -> list[tuple[str, int]]:
+    def random_mutations(self, n: int, rng: random.Random) -> list[tuple[str, int | str]]:
         """Apply ``n`` realistic random changes; returns (method name, record id) pairs."""
         names = [o[0] for o in _OPS]
         weights = [o[1] for o in _OPS]
         changes = self._changes()
-        done: list[tuple[str, int]] = []
+        done: list[tuple[str, int | str]] = []
         while len(done) < n:
             op = rng.choices(names, weights)[0]
             if op.startswith("add_"):
@@ -90,7 +90,7 @@ class Churn(Mutations):
             if id_ is None:
                 continue
             changes[op](id_, rng)
-            done.append((op, id_))
+            done.append((op, self._lead_id(id_) if _ENTITY_OF[op] == "leads" else id_))
         return done
 
     def _changes(self) -> dict[str, Callable[[int, random.Random], Any]]:
