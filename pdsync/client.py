@@ -343,7 +343,7 @@ class PipedriveClient:
             data = _list(body)
             repeats.check(data)
             yield data
-            pagination = (body.get("additional_data") or {}).get("pagination") or {}
+            pagination = _pagination(body)
             if not pagination.get("more_items_in_collection"):
                 return
             if not data:
@@ -376,7 +376,7 @@ class PipedriveClient:
             data = _list(body)
             repeats.check(data)
             yield data
-            pagination = (body.get("additional_data") or {}).get("pagination") or {}
+            pagination = _pagination(body)
             if not pagination.get("more_items_in_collection") or not data:
                 return
             # Only a believable time moves the next request's updated_since: "not a time"
@@ -419,6 +419,17 @@ class _Repeats:
 def _list(body: dict) -> list:
     data = body.get("data") or []
     return data if isinstance(data, list) else [data]
+
+
+def _pagination(body: dict) -> dict:
+    """v1's start/limit/more_items_in_collection: under additional_data.pagination, or (the
+    leads lists) straight in additional_data."""
+    additional = body.get("additional_data")
+    if not isinstance(additional, dict):
+        return {}
+    if "pagination" in additional:
+        return additional["pagination"] if isinstance(additional["pagination"], dict) else {}
+    return additional
 
 
 def _next_start(path: str, next_start: Any, start: int, got: int) -> int:

@@ -77,6 +77,8 @@ class Sync:
         self._updated_since: dict[tuple[str, str], str | None] = {}
         self._watermark: dict[tuple[str, str], str | None] = {}
         self._held: set[tuple[str, str]] = set()  # streams whose watermark a refusal holds
+        # Newest-first streams: the watermark their pages reached, committed when they end.
+        self._pending: dict[tuple[str, str], str | None] = {}
         self._unkeyed: set[str] = set()  # entities a record without a usable id was refused of
         self._spend_counted: dict[str, tuple[int, int]] = {}  # (requests, tokens) in sync_tokens
         # Per (entity, stream) of a dependent entity: the parents to ask (entities.Children).
@@ -224,6 +226,8 @@ class Sync:
             if kind == "page":
                 self._take_page(batch, batch.specs[name], stream, payload)
             else:
+                if kind == "done" and stream.newest_first:
+                    self._commit_pending(batch, batch.specs[name], stream)
                 self._end_stream(batch, batch.specs[name], kind, payload)
         for thread in batch.threads:
             thread.join(timeout=1)
@@ -266,6 +270,10 @@ class Sync:
                 batch.whole_refused[spec.name].extend(refused)
             else:
                 mark = self._page_watermark(key, rows, refused_at)
+                if stream.newest_first:
+                    pending = (self._pending.get(key), mark)
+                    self._pending[key] = max((m for m in pending if m), default=None)
+                    mark = None
                 self._write_page(spec, stream, rows, mark, refused)
         except Exception as exc:  # sqlite3.Error, or a value nothing expected: this stream stops
             batch.failed.add(key)
@@ -290,6 +298,18 @@ class Sync:
         return max(
             (r["update_time"] for r in rows[:refused_at] if r.get("update_time")), default=None
         )
+
+    def _commit_pending(self, batch: Batch, spec: EntitySpec, stream: Stream) -> None:
+        """A newest-first stream read down to its watermark: only now may it move."""
+        key = (spec.name, stream.key)
+        mark = self._pending.pop(key, None)
+        if mark is None or key in batch.failed or key in self._held or self.stop.is_set():
+            return
+        try:
+            self._write_page(spec, stream, [], mark)
+        except sqlite3.Error as exc:
+            batch.failed.add(key)
+            self._errors.setdefault(spec.name, f"could not save {spec.name}: {exc}"[:500])
 
     def _end_stream(self, batch: Batch, spec: EntitySpec, kind: str, payload: Any) -> None:
         batch.fetching -= 1

@@ -56,6 +56,10 @@ class Stream:
     path: str  # e.g. "/api/v2/deals" or "/v1/notes"
     params: tuple[tuple[str, str], ...] = ()
     children: Children | None = None
+    # A v1 list without updated_since (/v1/leads/archived): read newest first (``params``
+    # sort it by update_time DESC) down to the first page reaching past the watermark, which
+    # moves only when the stream ends (its first page is its newest).
+    newest_first: bool = False
 
     @property
     def key(self) -> str:
@@ -95,6 +99,8 @@ class EntitySpec:
     # Reference data that rarely changes is fetched at most this often (None: every run);
     # --full and naming the entity in --only fetch it anyway.
     refresh: timedelta | None = None
+    # v1 leads send the custom fields (fields_table's) as top-level keys named by their hash.
+    custom_at_top: bool = False
 
     @property
     def dependent(self) -> bool:
@@ -529,6 +535,67 @@ def _deal_products() -> EntitySpec:
     )
 
 
+def _leads_transform(row: Row, record: dict) -> None:
+    # value is {amount, currency} or null: the same two columns as a deal's.
+    value = record.get("value")
+    value = value if isinstance(value, dict) else {}
+    row["value"], row["currency"] = value.get("amount"), value.get("currency")
+    row["is_archived"] = int(bool(record.get("is_archived")))
+    row["is_deleted"] = 0  # listed, so not converted or deleted
+
+
+def _leads() -> EntitySpec:
+    return EntitySpec(
+        name="leads",
+        streams=(
+            Stream("/v1/leads", (("sort", "update_time ASC"),)),
+            Stream("/v1/leads/archived", (("sort", "update_time DESC"),), newest_first=True),
+        ),
+        incremental=True,
+        pk="id",
+        columns={
+            "id": str,  # a UUID
+            "title": str,
+            "owner_id": int,
+            "creator_id": int,
+            "person_id": int,
+            "organization_id": int,
+            "label_ids": str,  # JSON array of lead_labels ids
+            "source_name": str,
+            "origin": str,
+            "origin_id": str,
+            "channel": int,
+            "channel_id": str,
+            "source_deal_id": int,
+            "value": float,
+            "currency": str,
+            "expected_close_date": str,
+            "next_activity_id": int,
+            "is_archived": int,
+            "was_seen": int,
+            "visible_to": str,
+            "cc_email": str,
+            "add_time": str,
+            "update_time": str,
+            "is_deleted": int,
+        },
+        foreign_keys=(
+            ("owner_id", "users", "id"),
+            ("creator_id", "users", "id"),
+            ("person_id", "persons", "id"),
+            ("organization_id", "organizations", "id"),
+        ),
+        indexes=(("update_time",), ("owner_id",), ("add_time",)),
+        fields_table="deal_fields",  # leads have the deals' custom fields
+        custom_at_top=True,
+        transform=_leads_transform,
+        description=(
+            "Leads in the inbox and archived ones; a converted (or deleted) lead is flagged"
+            " is_deleted by the next full pass."
+        ),
+    )
+
+
 # Reference lists change a few times a year: once an hour is fresh enough, and it saves a
 # request (20 tokens for most) on every other run.
 HOURLY = timedelta(hours=1)
@@ -616,6 +683,7 @@ def builtin_entities() -> list[EntitySpec]:
         _deal_products(),
         _field_definitions("activity_fields", "/api/v2/activityFields", "Activity", HOURLY),
         *_reference_lists(),
+        _leads(),
     ]
 
 

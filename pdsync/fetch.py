@@ -14,6 +14,7 @@ from typing import Any
 from .client import PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
 from .results import SyncResult
+from .timestamps import normalize as normalize_ts
 
 
 class SyncCancelled(Exception):
@@ -34,6 +35,9 @@ def stream_pages(
         pages = client.iter_v1 if stream.is_v1 else client.iter_v2
         yield from pages(stream.path, params, tally, rank)
         return
+    if stream.newest_first:
+        yield from _newest_first(client, stream, params, updated_since, tally, rank)
+        return
     if stream.is_v1:
         yield from client.iter_v1_since(stream.path, params, updated_since, tally, rank)
         return
@@ -41,6 +45,25 @@ def stream_pages(
     if updated_since:
         params["updated_since"] = updated_since
     yield from client.iter_v2(stream.path, params, tally, rank)
+
+
+def _newest_first(
+    client: PipedriveClient,
+    stream: Stream,
+    params: dict[str, Any],
+    updated_since: str | None,
+    tally: Tally,
+    rank: float,
+) -> Iterator[list]:
+    """A list sorted by update_time descending, down to the first page with a record older
+    than ``updated_since``: the records after it are older still (all of it on a full pass)."""
+    for page in client.iter_v1(stream.path, params, tally, rank):
+        yield page
+        if updated_since is None:
+            continue
+        times = (normalize_ts(r.get("update_time")) for r in page if isinstance(r, dict))
+        if any(t and t < updated_since for t in times):
+            return
 
 
 class ChildPage(list):

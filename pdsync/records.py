@@ -18,6 +18,8 @@ from .timestamps import is_stored_shape, normalize
 # activity's due_time, which is a time of day.
 _V1_TIMESTAMPS = frozenset({"created", "modified", "last_login"})
 _TIMES_OF_DAY = frozenset({"due_time"})
+# A custom field's key, and v1's second keys of one (a monetary field's "<hash>_currency").
+_HASH_KEY = re.compile(r"^[0-9a-f]{40}(_[a-z_]+)?$")
 
 
 _std_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -86,18 +88,32 @@ def to_row(
         row[name] = value
     for name in drop:
         row.pop(name, None)
+    if spec.custom_at_top:
+        for name in [n for n in row if _HASH_KEY.match(n)]:
+            del row[name]  # readable columns come from the field definitions below
     row[spec.pk] = key
     if latest is not None:
         _check_update_time(spec, key, row.get("update_time"), latest)
     try:
         if custom is not None:
-            values = record.get("custom_fields")
+            values = _top_level(record) if spec.custom_at_top else record.get("custom_fields")
             row.update(custom.readable(values if isinstance(values, dict) else {}))
         if spec.transform is not None:
             spec.transform(row, record)
     except Exception as exc:  # a shape no field type expects: refuse the record, not the page
         raise BadRecord(f"{spec.name} {key}: {type(exc).__name__}: {exc}", key) from None
     return row
+
+
+def _top_level(record: dict) -> dict:
+    """Custom fields sent as top-level keys, v1's way: ``<hash>`` and, for a monetary field,
+    ``<hash>_currency`` become v2's ``{value, currency}``."""
+    values = {}
+    for name, value in record.items():
+        if len(name) == 40 and _HASH_KEY.match(name):
+            currency = record.get(f"{name}_currency")
+            values[name] = value if currency is None else {"value": value, "currency": currency}
+    return values
 
 
 def excerpt(text: str, limit: int) -> str:

@@ -52,6 +52,7 @@ CONTRACT = {
     "sync_status": [],
     "deal_products": ["deal_id", "limit", "after"],
     "product_sales": ["product", "pipeline", "months"],
+    "open_leads": ["owner", "label", "source", "limit", "after"],
 }
 DEAL_LISTS = [
     "overdue_deals",

@@ -1045,7 +1045,7 @@ def test_same_seed_and_now_give_the_same_company():
         FakePipedrive(deals=60, seed=11, now=NOW) as two,
         FakePipedrive(deals=60, seed=12, now=NOW) as other,
     ):
-        for entity in ("deals", "persons", "notes", "deal_fields", "users"):
+        for entity in ("deals", "persons", "notes", "deal_fields", "users", "leads"):
             assert one.records(entity) == two.records(entity)
         assert one.records("deals") != other.records("deals")
 
@@ -1054,7 +1054,7 @@ def test_records_and_count_agree(fake):
     for entity in FAKE_ENTITIES:
         assert fake.count(entity) == len(fake.records(entity)), entity
     with pytest.raises(ValueError):
-        fake.records("leads")
+        fake.records("projects")
 
 
 def test_clock(live):
@@ -1102,3 +1102,102 @@ def test_declared_token_costs_are_pipedrives():
 
     for path, (_, route) in BY_PATH.items():
         assert route.tokens == token_cost(path), path
+
+
+# -- leads ------------------------------------------------------------------------------------
+
+HASH_KEY = re.compile(r"^[0-9a-f]{40}$")
+
+
+def check_leads(checker: Checker, page: dict) -> None:
+    """Against the spec; deal custom fields are top-level hash keys, as the spec's prose says."""
+    checker.check({**page, "data": [_without_custom(r) for r in page["data"]]})
+
+
+def _without_custom(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if not HASH_KEY.match(k)}
+
+
+@pytest.mark.parametrize("path", ["/v1/leads", "/v1/leads/archived"])
+def test_leads_match_the_spec(client, fake, specs, path):
+    checker = Checker(specs["v1"], path[3:])
+    records, pages = walk_leads(client, path, limit=3)
+    assert len(pages) > 1
+    for page in pages:
+        check_leads(checker, page)
+        assert set(page["additional_data"]) == {"start", "limit", "more_items_in_collection"}
+    archived = path.endswith("archived")
+    want = [r for r in fake.records("leads") if r["is_archived"] == archived]
+    # Oldest first by default, as the spec says.
+    assert [r["id"] for r in records] == [
+        r["id"] for r in sorted(want, key=lambda r: (ts(r["add_time"]), r["id"]))
+    ]
+    assert records == sorted(want, key=lambda r: (ts(r["add_time"]), r["id"]))
+    labels = {label["id"] for label in fake.records("lead_labels")}
+    assert all(set(r["label_ids"]) <= labels for r in records)
+    deal_codes = {f["field_code"] for f in fake.records("deal_fields")}
+    assert any(HASH_KEY.match(k) for r in records for k in r)
+    assert all(k in deal_codes for r in records for k in r if HASH_KEY.match(k))
+
+
+def walk_leads(client: httpx.Client, path: str, **params: Any) -> tuple[list[dict], list[dict]]:
+    records, pages, start = [], [], 0
+    while True:
+        resp = client.get(path, params={**params, "start": start})
+        assert resp.status_code == 200, resp.text
+        pages.append(resp.json())
+        records.extend(pages[-1]["data"])
+        if not pages[-1]["additional_data"]["more_items_in_collection"]:
+            return records, pages
+        start += len(pages[-1]["data"])
+
+
+def test_leads_updated_since_and_sort(client, fake):
+    leads = [r for r in fake.records("leads") if not r["is_archived"]]
+    pivot = sorted(r["update_time"] for r in leads)[len(leads) // 2]
+    since, _ = walk_leads(client, "/v1/leads", updated_since=pivot, sort="update_time ASC")
+    want = sorted((r for r in leads if r["update_time"] >= pivot), key=lambda r: r["update_time"])
+    assert [r["id"] for r in since] == [r["id"] for r in want]
+    archived = [r for r in fake.records("leads") if r["is_archived"]]
+    desc, _ = walk_leads(client, "/v1/leads/archived", sort="update_time DESC", limit=3)
+    assert [r["id"] for r in desc] == [
+        r["id"] for r in sorted(archived, key=lambda r: r["update_time"], reverse=True)
+    ]
+    # The archived list takes no updated_since: it lists every archived lead anyway.
+    everything, _ = walk_leads(client, "/v1/leads/archived", updated_since=pivot)
+    assert len(everything) == len(archived)
+    assert client.get("/v1/leads", params={"sort": "value ASC"}).status_code == 400
+
+
+def test_some_generated_leads_are_converted_and_some_archived(fake):
+    stored = fake.store.scalar("SELECT count(*) FROM leads")
+    converted = fake.store.scalar("SELECT count(*) FROM leads WHERE converted_at IS NOT NULL")
+    listed = fake.records("leads")
+    assert converted and len(listed) == stored - converted
+    assert 0 < sum(r["is_archived"] for r in listed) < len(listed)
+
+
+def test_lead_mutations(live, specs):
+    fake, client = live.fake, live.client
+    fake.freeze(NOW + timedelta(days=3))
+    checker = Checker(specs["v1"], "/leads")
+    code = fake.records("deal_fields")[-1]["field_code"]
+    lead = fake.add_lead("Inbound: chillers", organization_id=2, value=(1200, "SAR"))
+    fake.advance(5)
+    fake.update_lead(lead["id"], title="Inbound: 4 chillers", custom_fields={code: None})
+    since = (NOW + timedelta(days=3, seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    changed, pages = walk_leads(client, "/v1/leads", updated_since=since)
+    check_leads(checker, pages[0])
+    assert [r["title"] for r in changed] == ["Inbound: 4 chillers"]
+    assert changed[0]["value"] == {"amount": 1200, "currency": "SAR"}
+    fake.advance(5)
+    fake.archive_lead(lead["id"])
+    assert lead["id"] not in {r["id"] for r in walk_leads(client, "/v1/leads")[0]}
+    assert lead["id"] in {r["id"] for r in walk_leads(client, "/v1/leads/archived")[0]}
+    fake.advance(5)
+    deal = fake.convert_lead(lead["id"])
+    assert deal["title"] == "Inbound: 4 chillers" and deal["org_id"] == 2
+    assert lead["id"] not in {r["id"] for r in fake.records("leads")}
+    assert lead["id"] not in {r["id"] for r in walk_leads(client, "/v1/leads/archived")[0]}
+    with pytest.raises(KeyError):
+        fake.update_lead(lead["id"], title="gone")

@@ -160,3 +160,34 @@ def test_notes_drop_denormalised_copies():
 def test_records_without_a_usable_id_are_refused(record):
     with pytest.raises(BadRecord):
         to_row(by_name()["deals"], record)
+
+
+def test_lead_custom_fields_are_top_level_keys_in_either_shape():
+    from pdsync.entities import by_name
+    from pdsync.records import CustomFieldMap, to_row
+
+    money, color = "a" * 40, "b" * 40
+    custom = CustomFieldMap.from_definitions(
+        [
+            {
+                "field_code": money,
+                "column_name": "budget",
+                "field_type": "monetary",
+                "is_custom_field": 1,
+            },
+            {
+                "field_code": color,
+                "column_name": "color",
+                "field_type": "enum",
+                "is_custom_field": 1,
+                "options": [{"id": 3, "label": "Red"}],
+            },
+        ]
+    )
+    spec = by_name()["leads"]
+    base = {"id": "0b0e6f0c-8a55-4d8b-a0d1-3f9c6b1d2e4f", "title": "x", "update_time": None}
+    v1 = to_row(spec, {**base, money: 120, f"{money}_currency": "SAR", color: 3}, custom)
+    v2 = to_row(spec, {**base, money: {"value": 120, "currency": "SAR"}, color: 3}, custom)
+    for row in (v1, v2):
+        assert (row["budget"], row["budget_currency"], row["color"]) == (120, "SAR", "Red")
+        assert not [name for name in row if name.startswith(("a" * 40, "b" * 40))]

@@ -63,15 +63,17 @@ def test_schema_declares_foreign_keys_indexes_and_wal(run_sync, db_path):
     assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
 
 
-def test_no_changes_costs_fourteen_requests(fake, run_sync):
+def test_no_changes_costs_sixteen_requests(fake, run_sync):
     run_sync()
     fake.reset_log()
     result = run_sync()
     assert result.ok
-    # 7 whole fetches (pipelines, stages, users, 4 field lists) + 7 incremental streams;
+    # 7 whole fetches (pipelines, stages, users, 4 field lists) + 9 incremental streams;
     # the reference lists wait an hour, and no deal changed, so no line items are asked.
-    assert result.requests == 14 and result.tokens == 160
-    assert len(fake.requests) == 14
+    # Leads add 2: /v1/leads (20 tokens) and one newest-first page of the archive (40).
+    assert result.requests == 16 and result.tokens == 220
+    assert len(fake.requests) == 16
+    assert result.entities["leads"].requests == 2 and result.entities["leads"].tokens == 60
 
 
 def test_incremental_sync_lands_every_kind_of_change(fake, run_sync, db_path):

@@ -35,6 +35,10 @@ _OPS = [
     ("update_line_item", 2),
     ("remove_line_item", 1),
     ("update_product", 1),
+    ("add_lead", 3),
+    ("update_lead", 2),
+    ("archive_lead", 1),
+    ("convert_lead", 1),
 ]
 # Which entity a method changes, by the singular in its name (first match wins).
 _ENTITY_OF = {op: next(e.name for e in BY_NAME.values() if e.singular in op) for op, _ in _OPS}
@@ -65,12 +69,12 @@ class Churn(Mutations):
                 return id_
         return None
 
-    def random_mutations(self, n: int, rng: random.Random) -> list[tuple[str, int]]:
+    def random_mutations(self, n: int, rng: random.Random) -> list[tuple[str, int | str]]:
         """Apply ``n`` realistic random changes; returns (method name, record id) pairs."""
         names = [o[0] for o in _OPS]
         weights = [o[1] for o in _OPS]
         changes = self._changes()
-        done: list[tuple[str, int]] = []
+        done: list[tuple[str, int | str]] = []
         while len(done) < n:
             op = rng.choices(names, weights)[0]
             if op.startswith("add_"):
@@ -89,7 +93,7 @@ class Churn(Mutations):
                 changes[op](id_, rng)
             except KeyError:  # e.g. a line item of a deleted deal: Pipedrive would refuse too
                 continue
-            done.append((op, id_))
+            done.append((op, self._lead_id(id_) if _ENTITY_OF[op] == "leads" else id_))
         return done
 
     def _changes(self) -> dict[str, Callable[[int, random.Random], Any]]:
@@ -120,7 +124,16 @@ class Churn(Mutations):
             ),
             "remove_line_item": lambda id_, rng: self.remove_line_item(id_),
             "update_product": lambda id_, rng: self.update_product(id_, tax=rng.choice((0, 5, 15))),
+            "update_lead": lambda id_, rng: self.update_lead(
+                self._lead_id(id_), was_seen=True, value=(rng.randint(1, 900) * 1000, "SAR")
+            ),
+            "archive_lead": lambda id_, rng: self.archive_lead(self._lead_id(id_)),
+            "convert_lead": lambda id_, rng: self.convert_lead(self._lead_id(id_)),
         }
+
+    def _lead_id(self, key: int) -> str:
+        """The UUID of the lead the store keeps under ``key``."""
+        return self.store.scalar("SELECT uuid FROM leads WHERE id = ?", [key])
 
     def _random_deal_update(self, id_: int, rng: random.Random) -> None:
         deal_custom = self._company.custom("deal")
@@ -161,6 +174,14 @@ class Churn(Mutations):
         if op == "add_activity":
             deal_id = self._random_id("deals", rng)
             return self.add_activity(rng.choice(company.ACTIVITY_SUBJECTS), deal_id=deal_id)
+        if op == "add_lead":
+            labels = [r["id"] for r in self.records("lead_labels")]
+            return self.add_lead(
+                f"{rng.choice(company.DEAL_SUBJECTS)} (inbound)",
+                owner_id=rng.choice(self._company.user_ids),
+                organization_id=self._random_id("organizations", rng),
+                label_ids=rng.sample(labels, 1),
+            )
         if op == "add_line_item":
             deal_id = self._live_deal(rng)
             product_id = self._random_id("products", rng)

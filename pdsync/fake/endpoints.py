@@ -254,26 +254,33 @@ def offset_page(source: Source, params: Params, entity: Entity, route: Route) ->
     if start < 0:
         raise p.bad("start", "Number must be greater than or equal to 0")
     limit = p.limit(params)
-    order = _v1_order(entity, params.get("sort"))
+    order = _v1_order(entity, params.get("sort") or entity.default_sort)
     where, args = _scope(entity, route)
     for name, column in entity.filters.items():
         value = p.integer(params, name)
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
-    _v1_window(params, where, args)
+    if route.since:
+        _v1_window(params, where, args)
     sql = rows_sql(entity, " AND ".join(where), order, paged=True)
     rows = source.store.query(sql, [*args, limit + 1, start])
     more = len(rows) > limit
     users = source.user_embeds()
     data = b",".join(embed(entity, r, users) for r in rows[:limit])
     pagination: dict[str, Any] = {"start": start, "limit": limit, "more_items_in_collection": more}
+    if entity.pagination_key is None:
+        flat = dumps(pagination)
+        return b'{"success":true,"data":[' + data + b'],"additional_data":' + flat + b"}"
     if more:
         pagination["next_start"] = start + limit
+    key = entity.pagination_key.encode()
     return (
         b'{"success":true,"data":['
         + data
-        + b'],"additional_data":{"pagination":'
+        + b'],"additional_data":{"'
+        + key
+        + b'":'
         + dumps(pagination)
         + b"}}"
     )

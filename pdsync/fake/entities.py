@@ -75,6 +75,7 @@ class Route:
     path: str
     tokens: int  # Pipedrive's token cost of one GET (pdsync/data/token_costs.csv)
     scope: str | None = None  # SQL for what this path lists; default: the entity's live ones
+    since: bool = True  # a v1 offset list takes updated_since (/v1/leads/archived does not)
 
     @property
     def version(self) -> int:
@@ -118,6 +119,10 @@ class Entity:
     embeds_user: str | None = None  # column naming the user whose object is embedded
     nullable: frozenset[str] = frozenset()  # fields the spec marks nullable: kept as null
     writable: frozenset[str] = frozenset()  # what the mutation methods accept
+    default_sort: str = "id ASC"  # a v1 offset list's order without ``sort``
+    # v1 offset lists put start/limit/more_items_in_collection under additional_data's
+    # "pagination"; the leads lists put them straight in additional_data (their spec says so).
+    pagination_key: str | None = "pagination"
 
     def alive(self, now_ms: int) -> tuple[str, list[Any]]:
         """SQL and arguments for the records that exist upstream (what records() returns)."""
@@ -419,6 +424,56 @@ DEAL_PRODUCTS = Entity(
     writable=_words("quantity item_price discount discount_type tax comments"),
 )
 
+# -- leads ------------------------------------------------------------------------------------
+
+# Ids are UUIDs: the store keys leads by their order and finds them by ``uuid``. A converted
+# lead is deleted upstream (the v2 convert endpoint says so): ``converted_at`` hides it.
+LEADS = Entity(
+    name="leads",
+    singular="lead",
+    table=Table(
+        "leads",
+        (
+            *TIMES,
+            bit("archived", "is_archived"),
+            given("converted_at", "INTEGER"),
+            optional("owner_id"),
+            optional("person_id"),
+            optional("organization_id"),
+            required("uuid", "TEXT NOT NULL", "id"),
+            required("title", "TEXT"),
+        ),
+        indexes=("archived, ut", "archived, at"),
+        unique=("uuid",),
+        key=lambda rec, given: given["id"],
+    ),
+    routes=(
+        Route("/v1/leads", 20, scope="archived = 0 AND converted_at IS NULL"),
+        Route("/v1/leads/archived", 40, scope="archived = 1 AND converted_at IS NULL", since=False),
+    ),
+    paging="offset",
+    live="converted_at IS NULL",
+    sorts={
+        "id": "uuid",
+        "title": "title",
+        "owner_id": "owner_id",
+        "add_time": "at",
+        "update_time": "ut",
+    },
+    filters={k: k for k in ("owner_id", "person_id", "organization_id")},
+    ids=False,
+    nullable=_words(
+        "person_id organization_id origin_id channel channel_id source_deal_id value "
+        "expected_close_date next_activity_id"
+    ),
+    writable=_words(
+        "title owner_id person_id organization_id label_ids value expected_close_date "
+        "was_seen visible_to custom_fields"
+    ),
+    default_sort="add_time ASC",
+    pagination_key=None,
+)
+
 # -- reference tables: v1, one unpaged answer each ---------------------------------------------
 
 
@@ -472,6 +527,7 @@ ENTITIES_DECLARED: tuple[Entity, ...] = (
     ACTIVITY_TYPES,
     LEAD_LABELS,
     LEAD_SOURCES,
+    LEADS,
 )
 
 # -- derived look-ups -------------------------------------------------------------------------

@@ -704,3 +704,47 @@ def deal_products(g: Gen) -> Iterator[tuple]:
                 update_time=item_at,
             )
             yield g.store.row("deal_products", rec, item_at, item_at)
+
+
+@generates("leads", lambda deals: max(12, deals // 10))
+def leads(g: Gen) -> Iterator[tuple]:
+    """Leads from the last year: most open in the inbox, some archived, some converted to
+    deals (the API deletes those: only the store remembers them, unlisted)."""
+    r, pick, n = g.r, g.pick, g.size["leads"]
+    custom = g.custom("deal", 0.3)
+    labels = [row[0] for row in g.store.query("SELECT json_extract(json, '$.id') FROM lead_labels")]
+    n_persons, n_orgs = g.size["persons"], g.size["organizations"]
+    for i in range(1, n + 1):
+        at = g.latest - YEAR_MS + YEAR_MS * (i - 1) // n + int(r() * 3_600_000)
+        at = min(at, g.latest - 60_000)
+        ut = g.between(at, g.latest, 1.5)
+        x = r()
+        converted = ut if x < 0.15 else None  # fixed below for tiny companies
+        archived = 0.15 <= x < 0.3 or i % 11 == 4
+        if i % 11 == 7:
+            converted, archived = ut, False
+        person_id = 1 + int(r() * n_persons) if r() < 0.8 else None
+        org_id = g.person_org[person_id] if person_id else None
+        if org_id is None and (person_id is None or r() < 0.3):
+            org_id = 1 + int(r() * n_orgs)
+        subject = pick(DEAL_SUBJECTS)
+        title = f"{g.org_names[org_id - 1]} – {subject}" if org_id else f"{subject} lead"
+        rec = records.lead_record(
+            records.uuid(g.rng),
+            title=title,
+            owner_id=pick(g.owners),
+            person_id=person_id,
+            organization_id=org_id,
+            label_ids=sorted({pick(labels) for _ in range(1 + int(r() * 2))}) if r() < 0.6 else [],
+            source_name=pick(LEAD_SOURCES),
+            value=(round(g.rng.lognormvariate(10, 1.1)), pick(CURRENCY_POOL))
+            if r() < 0.6
+            else None,
+            expected_close_date=day(at + (30 + int(r() * 150)) * DAY_MS) if r() < 0.4 else None,
+            is_archived=archived,
+            was_seen=r() < 0.7,
+            add_time=at,
+            update_time=ut,
+            custom_fields=custom(),
+        )
+        yield g.store.row("leads", rec, ut, at, id=i, converted_at=converted)

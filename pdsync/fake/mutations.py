@@ -5,6 +5,7 @@ would, with the fake clock's time as its new update_time, so a sync sees it as a
 from __future__ import annotations
 
 import json
+import random
 from datetime import date
 from typing import Any
 
@@ -14,6 +15,7 @@ from .entities import BY_NAME, NOTES
 from .records import (
     activity_record,
     deal_record,
+    lead_record,
     line_item_record,
     line_item_sum,
     note_record,
@@ -23,6 +25,7 @@ from .records import (
     product_record,
     prune,
 )
+from .records import uuid as new_uuid
 from .store import Store
 from .wire import dumps, trunc, v1_time, v2_time
 
@@ -532,6 +535,99 @@ class Mutations:
             self._load("deals", rec["deal_id"])  # a deleted deal's products cannot change
             self.store.query("DELETE FROM deal_products WHERE id = ?", [id])
             self._touch_deal(rec["deal_id"], self._stamp(rec["deal_id"]))
+
+    # -- mutations: leads (ids are UUIDs; the store keys them by order) ---------------------
+
+    def _load_lead(self, id_: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
+        key = self.store.scalar("SELECT id FROM leads WHERE uuid = ?", [id_])
+        if key is None:
+            raise KeyError(f"lead {id_} not found")
+        rec, cols = self._load("leads", key)
+        return key, rec, cols
+
+    def _save_lead(self, key: int, rec: dict, at: int, **extra: Any) -> dict:
+        stamp = self.now_ms()  # lead times carry milliseconds
+        rec["update_time"] = v2_time(stamp, True)
+        self.store.put("leads", rec, stamp, at, id=key, **extra)
+        return rec
+
+    def _lead_fields(self, rec: dict, fields: dict[str, Any]) -> None:
+        """Custom fields are top-level keys, and one without a value is left out."""
+        _check_fields("lead", fields, "leads")
+        for key, value in fields.items():
+            if key == "custom_fields":
+                unknown = set(value or {}) - self._codes("deal")
+                if unknown:
+                    raise ValueError(f"unknown custom field codes: {', '.join(sorted(unknown))}")
+                for code, v in (value or {}).items():
+                    if v is None:
+                        rec.pop(code, None)
+                    else:
+                        rec[code] = v
+            elif key == "value" and isinstance(value, tuple):
+                rec["value"] = {"amount": value[0], "currency": value[1]}
+            else:
+                rec[key] = value
+
+    def add_lead(self, title: str = "New lead", **fields: Any) -> dict[str, Any]:
+        """A new lead in the inbox (owner_id, person_id, organization_id, label_ids, value as
+        (amount, currency), expected_close_date, custom_fields...), created through the API."""
+        with self.store.lock:
+            key = self._company.next_id["leads"]
+            stamp = self.now_ms()
+            rec = lead_record(
+                new_uuid(self._rng_for_ids()),
+                title=title,
+                owner_id=fields.pop("owner_id", 1),
+                person_id=fields.pop("person_id", None),
+                organization_id=fields.pop("organization_id", None),
+                label_ids=fields.pop("label_ids", []),
+                source_name="API",
+                value=None,
+                expected_close_date=None,
+                is_archived=False,
+                was_seen=False,
+                add_time=stamp,
+                update_time=stamp,
+            )
+            self._lead_fields(rec, fields)
+            self._company.next_id["leads"] = key + 1
+            return self._save_lead(key, rec, stamp)
+
+    def _rng_for_ids(self) -> random.Random:
+        # New UUIDs follow from the lead count: a seeded company stays reproducible.
+        return random.Random(f"lead-{self._company.next_id['leads']}")
+
+    def update_lead(self, id: str, **fields: Any) -> dict[str, Any]:  # noqa: A002
+        with self.store.lock:
+            key, rec, cols = self._load_lead(id)
+            self._lead_fields(rec, fields)
+            return self._save_lead(key, rec, cols["at"])
+
+    def archive_lead(self, id: str, archived: bool = True) -> dict[str, Any]:  # noqa: A002
+        """Move a lead to (or back from) the archive: /v1/leads/archived lists it."""
+        with self.store.lock:
+            key, rec, cols = self._load_lead(id)
+            rec["is_archived"] = archived
+            return self._save_lead(key, rec, cols["at"])
+
+    def convert_lead(self, id: str, pipeline_id: int | None = None) -> dict[str, Any]:  # noqa: A002
+        """Convert a lead to a deal: Pipedrive deletes the lead (no list shows it any more)
+        and creates the deal with the lead's title, value, contacts and owner."""
+        with self.store.lock:
+            key, rec, cols = self._load_lead(id)
+            value = rec.get("value") or {}
+            deal = self.add_deal(
+                title=rec["title"],
+                value=value.get("amount", 0),
+                currency=value.get("currency", "SAR"),
+                owner_id=rec["owner_id"],
+                person_id=rec.get("person_id"),
+                org_id=rec.get("organization_id"),
+                pipeline_id=pipeline_id or 1,
+            )
+            self.store.put("leads", rec, cols["ut"], cols["at"], id=key, converted_at=self.now_ms())
+            return deal
 
     def add_deal_field_option(self, field_code: str, label: str) -> dict[str, Any]:
         """Add an option to an enum/set custom field; returns the field definition."""
