@@ -3,8 +3,17 @@ import sys
 # Installed pdsync plugins stay out of pdsync's own tests (set before pdsync is imported).
 sys._pdsync_test = True
 
+import os  # noqa: E402
+
 import pytest  # noqa: E402
 from helpers import FAST_CLIENT  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# CI runs the same generated examples every time (a red run must mean the change, not the
+# draw); a developer's runs keep exploring new ones (and keep what fails in .hypothesis/).
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 from pdsync.fake import FakePipedrive, FakeServer  # noqa: E402
 
