@@ -331,9 +331,27 @@ def connect_read_only(path: str) -> sqlite3.Connection:
         conn.execute("select count(*) from sqlite_master").fetchone()
         return conn
     except sqlite3.OperationalError:
-        if os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+        if not _in_read_only_directory(path):
             raise
     return sqlite3.connect(read_only_uri(path, immutable=True), uri=True)
+
+
+def readable_only_as_snapshot(path: str) -> bool:
+    """True when ``mode=ro`` cannot open ``path`` because its directory is read-only (SQLite
+    cannot make a WAL database's -shm file there): only ``immutable`` reads it, as a snapshot."""
+    try:
+        conn = sqlite3.connect(read_only_uri(path), uri=True)
+        try:
+            conn.execute("select count(*) from sqlite_master").fetchone()
+        finally:
+            conn.close()
+        return False
+    except sqlite3.OperationalError:
+        return _in_read_only_directory(path)
+
+
+def _in_read_only_directory(path: str) -> bool:
+    return not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)
 
 
 @contextlib.contextmanager

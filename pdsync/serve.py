@@ -7,12 +7,11 @@ import atexit
 import ipaddress
 import os
 import shutil
-import sqlite3
 import tempfile
 from pathlib import Path
 
 from . import access
-from .schema import read_only_uri
+from .schema import readable_only_as_snapshot
 
 DEFAULT_PORT = 8001
 _PACKAGE = Path(__file__).resolve().parent
@@ -49,15 +48,7 @@ def servable(db_path: str | os.PathLike) -> tuple[str, bool]:
 
 def needs_immutable(db_path: str | os.PathLike) -> bool:
     """True when the file can only be read as a snapshot (see ``servable``)."""
-    try:
-        conn = sqlite3.connect(read_only_uri(str(db_path)), uri=True)
-        try:
-            conn.execute("select count(*) from sqlite_master").fetchone()
-        finally:
-            conn.close()
-        return False
-    except sqlite3.OperationalError:
-        return not os.access(os.path.dirname(os.path.abspath(db_path)), os.W_OK)
+    return readable_only_as_snapshot(str(db_path))
 
 
 def datasette_args(
