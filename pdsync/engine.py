@@ -111,7 +111,10 @@ class Sync:
             self._begin_entity(spec)
         try:
             whole = [s for s in self.specs if not s.incremental and not s.dependent]
-            incremental = [s for s in self.specs if s.incremental]
+            # A whole list with custom fields (projects) waits, like the incremental ones,
+            # for its field definitions.
+            incremental = [s for s in self.specs if s.incremental or s in whole and s.fields_table]
+            whole = [s for s in whole if s not in incremental]
             dependent = [s for s in self.specs if s.dependent]
             # Field definitions first: deals need them to name their custom-field columns.
             self._run_streams(whole, result)

@@ -684,7 +684,14 @@ def builtin_entities() -> list[EntitySpec]:
         _field_definitions("activity_fields", "/api/v2/activityFields", "Activity", HOURLY),
         *_reference_lists(),
         _leads(),
+        *project_specs(),
     ]
+
+
+def project_specs() -> list[EntitySpec]:
+    from .projects import project_specs as specs  # projects.py builds on this module
+
+    return specs()
 
 
 def by_name(entities: list[EntitySpec] | None = None) -> dict[str, EntitySpec]:

@@ -265,6 +265,15 @@ V2_LISTS = [
     ("/api/v2/productFields", "/productFields", {"include_fields": "ui_visibility"}),
     ("/api/v2/activityFields", "/activityFields", {}),
     ("/api/v2/deals/products", "/deals/products", {"deal_ids": ",".join(map(str, range(1, 101)))}),
+    ("/api/v2/projects", "/projects", {}),
+    ("/api/v2/projects", "/projects", {"status": "open,completed,canceled,deleted"}),
+    ("/api/v2/projects/archived", "/projects/archived", {}),
+    ("/api/v2/tasks", "/tasks", {}),
+    (
+        "/api/v2/projectFields",
+        "/projectFields",
+        {"include_fields": "ui_visibility,important_fields,required_fields"},
+    ),
     (
         "/api/v2/organizationFields",
         "/organizationFields",
@@ -1054,7 +1063,7 @@ def test_records_and_count_agree(fake):
     for entity in FAKE_ENTITIES:
         assert fake.count(entity) == len(fake.records(entity)), entity
     with pytest.raises(ValueError):
-        fake.records("projects")
+        fake.records("files")
 
 
 def test_clock(live):

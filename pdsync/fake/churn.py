@@ -9,6 +9,7 @@ from typing import Any
 from . import company
 from .entities import BY_NAME
 from .mutations import Mutations
+from .project_mutations import ProjectMutations
 from .wire import v1_time
 
 # (mutation method, weight): how often each kind of change happens.
@@ -39,12 +40,18 @@ _OPS = [
     ("update_lead", 2),
     ("archive_lead", 1),
     ("convert_lead", 1),
+    ("add_project", 1),
+    ("update_project", 1),
+    ("archive_project", 1),
+    ("add_task", 2),
+    ("update_task", 1),
+    ("complete_task", 2),
 ]
 # Which entity a method changes, by the singular in its name (first match wins).
 _ENTITY_OF = {op: next(e.name for e in BY_NAME.values() if e.singular in op) for op, _ in _OPS}
 
 
-class Churn(Mutations):
+class Churn(Mutations, ProjectMutations):
     """Mixed into FakePipedrive: random calls of the mutation methods."""
 
     def _random_id(self, entity: str, rng: random.Random) -> int | None:
@@ -129,6 +136,12 @@ class Churn(Mutations):
             ),
             "archive_lead": lambda id_, rng: self.archive_lead(self._lead_id(id_)),
             "convert_lead": lambda id_, rng: self.convert_lead(self._lead_id(id_)),
+            "update_project": lambda id_, rng: self.update_project(
+                id_, phase_id=rng.choice((1, 2, 3)), health_status=rng.choice((1, 2, 3))
+            ),
+            "archive_project": lambda id_, rng: self.archive_project(id_),
+            "update_task": lambda id_, rng: self.update_task(id_, priority=rng.randint(1, 3)),
+            "complete_task": lambda id_, rng: self.complete_task(id_),
         }
 
     def _lead_id(self, key: int) -> str:
@@ -182,6 +195,14 @@ class Churn(Mutations):
                 organization_id=self._random_id("organizations", rng),
                 label_ids=rng.sample(labels, 1),
             )
+        if op == "add_project":
+            deal_id = self._live_deal(rng)
+            return self.add_project(f"Installation #{rng.randint(1, 999)}", deal_id=deal_id)
+        if op == "add_task":
+            project_id = self._random_id("projects", rng)
+            if project_id is None:
+                return self.add_project("Onboarding")  # no project yet: still a change
+            return self.add_task(project_id, f"Follow-up {rng.randint(1, 99)}")
         if op == "add_line_item":
             deal_id = self._live_deal(rng)
             product_id = self._random_id("products", rng)

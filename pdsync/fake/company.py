@@ -260,6 +260,7 @@ class Company:
     person_fields: list[dict] = field(default_factory=list)
     org_fields: list[dict] = field(default_factory=list)
     product_fields: list[dict] = field(default_factory=list)
+    project_fields: list[dict] = field(default_factory=list)
     stage_pipeline: dict[int, int] = field(default_factory=dict)
     first_stage: dict[int, int] = field(default_factory=dict)
     user_ids: list[int] = field(default_factory=list)
@@ -272,6 +273,7 @@ class Company:
             "person": self.person_fields,
             "org": self.org_fields,
             "product": self.product_fields,
+            "project": self.project_fields,
         }
         return [f for f in fields[kind] if f["is_custom_field"]]
 

@@ -10,6 +10,7 @@ from these, the endpoints their routes and queries, and FakePipedrive its ground
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -507,6 +508,124 @@ LEAD_SOURCES = _reference(
 )
 
 
+# -- projects and tasks (v2; no updated_since, no sort: cursor pages in id order) -------------
+
+PROJECT_STATUSES = ("open", "completed", "canceled", "deleted")
+
+
+def _project_status(params: Params, now_ms: int) -> tuple[list[str], list[Any]]:
+    """``status=open,completed``; without it every status but deleted (the spec says so)."""
+    raw = params.get("status")
+    statuses = [s.strip() for s in (raw or "").split(",") if s.strip()] or list(
+        PROJECT_STATUSES[:3]
+    )
+    for s in statuses:
+        if s not in PROJECT_STATUSES:
+            options = " | ".join(f"'{a}'" for a in PROJECT_STATUSES)
+            raise bad("status", f"Invalid enum value. Expected {options}, received '{s}'")
+    return [f"status IN ({','.join('?' * len(statuses))})"], statuses
+
+
+def _linked(name: str, key: str) -> Narrow:
+    """``deal_id=5``: projects whose ``deal_ids`` (an array) hold 5."""
+    return match(
+        name,
+        f"EXISTS (SELECT 1 FROM json_each(json_extract(CAST(projects.json AS TEXT), '$.{key}'))"
+        " WHERE value = ?)",
+    )
+
+
+def _parent_task(params: Params, now_ms: int) -> tuple[list[str], list[Any]]:
+    """``parent_task_id=null``: root tasks; an integer: that task's subtasks."""
+    raw = params.get("parent_task_id")
+    if raw is None:
+        return [], []
+    if raw == "null":
+        return ["parent_task_id IS NULL"], []
+    if not raw.isdigit():
+        raise bad("parent_task_id", "Expected integer or null")
+    return ["parent_task_id = ?"], [int(raw)]
+
+
+PROJECTS = Entity(
+    name="projects",
+    singular="project",
+    table=Table(
+        "projects",
+        (
+            *TIMES,
+            required("status", "TEXT NOT NULL"),
+            Column(
+                "archived",
+                "INTEGER NOT NULL",
+                lambda rec, given: int(rec.get("archive_time") is not None),
+            ),
+            optional("owner_id"),
+            optional("phase_id"),
+            required("title", "TEXT"),
+        ),
+    ),
+    routes=(
+        Route("/api/v2/projects", 10, scope="archived = 0"),
+        Route("/api/v2/projects/archived", 10, scope="archived = 1"),
+    ),
+    live="status != 'deleted'",
+    sorts={},
+    filters={"phase_id": "phase_id"},
+    narrow=(
+        _project_status,
+        _linked("deal_id", "deal_ids"),
+        _linked("person_id", "person_ids"),
+        _linked("org_id", "org_ids"),
+    ),
+    incremental=False,
+    ids=False,
+    nullable=_words("health_status archive_time"),
+    writable=_words(
+        "title description status owner_id phase_id board_id start_date end_date deal_ids "
+        "person_ids org_ids label_ids health_status custom_fields"
+    ),
+)
+
+# A deleted task is gone from the list (``deleted_at`` remembers when).
+TASKS = Entity(
+    name="tasks",
+    singular="task",
+    table=Table(
+        "tasks",
+        (
+            *TIMES,
+            given("deleted_at", "INTEGER"),
+            required("project_id", "INTEGER NOT NULL"),
+            bit("done", "is_done"),
+            bit("milestone", "is_milestone"),
+            optional("parent_task_id"),
+            Column(
+                "assignees", "TEXT", lambda rec, given: json.dumps(rec.get("assignee_ids") or [])
+            ),
+        ),
+        indexes=("project_id",),
+    ),
+    routes=(Route("/api/v2/tasks", 10),),
+    live="deleted_at IS NULL",
+    sorts={},
+    filters={"project_id": "project_id"},
+    narrow=(
+        flag("is_done", "done"),
+        flag("is_milestone", "milestone"),
+        _parent_task,
+        match("assignee_id", "EXISTS (SELECT 1 FROM json_each(tasks.assignees) WHERE value = ?)"),
+    ),
+    incremental=False,
+    ids=False,
+    nullable=_words("description due_date start_date parent_task_id priority marked_as_done_time"),
+    writable=_words(
+        "title description project_id is_done is_milestone due_date start_date parent_task_id "
+        "assignee_ids priority"
+    ),
+)
+
+
 ENTITIES_DECLARED: tuple[Entity, ...] = (
     DEALS,
     PERSONS,
@@ -528,6 +647,9 @@ ENTITIES_DECLARED: tuple[Entity, ...] = (
     LEAD_LABELS,
     LEAD_SOURCES,
     LEADS,
+    _fields("project_fields", "/api/v2/projectFields", "project"),
+    PROJECTS,
+    TASKS,
 )
 
 # -- derived look-ups -------------------------------------------------------------------------

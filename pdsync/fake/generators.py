@@ -748,3 +748,7 @@ def leads(g: Gen) -> Iterator[tuple]:
             custom_fields=custom(),
         )
         yield g.store.row("leads", rec, ut, at, id=i, converted_at=converted)
+
+
+# Projects and tasks draw after everything above (their own module, registered last).
+from . import projects as _projects  # noqa: E402, F401
