@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlite_utils
 
-from . import pacing, plan, plugins, timestamps
+from . import backfill, pacing, plan, plugins, timestamps
 from .client import PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
 from .errors import AuthError, BudgetSpent, ConnectionFailed, PipedriveError
@@ -99,7 +99,7 @@ class Sync:
         # The lock is ours, so a run still marked running was killed: say so.
         self.store.close_interrupted_runs()
         self.store.redact_messages(self.client.redact.text)
-        self.specs = [spec for spec in self.specs if self._due(spec)]
+        self.specs = plan.due_now(self.store, self.specs, self.full, self.only)
         started = time.perf_counter()
         started_at = self._started_at = timestamps.now()
         mode = "full" if self.full else "incremental"
@@ -136,9 +136,6 @@ class Sync:
             raise
         self._close_run(result, started)
         return result
-
-    def _due(self, spec: EntitySpec) -> bool:
-        return plan.due(self.store, spec, self.full, self.only)
 
     def _begin_entity(self, spec: EntitySpec) -> None:
         full_pass = plan.begin_entity(self.db, self.store, spec, self.full)
@@ -437,16 +434,24 @@ class Sync:
     def _write_whole(
         self, spec: EntitySpec, rows: list[Row], entity: EntityResult, refused: list[Any]
     ) -> None:
-        target = next((s for s in self.all_entities if s.fields_table == spec.name), None)
-        if target is not None:
+        targets = [s for s in self.all_entities if s.fields_table == spec.name]
+        before = CustomFieldMap.from_definitions(list(self.db[spec.name].rows)) if targets else None
+        if targets:
+            target = targets[0]
             # Columns the previous definitions gave custom fields are theirs to keep, not clashes.
-            previous = CustomFieldMap.from_definitions(list(self.db[spec.name].rows)).columns()
+            previous = before.columns()
             taken = set(target.columns) | (set(self.store.columns(target.name)) - set(previous))
             assign_column_names(rows, taken)
             self.store.ensure_columns(target.name, CustomFieldMap.from_definitions(rows).columns())
         for row in rows:
             row.setdefault("is_deleted", 0)
         self.store.upsert(spec, rows)
+        if before is not None:
+            # Records may have come before these definitions (fetched hourly): fill them in.
+            after = CustomFieldMap.from_definitions(list(self.db[spec.name].rows))
+            for target in targets:
+                if target.name in self.db.table_names():
+                    backfill.refill(self.db, target, before, after)
         if spec.name in self._unkeyed:
             entity.unreconciled = True
             log.warning("%s: refused records without ids; nothing flagged as gone", spec.name)

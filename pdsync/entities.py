@@ -178,6 +178,8 @@ def _users() -> EntitySpec:
         },
         transform=_users_transform,
         description="Pipedrive users: deal and activity owners.",
+        # A new user is rare; until the hour is up their deals show the owner's id only.
+        refresh=HOURLY,
     )
 
 
@@ -671,14 +673,18 @@ def builtin_entities() -> list[EntitySpec]:
         _stages(),
         _users(),
         _field_definitions("deal_fields", "/api/v2/dealFields", "Deal"),
-        _field_definitions("person_fields", "/api/v2/personFields", "Person"),
-        _field_definitions("organization_fields", "/api/v2/organizationFields", "Organization"),
+        # Deal fields every run: leads keep no raw custom fields to fill a new column from
+        # later. The others are hourly: a new field's column is filled from custom_fields.
+        _field_definitions("person_fields", "/api/v2/personFields", "Person", HOURLY),
+        _field_definitions(
+            "organization_fields", "/api/v2/organizationFields", "Organization", HOURLY
+        ),
         _organizations(),
         _persons(),
         _deals(),
         _activities(),
         _notes(),
-        _field_definitions("product_fields", "/api/v2/productFields", "Product"),
+        _field_definitions("product_fields", "/api/v2/productFields", "Product", HOURLY),
         _products(),
         _deal_products(),
         _field_definitions("activity_fields", "/api/v2/activityFields", "Activity", HOURLY),

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import sqlite_utils
 
 from . import timestamps
+from .client import token_cost
 from .entities import EntitySpec
 from .store import Store
 
@@ -20,6 +21,46 @@ LOOKBACK = timedelta(seconds=60)
 # Pipedrive keeps deleted deals listable for 30 days; a deals sync older than that may have
 # missed deletions, so it reconciles with a full pass (a day early, to be safe).
 DELETED_DEALS_KEPT = timedelta(days=29)
+
+
+# What an incremental run with no changes may cost (issue #14): every run pays one page per
+# stream of the lists that change by the minute; the hourly lists share what is left.
+RUN_REQUESTS = 16
+RUN_TOKENS = 250
+
+
+def due_now(
+    store: Store, specs: list[EntitySpec], full: bool, only: set[str] | list[str]
+) -> list[EntitySpec]:
+    """The specs this run fetches, in their order. Lists on a refresh interval (reference
+    lists, the field definitions of all but deals, users, projects and tasks) are spread over
+    runs: those due go most overdue first while the run stays within RUN_REQUESTS and
+    RUN_TOKENS, the rest wait for the next run, first in line. The most overdue always goes,
+    so a list bigger than what is left still comes round."""
+    chosen: list[EntitySpec] = []
+    waiting: list[tuple[str, int, EntitySpec]] = []
+    for i, spec in enumerate(specs):
+        meta = store.metadata(spec.name)
+        if spec.refresh is None or full or spec.name in only or not meta.get("last_success_time"):
+            chosen.append(spec)
+        elif due(store, spec, full, only):
+            waiting.append((meta.get("last_success_time") or "", i, spec))
+    requests = sum(len(s.streams) for s in chosen if not s.dependent)
+    tokens = sum(token_cost(st.path) for s in chosen if not s.dependent for st in s.streams)
+    for n, (_, _, spec) in enumerate(sorted(waiting, key=lambda w: (w[0], w[1]))):
+        more_requests, more_tokens = expected_cost(store, spec)
+        fits = requests + more_requests <= RUN_REQUESTS and tokens + more_tokens <= RUN_TOKENS
+        if n == 0 or fits:
+            chosen.append(spec)
+            requests, tokens = requests + more_requests, tokens + more_tokens
+    return [spec for spec in specs if spec in chosen]
+
+
+def expected_cost(store: Store, spec: EntitySpec) -> tuple[int, int]:
+    """Requests and tokens a whole list cost last time (a page per stream, if never)."""
+    meta = store.metadata(spec.name)
+    floor = len(spec.streams), sum(token_cost(stream.path) for stream in spec.streams)
+    return max(meta.get("requests") or 0, floor[0]), max(meta.get("tokens") or 0, floor[1])
 
 
 def due(store: Store, spec: EntitySpec, full: bool, only: set[str] | list[str]) -> bool:

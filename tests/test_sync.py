@@ -63,16 +63,17 @@ def test_schema_declares_foreign_keys_indexes_and_wal(run_sync, db_path):
     assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
 
 
-def test_no_changes_costs_sixteen_requests(fake, run_sync):
+def test_no_changes_costs_twelve_requests(fake, run_sync):
     run_sync()
     fake.reset_log()
     result = run_sync()
     assert result.ok
-    # 7 whole fetches (pipelines, stages, users, 4 field lists) + 9 incremental streams;
-    # the reference lists wait an hour, and no deal changed, so no line items are asked.
+    # 3 whole fetches (pipelines, stages, deal fields) + 9 incremental streams; users, the
+    # other field lists, reference lists, projects and tasks wait for the hourly rotation
+    # (tests/test_rotation.py), and no deal changed, so no line items are asked.
     # Leads add 2: /v1/leads (20 tokens) and one newest-first page of the archive (40).
-    assert result.requests == 16 and result.tokens == 220
-    assert len(fake.requests) == 16
+    assert result.requests == 12 and result.tokens == 170
+    assert len(fake.requests) == 12
     assert result.entities["leads"].requests == 2 and result.entities["leads"].tokens == 60
 
 

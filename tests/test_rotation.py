@@ -1,0 +1,92 @@
+"""The hourly lists share what an incremental run may cost: spread over runs within 16
+requests and 250 tokens each, most overdue first, and every one of them comes round. Field
+definitions that arrive after the records using them fill their readable columns in."""
+
+from __future__ import annotations
+
+import sqlite_utils
+from helpers import differences
+
+from pdsync import plan
+from pdsync.entities import builtin_entities
+
+EVERY_RUN = {s.name for s in builtin_entities() if s.refresh is None}
+ROTATED = {s.name for s in builtin_entities() if s.refresh is not None}
+
+
+def _age(db_path, names, hours=2):
+    db = sqlite_utils.Database(db_path)
+    for name in names:
+        db.execute(
+            "update sync_metadata set last_success_time ="
+            " strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?) where entity_type = ?",
+            [f"-{hours} hours", name],
+        )
+    db.conn.commit()
+
+
+def test_every_hourly_list_comes_round_within_the_budget(run_sync, db_path):
+    assert run_sync().ok
+    _age(db_path, ROTATED)
+    refreshed, runs = set(), 0
+    while refreshed != ROTATED:
+        runs += 1
+        assert runs <= 6, f"still waiting: {sorted(ROTATED - refreshed)}"
+        result = run_sync()
+        assert result.ok
+        assert result.requests <= plan.RUN_REQUESTS and result.tokens <= plan.RUN_TOKENS, (
+            result.requests,
+            result.tokens,
+            sorted(result.entities),
+        )
+        assert EVERY_RUN - {"deal_products"} <= set(result.entities)
+        assert not refreshed & set(result.entities), "a list came round twice"
+        refreshed |= set(result.entities) & ROTATED
+    assert runs >= 2  # they did not all fit in one run: spread, not dropped
+    # Once round, none is due again within the hour.
+    assert not set(run_sync().entities) & ROTATED
+
+
+def test_the_most_overdue_goes_first(run_sync, db_path):
+    assert run_sync().ok
+    _age(db_path, ROTATED, hours=2)
+    _age(db_path, ["tasks"], hours=5)
+    assert "tasks" in run_sync().entities
+
+
+def test_a_failed_list_is_due_again(fake, run_sync, db_path):
+    assert run_sync().ok
+    _age(db_path, ["currencies"])
+    fake.inject("/v1/currencies", "401")
+    assert run_sync().entities["currencies"].status == "failed"
+    fake.clear_faults()
+    assert run_sync().entities["currencies"].status == "success"
+
+
+def test_definitions_arriving_late_fill_their_columns(fake, run_sync, db_path):
+    """A person field defined after its values were synced: its column is filled in when the
+    definitions come round, from the raw custom_fields the rows keep."""
+    assert run_sync().ok
+    db = sqlite_utils.Database(db_path)
+    field = db.execute(
+        "select field_code, column_name from person_fields where column_name is not null"
+        " and field_type = 'enum'"
+    ).fetchone()
+    assert field, "the fake defines an enum person field"
+    code, column = field
+    before = dict(db.execute(f"select id, [{column}] from persons").fetchall())
+    assert any(v is not None for v in before.values())
+    # As if the definition had not been fetched yet when these persons were written.
+    db.execute("delete from person_fields where field_code = ?", [code])
+    db.execute(f"update persons set [{column}] = null")
+    db.conn.commit()
+    _age(db_path, ["person_fields"], hours=3)
+    result = run_sync()
+    assert "person_fields" in result.entities
+    # Its column is named anew (the old name is taken, as a field's dropped column would be).
+    (column,) = db.execute(
+        "select column_name from person_fields where field_code = ?", [code]
+    ).fetchone()
+    after = dict(db.execute(f"select id, [{column}] from persons").fetchall())
+    assert after == before
+    assert differences(db, fake, ["persons"]) == []
