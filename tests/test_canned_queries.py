@@ -51,7 +51,7 @@ CONTRACT = {
     "deal_notes": ["deal_id"],
     "sync_status": [],
     "deal_products": ["deal_id", "limit", "after"],
-    "product_sales": ["product", "pipeline", "months"],
+    "product_sales": ["product", "pipeline", "months", "limit", "after"],
     "open_leads": ["owner", "label", "source", "limit", "after"],
 }
 DEAL_LISTS = [
@@ -1012,6 +1012,29 @@ def test_product_sales(world, params, kwargs):
     check(world, "product_sales", lambda now: _product_sales(world, now, **kwargs), params)
     if kwargs.get("months") == 36 and not kwargs.get("pipeline"):
         assert world.rows("product_sales", **params)  # the demo has sales to show
+
+
+def test_product_sales_paged_by_after(world):
+    rows = world.rows("product_sales", months="36")
+    assert len(rows) > 10
+    got, last = [], None
+    while True:
+        after = (
+            ""
+            if last is None
+            else (f"{last['month']},{last['currency']},{last['product']},{last['product_id']}")
+        )
+        page = world.rows("product_sales", months="36", limit="7", after=after)
+        if not page:
+            break
+        got, last = got + page, page[-1]
+    assert got == rows
+    # a name with commas still resumes right after its row
+    key = rows[3]
+    after = f"{key['month']},{key['currency']},{key['product']},{key['product_id']}"
+    assert world.rows("product_sales", months="36", after=after) == rows[4:]
+    for malformed in ("abc", "2026-11,17", "x,", ",", "1,2,a"):
+        assert world.rows("product_sales", months="36", after=malformed) == [], malformed
 
 
 def test_near_invoicing_shows_the_line_items_behind_the_value(world):
