@@ -215,7 +215,10 @@ def _deals_transform(row: Row, record: dict) -> None:
     row["is_deleted"] = int(bool(record.get("is_deleted")))
 
 
-_DEAL_PARAMS = (("status", "open,won,lost,deleted"), ("include_fields", "products_count"))
+# products_count says which deals have line items worth asking for; source_lead_id which
+# lead a deal was converted from (pdsync/conversions.py).
+DEAL_INCLUDE = "products_count,source_lead_id"
+_DEAL_PARAMS = (("status", "open,won,lost,deleted"), ("include_fields", DEAL_INCLUDE))
 
 
 def _deals() -> EntitySpec:
@@ -266,6 +269,7 @@ def _deals() -> EntitySpec:
             "local_lost_date": str,
             "local_close_date": str,
             "products_count": int,
+            "source_lead_id": str,  # the lead this deal was converted from
             "custom_fields": str,
         },
         foreign_keys=(
@@ -314,6 +318,8 @@ def _deals() -> EntitySpec:
                 "coalesce(stage_change_time, add_time), id, pipeline_id",
                 OPEN_DEAL,
             ),
+            # A lead's conversion, looked up when the lead is written (conversions.py).
+            "converted_leads": ("source_lead_id", "source_lead_id is not null"),
             # Also covers cashflow_forecast's current month (its other months are totals).
             "open_expected_close": (
                 "expected_close_date is null, expected_close_date, id, stage_id, pipeline_id,"
@@ -580,20 +586,23 @@ def _leads() -> EntitySpec:
             "add_time": str,
             "update_time": str,
             "is_deleted": int,
+            "converted_deal_id": int,  # set from the deal's source_lead_id (conversions.py)
         },
         foreign_keys=(
             ("owner_id", "users", "id"),
             ("creator_id", "users", "id"),
             ("person_id", "persons", "id"),
             ("organization_id", "organizations", "id"),
+            ("converted_deal_id", "deals", "id"),
         ),
         indexes=(("update_time",), ("owner_id",), ("add_time",)),
         fields_table="deal_fields",  # leads have the deals' custom fields
         custom_at_top=True,
         transform=_leads_transform,
         description=(
-            "Leads in the inbox and archived ones; a converted (or deleted) lead is flagged"
-            " is_deleted by the next full pass."
+            "Leads in the inbox and archived ones; a lead converted to a deal is flagged"
+            " is_deleted (with converted_deal_id) by the run that brings the deal, a deleted"
+            " one by the next full pass."
         ),
     )
 

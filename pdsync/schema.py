@@ -19,6 +19,7 @@ from urllib.parse import quote
 import sqlite_utils
 from sqlite_utils import Migrations
 
+from .conversions import ensure_conversion_triggers
 from .entities import EntitySpec
 from .timestamps import normalize
 from .totals import ensure_totals
@@ -172,6 +173,20 @@ def m010_parents_asked(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m015_projects(db: sqlite_utils.Database) -> None:
+    # Deals are now asked with include_fields=products_count,source_lead_id (conversions.py):
+    # the deal streams keep their watermarks under the new key, instead of a full refetch.
+    if "sync_streams" not in db.table_names():
+        return
+    old = "include_fields=products_count"
+    db.execute(
+        "update sync_streams set stream = stream || ',source_lead_id'"
+        " where entity_type = 'deals' and stream like ?",
+        [f"%{old}"],
+    )
+
+
 def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     """Create what the specs declare and is missing. Safe to run on every sync."""
     for spec in entities:
@@ -195,6 +210,7 @@ def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) 
             # Empty until the first load, but there to be queried.
             ensure_fts(db, spec.name)
             ensure_totals(db, spec.name)
+    ensure_conversion_triggers(db)
 
 
 def ensure_indexes(db: sqlite_utils.Database, spec: EntitySpec) -> None:

@@ -9,6 +9,7 @@ from datetime import timedelta
 import sqlite_utils
 from helpers import differences, gone_but_not_flagged
 
+import pdsync
 import pdsync.client
 
 
@@ -62,7 +63,7 @@ def test_custom_fields_are_the_deal_columns(fake, run_sync, db_path):
     assert checked
 
 
-def test_changes_land_incrementally_and_conversions_on_a_full_pass(fake, run_sync, db_path):
+def test_changes_and_conversions_land_incrementally(fake, run_sync, db_path):
     run_sync()
     fake.advance(120)
     open_leads = [r for r in fake.records("leads") if not r["is_archived"]]
@@ -71,7 +72,7 @@ def test_changes_land_incrementally_and_conversions_on_a_full_pass(fake, run_syn
     fake.update_lead(open_leads[0]["id"], title="Renamed lead", was_seen=True)
     fake.archive_lead(open_leads[1]["id"])
     fake.archive_lead(archived[0]["id"], archived=False)
-    fake.convert_lead(open_leads[2]["id"])
+    deal = fake.convert_lead(open_leads[2]["id"])
     assert run_sync().ok
     db = sqlite_utils.Database(db_path)
     assert differences(db, fake, ["leads"]) == []
@@ -79,11 +80,41 @@ def test_changes_land_incrementally_and_conversions_on_a_full_pass(fake, run_syn
     assert rows[added["id"]]["value"] == 9000 and rows[added["id"]]["currency"] == "USD"
     assert rows[open_leads[1]["id"]]["is_archived"] == 1
     assert rows[archived[0]["id"]]["is_archived"] == 0
-    # A converted lead is deleted upstream without a trace in the lists: a full pass finds it.
-    assert gone_but_not_flagged(db, fake, "leads") == [open_leads[2]["id"]]
+    # A converted lead is deleted upstream without a trace in the lead lists, but its deal
+    # names it (source_lead_id): the same incremental run flags it.
+    assert gone_but_not_flagged(db, fake, "leads") == []
+    converted = _leads(db_path)[open_leads[2]["id"]]
+    assert converted["is_deleted"] == 1 and converted["converted_deal_id"] == deal["id"]
+    assert db["deals"].get(deal["id"])["source_lead_id"] == open_leads[2]["id"]
     assert run_sync(full=True).ok
     assert gone_but_not_flagged(db, fake, "leads") == []
-    assert _leads(db_path)[open_leads[2]["id"]]["is_deleted"] == 1
+    assert _leads(db_path)[open_leads[2]["id"]]["converted_deal_id"] == deal["id"]
+
+
+def test_a_listing_older_than_the_conversion_does_not_undo_it(fake, run_sync, db_path):
+    """A lead page fetched before the conversion and written after its deal: the lead
+    stays converted."""
+    assert run_sync().ok
+    lead = next(r for r in fake.records("leads") if not r["is_archived"])
+    deal = fake.convert_lead(lead["id"])
+    assert run_sync().ok
+    db = sqlite_utils.Database(db_path)
+    with db.atomic():  # as the writer would write the stale page
+        db.execute(
+            "update leads set is_deleted = 0, converted_deal_id = null where id = ?", [lead["id"]]
+        )
+    row = _leads(db_path)[lead["id"]]
+    assert (row["is_deleted"], row["converted_deal_id"]) == (1, deal["id"])
+    # and a deal written after its lead (a first sync) flags it too
+    with db.atomic():
+        db.execute("update deals set source_lead_id = null where id = ?", [deal["id"]])
+        db.execute(
+            "update leads set is_deleted = 0, converted_deal_id = null where id = ?", [lead["id"]]
+        )
+        db.execute("update deals set source_lead_id = ? where id = ?", [lead["id"], deal["id"]])
+    row = _leads(db_path)[lead["id"]]
+    assert (row["is_deleted"], row["converted_deal_id"]) == (1, deal["id"])
+    assert lead["id"] not in {r["id"] for r in pdsync.query(db_path, "open_leads")}
 
 
 def test_archive_is_read_only_down_to_the_watermark(fake, run_sync, db_path, monkeypatch):
@@ -133,3 +164,28 @@ def test_no_change_cost_stays_in_budget(fake, run_sync):
     fake.reset_log()
     result = run_sync()
     assert result.requests <= 16 and result.tokens <= 250
+
+
+def test_an_older_database_keeps_its_deal_watermarks(tmp_path):
+    """Deals asked with a new include_fields keep their streams' watermarks (m015), instead
+    of refetching every deal once."""
+    from pdsync.entities import by_name
+    from pdsync.schema import prepare
+
+    db = sqlite_utils.Database(str(tmp_path / "old.db"))
+    db["sync_metadata"].insert({"entity_type": "deals"}, pk="entity_type")
+    db["sync_streams"].insert_all(
+        [
+            {
+                "entity_type": "deals",
+                "stream": f"{path}?status=open,won,lost,deleted&include_fields=products_count",
+                "watermark": "2026-11-01T00:00:00Z",
+            }
+            for path in ("/api/v2/deals", "/api/v2/deals/archived")
+        ],
+        pk=("entity_type", "stream"),
+    )
+    prepare(db, list(by_name().values()))
+    keys = {s.key for s in by_name()["deals"].streams}
+    stored = {r["stream"]: r["watermark"] for r in db["sync_streams"].rows}
+    assert stored == dict.fromkeys(keys, "2026-11-01T00:00:00Z")

@@ -29,7 +29,7 @@ def synced(tmp_path_factory):
         fake.convert_lead(converted["id"])
         path = str(tmp_path_factory.mktemp("leads") / "pipedrive.db")
         with FakeServer(fake) as server:
-            for full in (False, True):  # the full pass flags the converted lead
+            for full in (False, True):  # the first flags the converted lead (its deal says)
                 result = pdsync.sync(
                     path,
                     token=fake.token,

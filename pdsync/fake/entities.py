@@ -114,7 +114,8 @@ class Entity:
     incremental: bool = True  # takes updated_since / updated_until
     ids: bool = True  # takes ids=1,2,3
     namespaces: tuple[str, ...] = ()  # objects only sent when asked for with include_fields
-    # Counts only sent when asked for with include_fields: name -> SQL over the row's ``id``.
+    # Values only sent when asked for with include_fields: name -> SQL over the row's ``id``
+    # giving the value as JSON text (products_count, source_lead_id).
     counts: Mapping[str, str] = field(default_factory=dict)
     embeds: tuple[Embed, ...] = ()
     embeds_user: str | None = None  # column naming the user whose object is embedded
@@ -199,7 +200,12 @@ DEALS = Entity(
     purged_after_ms=PURGE_AFTER_MS,
     filters={k: k for k in ("owner_id", "person_id", "org_id", "pipeline_id", "stage_id")},
     narrow=(_deal_status,),
-    counts={"products_count": "SELECT count(*) FROM deal_products p WHERE p.deal_id = deals.id"},
+    counts={
+        "products_count": "SELECT count(*) FROM deal_products p WHERE p.deal_id = deals.id",
+        # The lead a deal was converted from, as JSON (a string, or null).
+        "source_lead_id": "SELECT coalesce((SELECT json_quote(l.uuid) FROM leads l"
+        " WHERE l.deal_id = deals.id), 'null')",
+    },
     nullable=_words(
         "probability lost_reason close_time origin_id channel channel_id source_lead_id "
         "arr mrr acv archive_time"
@@ -438,13 +444,14 @@ LEADS = Entity(
             *TIMES,
             bit("archived", "is_archived"),
             given("converted_at", "INTEGER"),
+            given("deal_id", "INTEGER"),  # the deal a converted lead became
             optional("owner_id"),
             optional("person_id"),
             optional("organization_id"),
             required("uuid", "TEXT NOT NULL", "id"),
             required("title", "TEXT"),
         ),
-        indexes=("archived, ut", "archived, at"),
+        indexes=("archived, ut", "archived, at", "deal_id"),
         unique=("uuid",),
         key=lambda rec, given: given["id"],
     ),

@@ -626,7 +626,15 @@ class Mutations:
                 org_id=rec.get("organization_id"),
                 pipeline_id=pipeline_id or 1,
             )
-            self.store.put("leads", rec, cols["ut"], cols["at"], id=key, converted_at=self.now_ms())
+            self.store.put(
+                "leads",
+                rec,
+                cols["ut"],
+                cols["at"],
+                id=key,
+                converted_at=self.now_ms(),
+                deal_id=deal["id"],
+            )
             return deal
 
     def add_deal_field_option(self, field_code: str, label: str) -> dict[str, Any]:
