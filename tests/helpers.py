@@ -244,3 +244,16 @@ def unregister_pdsync_plugins() -> None:
     for plugin in list(pm.get_plugins()):
         if Path(getattr(plugin, "__file__", "") or "/").parent == PLUGINS_DIR:
             pm.unregister(plugin)
+
+
+def age_last_success(db_path, names, hours=2):
+    """Pretend the last successful sync of the entities ``names`` was ``hours`` ago (their
+    hourly refresh falls due)."""
+    db = sqlite_utils.Database(db_path)
+    for name in names:
+        db.execute(
+            "update sync_metadata set last_success_time ="
+            " strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?) where entity_type = ?",
+            [f"-{hours} hours", name],
+        )
+    db.conn.commit()

@@ -7,23 +7,11 @@ import json
 
 import httpx
 import sqlite_utils
-from helpers import differences, gone_but_not_flagged
+from helpers import age_last_success, differences, gone_but_not_flagged
 
 
 def _rows(db_path, table):
     return {r["id"]: r for r in sqlite_utils.Database(db_path).query(f"select * from {table}")}
-
-
-def _age_refresh(db_path, *entities, hours=2):
-    """Pretend the last successful sync of ``entities`` was ``hours`` ago."""
-    db = sqlite_utils.Database(db_path)
-    for name in entities:
-        db.execute(
-            "update sync_metadata set last_success_time ="
-            " strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?) where entity_type = ?",
-            [f"-{hours} hours", name],
-        )
-    db.conn.commit()
 
 
 def test_full_sync_equals_the_fake(fake, run_sync, db_path):
@@ -101,7 +89,7 @@ def test_refreshed_on_the_hourly_rotation(fake, run_sync, db_path):
     soon = run_sync()
     assert "tasks" not in soon.entities  # fetched a moment ago: not due
     assert differences(sqlite_utils.Database(db_path), fake, ["tasks"]) != []
-    _age_refresh(db_path, "projects", "tasks", "project_fields")
+    age_last_success(db_path, ["projects", "tasks", "project_fields"])
     later = run_sync()
     assert {"projects", "tasks"} <= set(later.entities), sorted(later.entities)
     assert differences(sqlite_utils.Database(db_path), fake, ["projects", "tasks"]) == []

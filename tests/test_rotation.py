@@ -5,7 +5,7 @@ definitions that arrive after the records using them fill their readable columns
 from __future__ import annotations
 
 import sqlite_utils
-from helpers import differences
+from helpers import age_last_success, differences
 
 from pdsync import plan
 from pdsync.entities import builtin_entities
@@ -14,20 +14,9 @@ EVERY_RUN = {s.name for s in builtin_entities() if s.refresh is None}
 ROTATED = {s.name for s in builtin_entities() if s.refresh is not None}
 
 
-def _age(db_path, names, hours=2):
-    db = sqlite_utils.Database(db_path)
-    for name in names:
-        db.execute(
-            "update sync_metadata set last_success_time ="
-            " strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?) where entity_type = ?",
-            [f"-{hours} hours", name],
-        )
-    db.conn.commit()
-
-
 def test_every_hourly_list_comes_round_within_the_budget(run_sync, db_path):
     assert run_sync().ok
-    _age(db_path, ROTATED)
+    age_last_success(db_path, ROTATED)
     refreshed, runs = set(), 0
     while refreshed != ROTATED:
         runs += 1
@@ -49,14 +38,14 @@ def test_every_hourly_list_comes_round_within_the_budget(run_sync, db_path):
 
 def test_the_most_overdue_goes_first(run_sync, db_path):
     assert run_sync().ok
-    _age(db_path, ROTATED, hours=2)
-    _age(db_path, ["tasks"], hours=5)
+    age_last_success(db_path, ROTATED, hours=2)
+    age_last_success(db_path, ["tasks"], hours=5)
     assert "tasks" in run_sync().entities
 
 
 def test_a_failed_list_is_due_again(fake, run_sync, db_path):
     assert run_sync().ok
-    _age(db_path, ["currencies"])
+    age_last_success(db_path, ["currencies"])
     fake.inject("/v1/currencies", "401")
     assert run_sync().entities["currencies"].status == "failed"
     fake.clear_faults()
@@ -80,7 +69,7 @@ def test_definitions_arriving_late_fill_their_columns(fake, run_sync, db_path):
     db.execute("delete from person_fields where field_code = ?", [code])
     db.execute(f"update persons set [{column}] = null")
     db.conn.commit()
-    _age(db_path, ["person_fields"], hours=3)
+    age_last_success(db_path, ["person_fields"], hours=3)
     result = run_sync()
     assert "person_fields" in result.entities
     # Its column is named anew (the old name is taken, as a field's dropped column would be).
