@@ -315,8 +315,8 @@ class PipedriveClient:
             body = self.get(path, params, tally, priority + page)
             data = _list(body)
             repeats.check(data)
-            yield data
             cursor = (body.get("additional_data") or {}).get("next_cursor")
+            yield CursorPage(data, cursor if isinstance(cursor, str) and cursor else None)
             if not cursor:
                 return
             if not isinstance(cursor, str) or cursor in followed:
@@ -390,6 +390,14 @@ class PipedriveClient:
                 start += len(data)
             if (since, start) in asked:
                 raise LoopingStream(f"GET {path}: asked for the same page twice; stopped")
+
+
+class CursorPage(list):
+    """A v2 page's records, and the cursor of the page after it (None at the end)."""
+
+    def __init__(self, records: list, next_cursor: str | None) -> None:
+        super().__init__(records)
+        self.next_cursor = next_cursor
 
 
 class _Repeats:

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlite_utils
 
-from . import backfill, pacing, plan, plugins, timestamps
+from . import backfill, paced, pacing, plan, plugins, timestamps
 from .client import PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
 from .errors import AuthError, BudgetSpent, ConnectionFailed, PipedriveError
@@ -84,6 +84,9 @@ class Sync:
         # Per (entity, stream) of a dependent entity: the parents to ask (entities.Children).
         self._parents: dict[tuple[str, str], list[tuple[Any, str | None]]] = {}
         self._started_at = ""
+        # Paced passes (paced.py): pages a run may read per stream, and where each resumes.
+        self._paced: dict[str, int] = {}
+        self._resume: dict[tuple[str, str], str | None] = {}
         # A stream's requests rank by its page number (see RateLimiter: the deepest stream
         # leads); this fraction of a page breaks ties in declared order, deals first.
         keys = [(spec.name, stream.key) for spec in self.specs for stream in spec.streams]
@@ -99,7 +102,7 @@ class Sync:
         # The lock is ours, so a run still marked running was killed: say so.
         self.store.close_interrupted_runs()
         self.store.redact_messages(self.client.redact.text)
-        self.specs = plan.due_now(self.store, self.specs, self.full, self.only)
+        self.specs, self._paced = plan.due_now(self.store, self.specs, self.full, self.only)
         started = time.perf_counter()
         started_at = self._started_at = timestamps.now()
         mode = "full" if self.full else "incremental"
@@ -140,6 +143,12 @@ class Sync:
     def _begin_entity(self, spec: EntitySpec) -> None:
         full_pass = plan.begin_entity(self.db, self.store, spec, self.full)
         self._full_pass[spec.name] = full_pass or (spec.dependent and self.full)
+        with self.db.atomic():
+            if spec.name in self._paced:
+                for key, point in paced.resume_points(self.store, spec).items():
+                    self._resume[(spec.name, key)] = point
+            elif spec.refresh is not None and paced.in_progress(self.store, spec):
+                paced.forget(self.store, spec)  # read whole this time: that pass is moot
 
     def _close_run(self, result: SyncResult, started: float, cancelled: bool = False) -> None:
         finished_at = timestamps.now()
@@ -265,6 +274,8 @@ class Sync:
                     )
                     counted = self._count_spend(spec)
                 self._spend_counted[spec.name] = counted
+            elif spec.name in self._paced:
+                self._write_paced(spec, stream, rows, refused, records)
             elif not spec.incremental:
                 batch.whole_rows[spec.name].extend(rows)
                 batch.whole_refused[spec.name].extend(refused)
@@ -339,6 +350,8 @@ class Sync:
             self._updated_since.get((spec.name, stream.key)),
             self._tallies[spec.name],
             self._rank[(spec.name, stream.key)],
+            resume=self._resume.get((spec.name, stream.key)),
+            max_pages=self._paced.get(spec.name),
         )
         fetch(pages, self.stop, spec.name, stream, source)
 
@@ -391,6 +404,18 @@ class Sync:
         self._watermark[(spec.name, stream.key)] = watermark
         self._spend_counted[spec.name] = counted
 
+    def _write_paced(
+        self, spec: EntitySpec, stream: Stream, rows: list[Row], refused: list[Any], page: Any
+    ) -> None:
+        """A page of a paced pass, its ids seen and the cursor after it, in one commit."""
+        with self.pacer.transaction():
+            self.store.upsert(spec, rows)
+            self.store.mark_seen(spec, [row[spec.pk] for row in rows] + list(refused))
+            after = getattr(page, "next_cursor", None)
+            self.store.set_watermark(spec.name, paced.cursor_key(stream.key), after or paced.DONE)
+            counted = self._count_spend(spec)
+        self._spend_counted[spec.name] = counted
+
     def _finish_entity(
         self, spec: EntitySpec, entity: EntityResult, rows: list[Row], refused: list[Any]
     ) -> Iterator[None]:
@@ -408,12 +433,19 @@ class Sync:
                 with self.pacer.transaction():
                     if spec.dependent:
                         pass  # written batch by batch (_take_page)
+                    elif spec.name in self._paced:
+                        if paced.complete(self.store, spec):
+                            self._reconcile(spec, entity)
+                            paced.forget(self.store, spec)
                     elif not spec.incremental:
                         self._write_whole(spec, rows, entity, refused)
                     elif self._full_pass[spec.name]:
                         self._reconcile(spec, entity)
         except sqlite3.Error as exc:
             self._errors.setdefault(spec.name, f"could not save {spec.name}: {exc}")
+        if spec.name in self._paced and spec.name in self._errors:
+            with self.db.atomic():
+                paced.forget(self.store, spec)  # a cursor may be what failed: start over
         entity.status = "failed" if spec.name in self._errors else "success"
         entity.error = self._errors.get(spec.name)
         self._record(spec, entity)

@@ -28,10 +28,23 @@ def stream_pages(
     updated_since: str | None,
     tally: Tally,
     rank: float,
+    resume: str | None = None,
+    max_pages: int | None = None,
 ) -> Iterator[list]:
-    """The pages of one stream: all of it for a whole entity, else what changed since."""
+    """The pages of one stream: all of it for a whole entity, else what changed since. A
+    paced pass (``max_pages``, see paced.py) reads at most that many, from ``resume``."""
     params: dict[str, Any] = dict(stream.params)
     if not spec.incremental:
+        if max_pages is not None:
+            if resume == "":
+                return  # this stream is done in the current pass
+            if resume:
+                params["cursor"] = resume
+            for count, page in enumerate(client.iter_v2(stream.path, params, tally, rank), 1):
+                yield page
+                if count >= max_pages:
+                    return
+            return
         pages = client.iter_v1 if stream.is_v1 else client.iter_v2
         yield from pages(stream.path, params, tally, rank)
         return

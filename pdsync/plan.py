@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import sqlite_utils
 
-from . import timestamps
+from . import paced, timestamps
 from .client import token_cost
 from .entities import EntitySpec
 from .store import Store
@@ -31,29 +31,47 @@ RUN_TOKENS = 250
 
 def due_now(
     store: Store, specs: list[EntitySpec], full: bool, only: set[str] | list[str]
-) -> list[EntitySpec]:
-    """The specs this run fetches, in their order. Lists on a refresh interval (reference
-    lists, the field definitions of all but deals, users, projects and tasks) are spread over
-    runs: those due go most overdue first while the run stays within RUN_REQUESTS and
-    RUN_TOKENS, the rest wait for the next run, first in line. The most overdue always goes,
-    so a list bigger than what is left still comes round."""
+) -> tuple[list[EntitySpec], dict[str, int]]:
+    """The specs this run fetches, in their order, and the pages a paced pass of each may
+    read (paced.py). Lists on a refresh interval (reference lists, the field definitions of
+    all but deals, users, projects and tasks) are spread over runs: those due go most overdue
+    first (a paced pass in progress before all) while the run stays within RUN_REQUESTS and
+    RUN_TOKENS; the rest wait for the next run, first in line. A whole v2 list bigger than
+    the room left is read a part at a time; the most overdue list always goes."""
+    fields_tables = {s.fields_table for s in specs if s.fields_table}
     chosen: list[EntitySpec] = []
     waiting: list[tuple[str, int, EntitySpec]] = []
     for i, spec in enumerate(specs):
         meta = store.metadata(spec.name)
         if spec.refresh is None or full or spec.name in only or not meta.get("last_success_time"):
             chosen.append(spec)
+        elif paced.capable(spec, fields_tables) and paced.in_progress(store, spec):
+            waiting.append(("", i, spec))
         elif due(store, spec, full, only):
             waiting.append((meta.get("last_success_time") or "", i, spec))
     requests = sum(len(s.streams) for s in chosen if not s.dependent)
     tokens = sum(token_cost(st.path) for s in chosen if not s.dependent for st in s.streams)
+    pages: dict[str, int] = {}
     for n, (_, _, spec) in enumerate(sorted(waiting, key=lambda w: (w[0], w[1]))):
         more_requests, more_tokens = expected_cost(store, spec)
+        if paced.capable(spec, fields_tables):
+            # As many pages as there is room for (a page per stream at least).
+            streams = len(spec.streams)
+            room = max(streams, RUN_REQUESTS - requests)
+            per_page = more_tokens / max(more_requests, 1)
+            room = min(room, max(streams, int((RUN_TOKENS - tokens) // max(per_page, 1))))
+            more_requests, more_tokens = (
+                min(more_requests, room),
+                min(more_tokens, int(room * per_page)),
+            )
+            pages[spec.name] = max(1, room // streams)
         fits = requests + more_requests <= RUN_REQUESTS and tokens + more_tokens <= RUN_TOKENS
         if n == 0 or fits:
             chosen.append(spec)
             requests, tokens = requests + more_requests, tokens + more_tokens
-    return [spec for spec in specs if spec in chosen]
+        else:
+            pages.pop(spec.name, None)
+    return [spec for spec in specs if spec in chosen], pages
 
 
 def expected_cost(store: Store, spec: EntitySpec) -> tuple[int, int]:

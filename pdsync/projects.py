@@ -3,7 +3,8 @@
 Neither list takes ``updated_since`` nor a sort (cursor pages in id order), so each is read
 whole and reconciled: a project or task missing from a complete read is flagged
 ``is_deleted``. Reading them whole on every run would cost a request per 500 records each
-time; they are refreshed on the hourly rotation instead (see plan.py).
+time; they are refreshed on the hourly rotation instead (plan.py), a large account's a few
+pages a run (paced.py).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def projects() -> EntitySpec:
 
 def _tasks_transform(row: Row, record: dict) -> None:
     _first(row, record, "assignee_id", "assignee_ids")
+    row["is_deleted"] = 0  # listed: a deleted task is only missing from the list
 
 
 def tasks() -> EntitySpec:

@@ -5,7 +5,7 @@ definitions that arrive after the records using them fill their readable columns
 from __future__ import annotations
 
 import sqlite_utils
-from helpers import age_last_success, differences
+from helpers import age_last_success, differences, gone_but_not_flagged
 
 from pdsync import plan
 from pdsync.entities import builtin_entities
@@ -79,3 +79,32 @@ def test_definitions_arriving_late_fill_their_columns(fake, run_sync, db_path):
     after = dict(db.execute(f"select id, [{column}] from persons").fetchall())
     assert after == before
     assert differences(db, fake, ["persons"]) == []
+
+
+def test_a_list_too_big_for_one_run_is_read_over_several(fake, run_sync, db_path):
+    """Tasks of a large account: more pages than a run has room for. Each run reads what
+    fits, from where the last one stopped; only the pass that reached the end flags a task
+    no longer listed."""
+    project = fake.records("projects")[0]["id"]
+    for i in range(2600):  # six pages of 500
+        fake.add_task(project, f"Step {i}")
+    assert run_sync().ok  # a first sync reads it whole
+    doomed = fake.records("tasks")[5]["id"]
+    fake.delete_task(doomed)
+    late = fake.add_task(project, "Late addition")
+    age_last_success(db_path, ["tasks"])
+    db = sqlite_utils.Database(db_path)
+    runs = []
+    while differences(db, fake, ["tasks"]) or gone_but_not_flagged(db, fake, "tasks"):
+        assert len(runs) < 5, "the pass never finished"
+        result = run_sync()
+        assert result.ok
+        assert result.requests <= plan.RUN_REQUESTS and result.tokens <= plan.RUN_TOKENS
+        runs.append(result.entities["tasks"].requests)
+        if len(runs) == 1:
+            # Not at the end yet: nothing may be taken for gone.
+            assert db["tasks"].get(doomed)["is_deleted"] == 0
+    assert len(runs) >= 2 and sum(runs) >= 6, runs
+    assert db["tasks"].get(doomed)["is_deleted"] == 1
+    assert db["tasks"].get(late["id"])["title"] == "Late addition"
+    assert not set(run_sync().entities) & {"tasks"}  # done: not due for an hour
