@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import sqlite_utils
-from helpers import FAST_CLIENT, differences, gone_but_not_flagged
+from helpers import EVERY_RUN, FAST_CLIENT, differences, gone_but_not_flagged
 
 from pdsync import totals
 from pdsync.entities import builtin_entities
@@ -344,7 +344,8 @@ def crash_run(
     run.read_paths = f"{built}/{read_paths(db_path)}"
     db = sqlite_utils.Database(db_path)
     try:
-        run.problems += differences(db, fake)
+        # Projects and tasks wait for the hourly rotation, unless this was a first sync.
+        run.problems += differences(db, fake, None if first else EVERY_RUN)
         run.problems += fts_problems(db)
         run.problems += totals.problems(db)
         for entity in sorted(reconciled):

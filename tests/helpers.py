@@ -100,6 +100,10 @@ COMPARED = {
         "marked_as_done_time",
     ],
 }
+# Changed by the fake's churn but refreshed on the hourly rotation, not by every run
+# (pdsync/plan.py): an incremental run is not expected to have their changes yet.
+ROTATED = ("projects", "tasks")
+EVERY_RUN = [entity for entity in COMPARED if entity not in ROTATED]
 # Retries back off for real in production; in tests they should not take seconds.
 FAST_CLIENT = {"backoff": 0.01, "max_backoff": 0.05, "timeout": 2.0}
 UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
