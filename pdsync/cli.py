@@ -96,6 +96,13 @@ def auth(auth_path: str) -> None:
     type=click.IntRange(0, 20),
     help="Retries of a failed request (429, 5xx, timeouts) before the entity fails",
 )
+@click.option(
+    "--history-budget",
+    type=click.IntRange(0),
+    metavar="TOKENS",
+    help="Tokens a UTC day for reading deal history (changelogs), after the core entities;"
+    " default a fifth of 30,000 x active users; 0: none this run",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output (the default when not a TTY)")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request (method, path, status, ms)")
 def sync(
@@ -107,6 +114,7 @@ def sync(
     every: str | None,
     wait: bool,
     retries: int,
+    history_budget: int | None,
     quiet: bool,
     verbose: bool,
 ) -> None:
@@ -138,6 +146,7 @@ def sync(
                 auth_path=auth_path,
                 wait=wait or interval is not None,
                 every=interval,
+                history_budget=history_budget,
                 client_options={"max_retries": retries, "connect_retries": min(retries, 2)},
             )
         finally:

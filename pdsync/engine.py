@@ -19,10 +19,12 @@ from typing import Any
 import sqlite_utils
 
 from . import pacing, plan, plugins, timestamps
+from .backfill import Backfill
 from .client import PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
 from .errors import AuthError, BudgetSpent, ConnectionFailed, PipedriveError
 from .fetch import Batch, ChildPage, child_pages, fetch, stream_pages
+from .history import Observer
 from .pacing import SchemaPacer
 from .plugins import selected_entities
 from .records import BadRecord, CustomFieldMap, assign_column_names, to_row
@@ -51,6 +53,7 @@ class Sync:
         transform_record: Callable[[EntitySpec, dict], dict | None] | None = None,
         version: str = "",
         every: float | None = None,
+        history_budget: int | None = None,
     ) -> None:
         self.db = db
         self.client = client
@@ -64,8 +67,10 @@ class Sync:
         self.transform_record = transform_record
         self.version = version
         self.every = every  # the schedule's interval, when this run belongs to one
+        self.history_budget = history_budget  # tokens a UTC day; None: the default, 0: off
         self.pacer = SchemaPacer(db)  # schema changes spaced for Datasette's readers
         self.store = Store(db)
+        self.history = Observer(db)
         self.stop = threading.Event()
         self._fatal: str | None = None
         self._full_pass: dict[str, bool] = {}
@@ -120,6 +125,8 @@ class Sync:
             # Then what is asked per parent record, from the parents just written.
             self._prepare_dependent(dependent)
             self._run_streams(dependent, result)
+            # Deal history last: the core entities are committed and cannot wait for it.
+            self._read_history(result)
         except KeyboardInterrupt:
             self.stop.set()
             self._fatal = self._fatal or "interrupted"
@@ -133,6 +140,13 @@ class Sync:
             raise
         self._close_run(result, started)
         return result
+
+    def _read_history(self, result: SyncResult) -> None:
+        deals = result.entities.get("deals")
+        if deals is None or deals.status != "success" or self._fatal or self.stop.is_set():
+            return
+        if self.history_budget != 0:
+            result.history = Backfill(self.db, self.client, self.history_budget, self.stop).run()
 
     def _due(self, spec: EntitySpec) -> bool:
         return plan.due(self.store, spec, self.full, self.only)
@@ -383,6 +397,8 @@ class Sync:
         old = self._watermark.get((spec.name, stream.key))
         watermark = max(w for w in (old, mark) if w) if (old or mark) else None
         with self.pacer.transaction():
+            if spec.name == "deals":
+                self.history.observe(rows)  # what changed, against the rows stored
             self.store.upsert(spec, rows)
             if self._full_pass[spec.name]:
                 self.store.mark_seen(spec, [row[spec.pk] for row in rows] + list(refused))
