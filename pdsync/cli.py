@@ -21,6 +21,7 @@ import sqlite_utils
 from . import access, api, plugins, timestamps
 from . import cli_text as say
 from .auth import ConfigError, save_auth
+from .backfill import progress as history_progress
 from .budget import token_usage
 from .cli_team import CONFIG_DIR_OPTION, token, user
 from .client import AuthError, ConnectionFailed, PipedriveError
@@ -203,6 +204,7 @@ def status(db_path: str, as_json: bool, budget: int | None) -> None:
             )
         rows = list(db.query("select * from sync_metadata order by entity_type"))
         usage = token_usage(db, budget)
+        history = history_progress(db)
     except sqlite3.DatabaseError as exc:
         raise click.ClickException(say.database_problem(db_path, exc)) from None
     if as_json:
@@ -230,6 +232,9 @@ def status(db_path: str, as_json: bool, budget: int | None) -> None:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     click.echo()
     for line in say.token_lines(usage):
+        click.echo(line)
+    line = say.history_line(history)
+    if line:
         click.echo(line)
 
 

@@ -92,6 +92,27 @@ def token_lines(usage: dict) -> list[str]:
     return lines
 
 
+def history_line(progress: dict) -> str | None:
+    """How far deal history is: "History: 41 % of deals (...), ~3 days left at this budget"."""
+    if not progress.get("deals"):
+        return None
+    text = (
+        f"History: {progress['share']:.0%} of deals ({progress['read']:,} of"
+        f" {progress['deals']:,} changelogs read)"
+    )
+    if not progress["pending"]:
+        text += ", complete"
+    elif progress.get("days_left") is not None:
+        days = progress["days_left"]
+        text += f", ~{days} day{'s' if days != 1 else ''} left at this budget"
+        text += f" ({progress['budget']:,} tokens a day; {progress['spent_today']:,} spent today)"
+    else:
+        text += ", not being read (--history-budget 0)"
+    if progress.get("paused_until"):
+        text += f"; paused until {progress['paused_until']}: the account's daily budget is spent"
+    return text
+
+
 def when(value: str | None) -> str:
     """``2025-01-15T10:30:00Z (3h ago)``; the text as it is when it is not a timestamp."""
     if not value:
