@@ -50,6 +50,7 @@ class HistoryResult:
     deals: int = 0  # changelogs read this run
     requests: int = 0
     tokens: int = 0
+    seconds: float = 0.0
     error: str | None = None
 
     def __str__(self) -> str:
@@ -138,11 +139,13 @@ class Backfill:
             return self.result
         left = self.budget - spent_today(self.db)
         self.result.status = "done"
+        started = time.perf_counter()
         with ThreadPoolExecutor(_WORKERS, thread_name_prefix="pdsync-history") as pool:
             try:
                 self._read(pool, left)
             finally:
                 self._note()
+                self.result.seconds = time.perf_counter() - started
         return self.result
 
     def _read(self, pool: ThreadPoolExecutor, left: int) -> None:
