@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from datetime import datetime, timezone
 
 import pytest
 import sqlite_utils
+from crashes import read_only
 
 import pdsync
 from pdsync.backfill import progress
@@ -55,14 +55,8 @@ def field_names(db: sqlite_utils.Database) -> dict[str, str]:
 
 
 def read_count(path: str) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
-        try:
-            return conn.execute("select count(*) from _pdsync_history").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
+    rows = read_only(path, "select count(*) from _pdsync_history")
+    return rows[0][0] if rows else 0
 
 
 def next_day(db: sqlite_utils.Database) -> None:
@@ -237,3 +231,43 @@ def test_a_429_that_means_the_day_is_spent_pauses_history_not_the_sync(company, 
     )
     assert again.ok and again.history.status == "paused"  # until tomorrow, without asking
     assert not [r for r in fake.requests if r["path"].endswith("/changelog")]
+
+
+def test_status_and_the_history_charts_agree_with_the_queries(company, tmp_path):
+    import re
+
+    import yaml
+    from click.testing import CliRunner
+
+    from pdsync.cli import cli
+    from pdsync.serve import metadata_path
+
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    sync(path, fake, server, 40 * 20)
+    out = CliRunner().invoke(cli, ["status", path])
+    assert out.exit_code == 0, out.output
+    deals = fake.count("deals")
+    line = next(x for x in out.output.splitlines() if x.startswith("History: "))
+    days = -(-(deals - 40) * 20 // 800)  # the deals left, 40 a day
+    assert line.startswith(f"History: 25% of deals (40 of {deals:,} changelogs read), ~{days} days")
+    assert "left at this budget (800 tokens a day; 800 spent today)" in line
+
+    sync(path, fake, server, 1_000_000)  # the rest
+    charts = yaml.safe_load(metadata_path().read_text())["plugins"]["datasette-dashboards"]
+    charts = charts["history"]["charts"]
+    db = sqlite_utils.Database(path)
+    funnel = list(db.query(re.sub(r"\[\[.*?\]\]", "", charts["conversion-funnel"]["query"])))
+    durations = list(db.query(re.sub(r"\[\[.*?\]\]", "", charts["days-in-stage"]["query"])))
+    by_name = {p["id"]: p["name"] for p in fake.records("pipelines")}
+    for pipeline_id, name in by_name.items():
+        rows = pdsync.query(path, "stage_conversion", pipeline=pipeline_id)
+        if not rows or not rows[0]["reached"]:
+            continue
+        shares = [r["share"] for r in funnel if r["pipeline"] == name]
+        assert shares == [round(r["reached"] / rows[0]["reached"], 3) for r in rows]
+        spent = pdsync.query(path, "stage_durations", pipeline=pipeline_id)
+        assert [(r["stage"], r["mean_days"]) for r in durations if r["pipeline"] == name] == [
+            (r["stage"], r["mean_days"]) for r in spent if r["deals_left"]
+        ]
+    assert any(r["share"] and r["share"] < 1 for r in funnel) and durations
