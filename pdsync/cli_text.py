@@ -57,6 +57,25 @@ def report(result: SyncResult, quiet: bool, tty: bool) -> None:
         click.echo(summary, err=tty)
     for name, entity in failed.items():
         click.echo(f"pdsync: {name} failed: {with_hint(entity.error or 'unknown error')}", err=True)
+    history = result.history
+    if history is not None and not quiet and (history.deals or history.status == "paused"):
+        click.echo(
+            f"History: {history.deals:,} deals' changelogs read ({history.tokens:,} tokens);"
+            f" {_HISTORY_STATUS.get(history.status, history.status)}",
+            err=tty,
+        )
+    if history is not None and history.status == "failed":
+        # Not a failed sync: the core entities are committed, and the next run carries on.
+        click.echo(f"pdsync: deal history stopped: {history.error}", err=True)
+
+
+_HISTORY_STATUS = {
+    "done": "complete",
+    "budget": "today's history budget is spent",
+    "paused": "paused until tomorrow (UTC): the account's daily budget is spent",
+    "stopped": "this run's time for it is up",
+    "failed": "stopped by an error",
+}
 
 
 def with_hint(error: object) -> str:

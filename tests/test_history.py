@@ -244,7 +244,12 @@ def test_status_and_the_history_charts_agree_with_the_queries(company, tmp_path)
 
     fake, server = company
     path = str(tmp_path / "p.db")
-    sync(path, fake, server, 40 * 20)
+    env = {"PIPEDRIVE_API_TOKEN": fake.token, "PIPEDRIVE_BASE_URL": server.url}
+    ran = CliRunner().invoke(cli, ["sync", path, "--history-budget", "800"], env=env)
+    assert ran.exit_code == 0, ran.output
+    assert "History: 40 deals' changelogs read (800 tokens); today's history budget is spent" in (
+        ran.output
+    )
     out = CliRunner().invoke(cli, ["status", path])
     assert out.exit_code == 0, out.output
     deals = fake.count("deals")
