@@ -42,6 +42,7 @@ PAGE_TOKENS = token_cost(CHANGELOG.format(1))  # 20
 RUN_SECONDS = 300.0  # at most this long per run: the next scheduled run carries on
 _WORKERS = 4  # changelogs in flight; the rate limiter paces them
 _BATCH = 500  # deals picked per query
+_MAX_PAGES = 200  # 100,000 changes of one deal: more is an upstream gone wrong, not history
 
 
 @dataclass
@@ -189,8 +190,13 @@ class Backfill:
         tally = Tally()
         entries: list[dict] = []
         try:
-            for page in self.client.iter_v2(CHANGELOG.format(deal_id), tally=tally):
+            pages = self.client.iter_v2(CHANGELOG.format(deal_id), tally=tally)
+            for number, page in enumerate(pages, 1):
                 entries.extend(page)
+                if number >= _MAX_PAGES:
+                    raise PipedriveError(
+                        f"deal {deal_id}'s changelog goes on past {_MAX_PAGES} pages; stopped"
+                    )
         except PipedriveError as exc:
             if "HTTP 404" in str(exc) or "HTTP 410" in str(exc):
                 return [], tally, _Gone()

@@ -276,3 +276,34 @@ def test_status_and_the_history_charts_agree_with_the_queries(company, tmp_path)
             (r["stage"], r["mean_days"]) for r in spent if r["deals_left"]
         ]
     assert any(r["share"] and r["share"] < 1 for r in funnel) and durations
+
+
+def test_a_changelog_that_keeps_failing_stops_history_not_the_sync(company, tmp_path):
+    from helpers import FAST_CLIENT
+
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    first_open = next(d["id"] for d in fake.records("deals") if d["status"] == "open")
+    fake.inject(f"/v1/deals/{first_open}/changelog", "500", times=1000)
+    result = pdsync.sync(
+        path,
+        token=fake.token,
+        base_url=server.url,
+        auth_path=None,
+        client_options=FAST_CLIENT,
+        history_budget=100_000,
+    )
+    assert result.ok  # the core entities are whole
+    assert result.history.status == "failed" and "500" in result.history.error
+    db = sqlite_utils.Database(path)
+    assert db.execute("select count(*) from deals").fetchone()[0] == fake.count("deals")
+    read = {r[0] for r in db.execute("select deal_id from _pdsync_history").fetchall()}
+    assert first_open not in read  # still to read: the next run tries again
+    assert db.execute("select last_error from sync_history").fetchone()[0]
+    fake.clear_faults()
+    again = pdsync.sync(
+        path, token=fake.token, base_url=server.url, auth_path=None, history_budget=100_000
+    )
+    assert again.history.status == "done" and progress(db)["pending"] == 0
+    names = field_names(db)
+    assert stored_rows(db, first_open) == expected_rows(fake, first_open, names)
