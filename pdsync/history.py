@@ -173,6 +173,8 @@ class Observer:
         since, until = old.get("update_time") or "", new.get("update_time")
         out = []
         for column, key in OBSERVED.items():
+            if old.get(column) == new.get(column):
+                continue  # most fields of a changed deal did not change: no text to compare
             before, after = canonical(key, old.get(column)), canonical(key, new.get(column))
             if before != after:
                 out.append((new["id"], key, before, after, _when(key, new), since, until))
@@ -181,6 +183,8 @@ class Observer:
             news = _json_dict(new.get("custom_fields"))
             names = self.names()
             for code in sorted(set(olds) | set(news)):
+                if olds.get(code) == news.get(code):
+                    continue
                 key = names.get(code, code)
                 before, after = canonical(key, olds.get(code)), canonical(key, news.get(code))
                 if before != after:
