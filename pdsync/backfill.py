@@ -1,59 +1,266 @@
-"""Readable custom-field columns refilled from the raw ``custom_fields`` JSON rows keep.
+"""Reading deals' changelogs within a daily token budget, after a run's core entities.
 
-Most field definitions are fetched hourly (see plan.py), so records can arrive before the
-definition of a field they use: their value waits in ``custom_fields``. When a definition
-arrives or changes (a new field, a renamed option), its readable column is filled in for
-every row that holds a value for it, in the same transaction as the definitions.
+Every deal's changelog costs at least one request of 20 tokens, so a whole account's history
+(100,000 deals: 2M tokens) takes days of a budget that must also leave room for everything
+else. Each run spends what is left of today's history budget (``sync_tokens``, purpose
+``history``), on the deals that need it, in this order: deals whose observed change needs a
+re-read (see history.py), open deals, deals closed in the last 12 months, the rest. A deal's
+changelog, the state saying it was read and the tokens it cost commit together: a kill loses at
+most the deals in flight, and the next run carries on. A 429 whose reset is hours away (the
+account's daily budget is spent) pauses history until the next UTC day; the core entities are
+already committed by then, so it never costs them anything.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import math
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlite_utils
 
-from .entities import EntitySpec
-from .records import CustomField, CustomFieldMap
+from .budget import TOKENS_PER_SEAT, active_users
+from .client import PipedriveClient, Tally, token_cost
+from .errors import AuthError, BudgetSpent, ConnectionFailed, PipedriveError
+from .history import changelog_rows, custom_field_names, replace_history
+from .store import Store
+from .timestamps import format as format_ts
+from .timestamps import now as utc_now
 
-_BATCH = 5000
+log = logging.getLogger("pdsync.history")
+
+PURPOSE = "history"
+SHARE_OF_SMALLEST_BUDGET = 5  # the default: a fifth of 30,000 x active users
+CHANGELOG = "/v1/deals/{}/changelog"
+PAGE_TOKENS = token_cost(CHANGELOG.format(1))  # 20
+RUN_SECONDS = 300.0  # at most this long per run: the next scheduled run carries on
+_WORKERS = 4  # changelogs in flight; the rate limiter paces them
+_BATCH = 500  # deals picked per query
+_MAX_PAGES = 200  # 100,000 changes of one deal: more is an upstream gone wrong, not history
 
 
-def refill(
-    db: sqlite_utils.Database, target: EntitySpec, before: CustomFieldMap, after: CustomFieldMap
-) -> int:
-    """Fill ``after``'s new or changed fields into ``target``'s rows; returns rows written.
-    Entities without the raw JSON (leads send custom fields as top-level keys) are skipped."""
-    if target.custom_at_top or "custom_fields" not in target.columns:
-        return 0
-    known = {f.code: (f.column, f.field_type, f.options) for f in before.fields}
-    written = 0
-    for f in after.fields:
-        if known.get(f.code) != (f.column, f.field_type, f.options):
-            written += _refill_field(db, target, f)
-    return written
+@dataclass
+class HistoryResult:
+    status: str = "skipped"  # skipped, paused, done, budget, stopped, failed
+    deals: int = 0  # changelogs read this run
+    requests: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def __str__(self) -> str:
+        text = f"history: {self.status}, {self.deals} deals read, {self.tokens} tokens"
+        return text + (f" ({self.error})" if self.error else "")
 
 
-def _refill_field(db: sqlite_utils.Database, target: EntitySpec, f: CustomField) -> int:
-    columns = list(f.columns())
-    found = db.execute(
-        f"select [{target.pk}], custom_fields from [{target.name}]"
-        " where instr(custom_fields, ?) > 0",
-        [json.dumps(f.code)],
-    ).fetchall()
-    updates: list[list[Any]] = []
-    for key, raw in found:
+def default_budget(db: sqlite_utils.Database) -> int:
+    """A fifth of the smallest daily budget the account can have: 30,000 x active users."""
+    return TOKENS_PER_SEAT * (active_users(db) or 1) // SHARE_OF_SMALLEST_BUDGET
+
+
+def spent_today(db: sqlite_utils.Database) -> int:
+    row = db.execute(
+        "select tokens from sync_tokens where day = ? and purpose = ?", [utc_now()[:10], PURPOSE]
+    ).fetchone()
+    return row[0] if row else 0
+
+
+def _pending_sql(limit: bool) -> str:
+    year_ago = "strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-365 days')"
+    return (
+        "select d.id from deals d left join _pdsync_history h on h.deal_id = d.id"
+        " where h.read_at is null or h.reread = 1"
+        + (
+            " order by case when h.reread = 1 then 0"
+            " when d.status = 'open' and coalesce(d.is_deleted, 0) = 0 then 1"
+            f" when d.close_time >= {year_ago} then 2 else 3 end, d.id limit ?"
+            if limit
+            else ""
+        )
+    )
+
+
+def progress(db: sqlite_utils.Database, budget: int | None = None) -> dict[str, Any]:
+    """How far the history is: deals read, deals left, and days left at this budget."""
+    names = set(db.table_names())
+    if "_pdsync_history" not in names or "deals" not in names:
+        return {"deals": 0, "read": 0, "pending": 0, "share": None, "days_left": None}
+    total = db.execute("select count(*) from deals").fetchone()[0]
+    pending = db.execute(f"select count(*) from ({_pending_sql(False)})").fetchone()[0]
+    state = db.execute("select paused_until, budget from sync_history where id = 1").fetchone()
+    if budget is None:  # the one the last run had, else the default
+        budget = state[1] if state and state[1] is not None else default_budget(db)
+    days = None
+    if pending and budget:
+        days = math.ceil(pending * PAGE_TOKENS / budget)
+    return {
+        "deals": total,
+        "read": total - pending,
+        "pending": pending,
+        "share": (total - pending) / total if total else None,
+        "budget": budget,
+        "spent_today": spent_today(db),
+        "days_left": 0 if not pending else days,
+        "paused_until": state[0] if state else None,
+    }
+
+
+class Backfill:
+    """One run's history reading. ``Backfill(db, client, budget).run()``."""
+
+    def __init__(
+        self,
+        db: sqlite_utils.Database,
+        client: PipedriveClient,
+        budget: int | None = None,
+        stop: threading.Event | None = None,
+        seconds: float = RUN_SECONDS,
+    ) -> None:
+        self.db = db
+        self.client = client
+        self.budget = default_budget(db) if budget is None else budget
+        self.stop = stop or threading.Event()
+        self.deadline = time.monotonic() + seconds
+        self.store = Store(db)
+        self.result = HistoryResult()
+        self._names = custom_field_names(db)
+
+    def run(self) -> HistoryResult:
+        if self.budget <= 0:
+            return self.result
+        paused = self.db.execute("select paused_until from sync_history where id = 1").fetchone()
+        if paused and paused[0] and paused[0] > utc_now():
+            self.result.status = "paused"
+            return self.result
+        left = self.budget - spent_today(self.db)
+        self.result.status = "done"
+        started = time.perf_counter()
+        with ThreadPoolExecutor(_WORKERS, thread_name_prefix="pdsync-history") as pool:
+            try:
+                self._read(pool, left)
+            finally:
+                self._note()
+                self.result.seconds = time.perf_counter() - started
+        return self.result
+
+    def _read(self, pool: ThreadPoolExecutor, left: int) -> None:
+        """Read changelogs in order while tokens are left, ``_WORKERS`` at a time."""
+        picked: deque[int] = deque()
+        seen: set[int] = set()
+        flying: deque[tuple[int, Future]] = deque()
+        while True:
+            if not picked and not self._should_stop(left, len(flying)):
+                batch = self.db.execute(_pending_sql(True), [_BATCH]).fetchall()
+                picked.extend(d for (d,) in batch if d not in seen)
+            while picked and len(flying) < _WORKERS and not self._should_stop(left, len(flying)):
+                deal_id = picked.popleft()
+                seen.add(deal_id)
+                flying.append((deal_id, pool.submit(self._fetch, deal_id)))
+            if not flying:
+                return
+            deal_id, future = flying.popleft()
+            entries, tally, problem = future.result()
+            left -= tally.tokens
+            if problem is None or isinstance(problem, _Gone):
+                self._save(deal_id, entries, tally, gone=problem is not None)
+            else:
+                self._count(tally)
+                self._stop_on(problem)
+
+    def _should_stop(self, left: int, flying: int) -> bool:
+        if self.stop.is_set() or self.result.status in ("paused", "stopped", "failed"):
+            return True
+        if time.monotonic() > self.deadline:
+            self.result.status = "stopped"
+            self.result.error = f"ran {RUN_SECONDS:.0f}s; the next run carries on"
+            return True
+        if left - flying * PAGE_TOKENS < PAGE_TOKENS:
+            self.result.status = "budget"
+            return True
+        return False
+
+    def _fetch(self, deal_id: int) -> tuple[list[dict], Tally, Exception | None]:
+        """A deal's whole changelog, oldest first (on a worker thread: no database)."""
+        tally = Tally()
+        entries: list[dict] = []
         try:
-            values = json.loads(raw)
-        except (TypeError, ValueError):
-            continue
-        if not isinstance(values, dict) or f.code not in values:
-            continue
-        row: dict[str, Any] = {}
-        f.fill(row, values[f.code])
-        updates.append([row.get(c) for c in columns] + [key])
-    assignments = ", ".join(f"[{c}] = ?" for c in columns)
-    sql = f"update [{target.name}] set {assignments} where [{target.pk}] = ?"
-    for start in range(0, len(updates), _BATCH):
-        db.conn.executemany(sql, updates[start : start + _BATCH])
-    return len(updates)
+            pages = self.client.iter_v2(CHANGELOG.format(deal_id), tally=tally)
+            for number, page in enumerate(pages, 1):
+                entries.extend(page)
+                if number >= _MAX_PAGES:
+                    raise PipedriveError(
+                        f"deal {deal_id}'s changelog goes on past {_MAX_PAGES} pages; stopped"
+                    )
+        except PipedriveError as exc:
+            if "HTTP 404" in str(exc) or "HTTP 410" in str(exc):
+                return [], tally, _Gone()
+            return [], tally, exc
+        except Exception as exc:  # a bug must not be silent, nor kill the run's result
+            return [], tally, exc
+        entries.reverse()  # the changelog lists newest first
+        return entries, tally, None
+
+    def _save(self, deal_id: int, entries: list[dict], tally: Tally, gone: bool) -> None:
+        with self.db.atomic():
+            if gone:  # purged upstream: keep what is known, read no more
+                self.db.execute(
+                    "insert into _pdsync_history (deal_id, read_at, reread) values (?, ?, 0)"
+                    " on conflict (deal_id) do update set read_at = excluded.read_at, reread = 0",
+                    [deal_id, utc_now()],
+                )
+            else:
+                replace_history(
+                    self.db, deal_id, changelog_rows(deal_id, entries, self._names), utc_now()
+                )
+            self.store.add_spend(PURPOSE, tally.requests, tally.tokens)
+        self.result.deals += 1
+        self.result.requests += tally.requests
+        self.result.tokens += tally.tokens
+
+    def _count(self, tally: Tally) -> None:
+        if tally.requests:
+            with self.db.atomic():
+                self.store.add_spend(PURPOSE, tally.requests, tally.tokens)
+            self.result.requests += tally.requests
+            self.result.tokens += tally.tokens
+
+    def _stop_on(self, problem: Exception) -> None:
+        message = self.client.redact.text(str(problem) or type(problem).__name__)
+        if isinstance(problem, BudgetSpent):
+            self.result.status = "paused"
+            tomorrow = datetime.now(timezone.utc).date() + timedelta(days=1)
+            self._pause(format_ts(datetime(tomorrow.year, tomorrow.month, tomorrow.day)))
+        else:
+            self.result.status = "failed"
+            if not isinstance(problem, (AuthError, ConnectionFailed, PipedriveError)):
+                message = f"{type(problem).__name__}: {message}"
+        self.result.error = message[:500]
+        log.warning("history: %s", self.result.error)
+
+    def _pause(self, until: str) -> None:
+        with self.db.atomic():
+            self.db.execute(
+                "insert into sync_history (id, paused_until) values (1, ?)"
+                " on conflict (id) do update set paused_until = excluded.paused_until",
+                [until],
+            )
+
+    def _note(self) -> None:
+        with self.db.atomic():
+            self.db.execute(
+                "insert into sync_history (id, last_run_at, last_error, budget)"
+                " values (1, ?, ?, ?) on conflict (id) do update set"
+                " last_run_at = excluded.last_run_at, last_error = excluded.last_error,"
+                " budget = excluded.budget",
+                [utc_now(), self.result.error, self.budget],
+            )
+
+
+class _Gone(Exception):
+    """The deal's changelog is not there (404): purged upstream."""

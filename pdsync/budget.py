@@ -54,6 +54,11 @@ def token_usage(
     }
 
 
+def active_users(db: sqlite_utils.Database) -> int | None:
+    """Users not deleted and active: the seats the smallest daily budget counts."""
+    return _active_users(db, set(db.table_names()))
+
+
 def _active_users(db: sqlite_utils.Database, names: set[str]) -> int | None:
     if "users" not in names:
         return None

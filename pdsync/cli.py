@@ -21,6 +21,7 @@ import sqlite_utils
 from . import access, api, plugins, timestamps
 from . import cli_text as say
 from .auth import ConfigError, save_auth
+from .backfill import progress as history_progress
 from .budget import token_usage
 from .cli_team import CONFIG_DIR_OPTION, token, user
 from .client import AuthError, ConnectionFailed, PipedriveError
@@ -96,6 +97,13 @@ def auth(auth_path: str) -> None:
     type=click.IntRange(0, 20),
     help="Retries of a failed request (429, 5xx, timeouts) before the entity fails",
 )
+@click.option(
+    "--history-budget",
+    type=click.IntRange(0),
+    metavar="TOKENS",
+    help="Tokens a UTC day for reading deal history (changelogs), after the core entities;"
+    " default a fifth of 30,000 x active users; 0: none this run",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output (the default when not a TTY)")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request (method, path, status, ms)")
 def sync(
@@ -107,6 +115,7 @@ def sync(
     every: str | None,
     wait: bool,
     retries: int,
+    history_budget: int | None,
     quiet: bool,
     verbose: bool,
 ) -> None:
@@ -138,6 +147,7 @@ def sync(
                 auth_path=auth_path,
                 wait=wait or interval is not None,
                 every=interval,
+                history_budget=history_budget,
                 client_options={"max_retries": retries, "connect_retries": min(retries, 2)},
             )
         finally:
@@ -194,6 +204,7 @@ def status(db_path: str, as_json: bool, budget: int | None) -> None:
             )
         rows = list(db.query("select * from sync_metadata order by entity_type"))
         usage = token_usage(db, budget)
+        history = history_progress(db)
     except sqlite3.DatabaseError as exc:
         raise click.ClickException(say.database_problem(db_path, exc)) from None
     if as_json:
@@ -221,6 +232,9 @@ def status(db_path: str, as_json: bool, budget: int | None) -> None:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     click.echo()
     for line in say.token_lines(usage):
+        click.echo(line)
+    line = say.history_line(history)
+    if line:
         click.echo(line)
 
 

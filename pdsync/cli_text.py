@@ -57,6 +57,25 @@ def report(result: SyncResult, quiet: bool, tty: bool) -> None:
         click.echo(summary, err=tty)
     for name, entity in failed.items():
         click.echo(f"pdsync: {name} failed: {with_hint(entity.error or 'unknown error')}", err=True)
+    history = result.history
+    if history is not None and not quiet and (history.deals or history.status == "paused"):
+        click.echo(
+            f"History: {history.deals:,} deals' changelogs read ({history.tokens:,} tokens);"
+            f" {_HISTORY_STATUS.get(history.status, history.status)}",
+            err=tty,
+        )
+    if history is not None and history.status == "failed":
+        # Not a failed sync: the core entities are committed, and the next run carries on.
+        click.echo(f"pdsync: deal history stopped: {history.error}", err=True)
+
+
+_HISTORY_STATUS = {
+    "done": "complete",
+    "budget": "today's history budget is spent",
+    "paused": "paused until tomorrow (UTC): the account's daily budget is spent",
+    "stopped": "this run's time for it is up",
+    "failed": "stopped by an error",
+}
 
 
 def with_hint(error: object) -> str:
@@ -90,6 +109,27 @@ def token_lines(usage: dict) -> list[str]:
             day += f", {usage['share_projected']:.1%} of the budget"
         lines.append(day)
     return lines
+
+
+def history_line(progress: dict) -> str | None:
+    """How far deal history is: "History: 41 % of deals (...), ~3 days left at this budget"."""
+    if not progress.get("deals"):
+        return None
+    text = (
+        f"History: {progress['share']:.0%} of deals ({progress['read']:,} of"
+        f" {progress['deals']:,} changelogs read)"
+    )
+    if not progress["pending"]:
+        text += ", complete"
+    elif progress.get("days_left") is not None:
+        days = progress["days_left"]
+        text += f", ~{days} day{'s' if days != 1 else ''} left at this budget"
+        text += f" ({progress['budget']:,} tokens a day; {progress['spent_today']:,} spent today)"
+    else:
+        text += ", not being read (--history-budget 0)"
+    if progress.get("paused_until"):
+        text += f"; paused until {progress['paused_until']}: the account's daily budget is spent"
+    return text
 
 
 def when(value: str | None) -> str:

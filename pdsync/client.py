@@ -76,14 +76,16 @@ def _token_costs() -> dict[tuple[str, str], int]:
 
 
 def token_cost(path: str) -> int:
-    """Token cost of one GET of ``path`` (``/api/v2/deals`` or ``/v1/notes``)."""
+    """Token cost of one GET of ``path`` (``/api/v2/deals``, ``/v1/deals/7/changelog``)."""
     if path.startswith("/api/v2/"):
         key = ("v2", path[len("/api/v2") :])
     elif path.startswith("/v1/"):
         key = ("v1", path[len("/v1") :])
     else:
         return 0
-    return _token_costs().get(key, 0)
+    # The table names a record's own paths by template: /deals/{id}/changelog.
+    template = "/".join("{id}" if part.isdigit() else part for part in key[1].split("/"))
+    return _token_costs().get(key, _token_costs().get((key[0], template), 0))
 
 
 class _Retry(Exception):

@@ -18,11 +18,13 @@ from typing import Any
 
 import sqlite_utils
 
-from . import backfill, paced, pacing, plan, plugins, timestamps
+from . import paced, pacing, plan, plugins, refill, timestamps
+from .backfill import Backfill
 from .client import PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
 from .errors import AuthError, BudgetSpent, ConnectionFailed, PipedriveError
 from .fetch import Batch, ChildPage, child_pages, fetch, stream_pages
+from .history import Observer
 from .pacing import SchemaPacer
 from .plugins import selected_entities
 from .records import BadRecord, CustomFieldMap, assign_column_names, to_row
@@ -51,6 +53,7 @@ class Sync:
         transform_record: Callable[[EntitySpec, dict], dict | None] | None = None,
         version: str = "",
         every: float | None = None,
+        history_budget: int | None = None,
     ) -> None:
         self.db = db
         self.client = client
@@ -64,8 +67,10 @@ class Sync:
         self.transform_record = transform_record
         self.version = version
         self.every = every  # the schedule's interval, when this run belongs to one
+        self.history_budget = history_budget  # tokens a UTC day; None: the default, 0: off
         self.pacer = SchemaPacer(db)  # schema changes spaced for Datasette's readers
         self.store = Store(db)
+        self.history = Observer(db)
         self.stop = threading.Event()
         self._fatal: str | None = None
         self._full_pass: dict[str, bool] = {}
@@ -126,6 +131,8 @@ class Sync:
             # Then what is asked per parent record, from the parents just written.
             self._prepare_dependent(dependent)
             self._run_streams(dependent, result)
+            # Deal history last: the core entities are committed and cannot wait for it.
+            self._read_history(result)
         except KeyboardInterrupt:
             self.stop.set()
             self._fatal = self._fatal or "interrupted"
@@ -139,6 +146,13 @@ class Sync:
             raise
         self._close_run(result, started)
         return result
+
+    def _read_history(self, result: SyncResult) -> None:
+        deals = result.entities.get("deals")
+        if deals is None or deals.status != "success" or self._fatal or self.stop.is_set():
+            return
+        if self.history_budget != 0:
+            result.history = Backfill(self.db, self.client, self.history_budget, self.stop).run()
 
     def _begin_entity(self, spec: EntitySpec) -> None:
         full_pass = plan.begin_entity(self.db, self.store, spec, self.full)
@@ -396,6 +410,8 @@ class Sync:
         old = self._watermark.get((spec.name, stream.key))
         watermark = max(w for w in (old, mark) if w) if (old or mark) else None
         with self.pacer.transaction():
+            if spec.name == "deals":
+                self.history.observe(rows)  # what changed, against the rows stored
             self.store.upsert(spec, rows)
             if self._full_pass[spec.name]:
                 self.store.mark_seen(spec, [row[spec.pk] for row in rows] + list(refused))
@@ -483,7 +499,7 @@ class Sync:
             after = CustomFieldMap.from_definitions(list(self.db[spec.name].rows))
             for target in targets:
                 if target.name in self.db.table_names():
-                    backfill.refill(self.db, target, before, after)
+                    refill.refill(self.db, target, before, after)
         if spec.name in self._unkeyed:
             entity.unreconciled = True
             log.warning("%s: refused records without ids; nothing flagged as gone", spec.name)

@@ -55,6 +55,7 @@ class SyncResult:
     started_at: str = ""
     duration_ms: int = 0
     entities: dict[str, EntityResult] = field(default_factory=dict)
+    history: Any = None  # backfill.HistoryResult, when the run read deal history
 
     @property
     def ok(self) -> bool:
@@ -102,6 +103,8 @@ class SyncResult:
                 f"  {row['entity']:<20} {row['status']:<9} {row['records']:>8} records "
                 f"{row['requests']:>5} requests{error}"
             )
+        if self.history is not None and self.history.status != "skipped":
+            lines.append(f"  {self.history}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:

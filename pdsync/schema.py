@@ -174,6 +174,33 @@ def m010_parents_asked(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
+def m011_deal_history(db: sqlite_utils.Database) -> None:
+    # One row per change of a deal's field, observed by syncs or read from its changelog
+    # (pdsync/history.py); which deals' changelogs are read, and the backfill's pause.
+    db.execute(
+        "create table if not exists deal_changes ("
+        "id integer primary key, deal_id integer references deals(id), field_key text not null,"
+        " old_value text, new_value text, time text, user_id integer references users(id),"
+        " source text not null, change_source text)"
+    )
+    db.execute("create index if not exists idx_deal_changes_deal on deal_changes (deal_id, time)")
+    # The stage path of every deal (deal_stage_history) walks the moves in this order.
+    db.execute(
+        "create index if not exists idx_deal_changes_field on deal_changes"
+        " (field_key, deal_id, time)"
+    )
+    db.execute(
+        "create table if not exists _pdsync_history ("
+        "deal_id integer primary key, read_at text, reread integer not null default 0)"
+    )
+    db["sync_history"].create(
+        {"id": int, "paused_until": str, "last_run_at": str, "last_error": str, "budget": int},
+        pk="id",
+        if_not_exists=True,
+    )
+
+
+@migrations()
 def m015_projects(db: sqlite_utils.Database) -> None:
     # Deals are now asked with include_fields=products_count,source_lead_id (conversions.py):
     # the deal streams keep their watermarks under the new key, instead of a full refetch.

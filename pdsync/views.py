@@ -54,6 +54,46 @@ from deals
   left join organizations on organizations.id = deals.org_id
   left join persons on persons.id = deals.person_id
 """,
+    # Each deal's path through stages, from its stage moves in deal_changes (observed or read
+    # from its changelog) and its current stage: it entered its first stage when it was added
+    # (the stage its first move left, or its stage now if it never moved). The current stage
+    # has no left_at; its days count to the close of a won or lost deal (none if it closed
+    # before it got there), else to now.
+    "deal_stage_history": """
+with moves as (
+  select
+    deal_id,
+    cast(old_value as integer) as from_stage,
+    cast(new_value as integer) as to_stage,
+    time,
+    row_number() over (partition by deal_id order by time, id) as n,
+    lead(time) over (partition by deal_id order by time, id) as next_time
+  from deal_changes
+  where field_key = 'stage_id'
+),
+segments as (
+  select deals.id as deal_id, coalesce(moves.from_stage, deals.stage_id) as stage_id,
+    deals.add_time as entered_at, moves.time as left_at
+  from deals left join moves on moves.deal_id = deals.id and moves.n = 1
+  union all
+  select deal_id, to_stage, time, next_time from moves
+)
+select
+  segments.deal_id,
+  coalesce(stages.pipeline_id, case when segments.left_at is null then deals.pipeline_id end)
+    as pipeline_id,
+  segments.stage_id,
+  segments.entered_at,
+  segments.left_at,
+  round(julianday(max(coalesce(
+    segments.left_at,
+    case when deals.status in ('won', 'lost') then deals.close_time end,
+    strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
+  ), segments.entered_at)) - julianday(segments.entered_at), 2) as days_in_stage
+from segments
+  join deals on deals.id = segments.deal_id
+  left join stages on stages.id = segments.stage_id
+""",
 }
 
 # Full-text search, kept current by triggers (sqlite-utils' enable_fts).
@@ -71,6 +111,8 @@ def ensure_views(db: sqlite_utils.Database) -> None:
     for name, sql in VIEWS.items():
         if not {"deals", "pipelines", "stages", "users", "organizations", "persons"} <= tables:
             return
+        if name == "deal_stage_history" and "deal_changes" not in tables:
+            continue
         existing = db.execute(
             "select sql from sqlite_master where type = 'view' and name = ?", [name]
         ).fetchone()

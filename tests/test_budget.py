@@ -15,14 +15,19 @@ def test_every_token_spent_is_counted_against_today(fake, run_sync, db_path):
     second = run_sync(full=True)
     third = run_sync(every=1800)
     db = sqlite_utils.Database(db_path)
+    # The first run read every deal's changelog (the default history budget fits them all).
+    history = first.history
+    assert history.tokens == 20 * fake.count("deals") and history.status == "done"
+    assert second.history.tokens == third.history.tokens == 0
     assert spent(db) == {
         "sync": first.tokens + third.tokens,
         "full sync": second.tokens,
+        "history": history.tokens,
     }
     requests = db.execute("select sum(requests) from sync_tokens").fetchone()[0]
-    assert requests == first.requests + second.requests + third.requests
+    assert requests == first.requests + second.requests + third.requests + history.requests
     usage = token_usage(db)
-    assert usage["spent_today"] == first.tokens + second.tokens + third.tokens
+    assert usage["spent_today"] == first.tokens + second.tokens + third.tokens + history.tokens
     active = sum(
         1 for u in fake.records("users") if u.get("active_flag", True) and not u.get("is_deleted")
     )
@@ -69,13 +74,19 @@ def test_status_shows_the_days_tokens(fake, run_sync, db_path):
     assert out.exit_code == 0, out.output
     usage = token_usage(sqlite_utils.Database(db_path))
     total = first.tokens + second.tokens
+    read = first.history.tokens  # every deal's changelog, read by the first run
     lines = out.output.splitlines()
     today = next(line for line in lines if line.startswith("Tokens today"))
-    share = total / usage["budget"]
-    assert f": {total:,} (sync {total:,}), {share:.1%} of {usage['budget']:,}, the least" in today
+    share = (total + read) / usage["budget"]
+    assert (
+        f": {total + read:,} (history {read:,}, sync {total:,}), {share:.1%} of"
+        f" {usage['budget']:,}, the least" in today
+    )
+    deals = fake.count("deals")
+    assert f"History: 100% of deals ({deals:,} of {deals:,} changelogs read), complete" in lines
     assert f"(30,000 x {usage['active_users']} active users)" in today
     day = next(line for line in lines if line.startswith("A day of this schedule"))
     assert "a sync every 30m" in day
     assert f"~{usage['projected_per_day']:,} tokens, " in day
     configured = CliRunner().invoke(cli, ["status", db_path, "--budget", "1000000"])
-    assert f"{total / 1_000_000:.1%} of the daily budget of 1,000,000" in configured.output
+    assert f"{(total + read) / 1_000_000:.1%} of the daily budget of 1,000,000" in configured.output

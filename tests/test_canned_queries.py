@@ -53,6 +53,9 @@ CONTRACT = {
     "deal_products": ["deal_id", "limit", "after"],
     "product_sales": ["product", "pipeline", "months", "limit", "after"],
     "open_leads": ["owner", "label", "source", "limit", "after"],
+    "stage_durations": ["pipeline", "since"],
+    "stage_conversion": ["pipeline", "since"],
+    "deal_history": ["deal_id"],
 }
 DEAL_LISTS = [
     "overdue_deals",
@@ -98,6 +101,7 @@ class World:
         self.notes = fake.records("notes")
         self.line_items = fake.records("deal_products")
         self.products = {p["id"]: p for p in fake.records("products")}
+        self.changelogs = {d["id"]: fake.changelog(d["id"]) for d in self.deals}
         self.metadata = yaml.safe_load(METADATA_PATH.read_text())
         self.ds = Datasette([str(path)], metadata=self.metadata)
         self.loop = asyncio.new_event_loop()
@@ -1424,3 +1428,188 @@ def test_the_faster_json_renderer_answers_what_datasette_does(big):
             unregister_pdsync_plugins()
 
     asyncio.run(check())
+
+
+# -- deal history: stage_durations, stage_conversion, deal_history ---------------------------
+
+
+def v1_utc(text: str) -> str:
+    return text.replace(" ", "T") + "Z"
+
+
+def stage_path(world: World, deal: dict) -> list[tuple[int, str, str | None]]:
+    """(stage, entered, left) from the deal's changelog: its first stage from add_time."""
+    moves = [e for e in world.changelogs[deal["id"]] if e["field_key"] == "stage_id"]
+    first = int(moves[0]["old_value"]) if moves else deal["stage_id"]
+    path = [(first, utc(deal["add_time"]), None)]
+    for move in moves:
+        path[-1] = (path[-1][0], path[-1][1], v1_utc(move["time"]))
+        path.append((int(move["new_value"]), v1_utc(move["time"]), None))
+    return path
+
+
+def moment(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+def test_history_was_read_for_every_deal(world):
+    db = sqlite3.connect(world.path)
+    read = db.execute("select count(*) from _pdsync_history where reread = 0").fetchone()[0]
+    assert read == db.execute("select count(*) from deals").fetchone()[0] == len(world.deals)
+    moves = sum(len(stage_path(world, d)) - 1 for d in world.deals)
+    assert moves > len(world.deals) // 2
+    stored = db.execute("select count(*) from deal_changes where field_key = 'stage_id'")
+    assert stored.fetchone()[0] == moves
+
+
+def stage_durations(world: World, pipeline: str = "", since: int = 365):
+    ids = world.pipeline_ids(pipeline)
+
+    def expect(now):
+        line = now - timedelta(days=since)
+        spent: dict[int, list[tuple[int, float]]] = {}
+        for deal in world.deals:
+            if not live(deal):
+                continue
+            for stage, entered, left in stage_path(world, deal):
+                if left is not None and moment(left) >= line.replace(microsecond=0):
+                    days_in = (moment(left) - moment(entered)).total_seconds() / 86400
+                    spent.setdefault(stage, []).append((deal["id"], round(days_in, 2)))
+        rows = []
+        for stage in sorted(world.stages.values(), key=lambda s: stage_sort(world, s)):
+            if not in_ids(stage["pipeline_id"], ids):
+                continue
+            found = sorted(d for _, d in spent.get(stage["id"], []))
+            n = len(found)
+            rows.append(
+                {
+                    "stage_id": stage["id"],
+                    "deals_left": len({i for i, _ in spent.get(stage["id"], [])}),
+                    "mean": sum(found) / n if n else None,
+                    "median": (found[(n - 1) // 2] + found[n // 2]) / 2 if n else None,
+                    "p90": found[math.ceil(0.9 * n) - 1] if n else None,
+                }
+            )
+        return rows
+
+    return expect
+
+
+def stage_sort(world: World, stage: dict) -> tuple:
+    pipeline = world.pipelines[stage["pipeline_id"]]
+    return (pipeline["order_nr"], pipeline["id"], stage["order_nr"], stage["id"])
+
+
+def close_enough(got: float | None, want: float | None) -> bool:
+    if got is None or want is None:
+        return got is want
+    return abs(got - want) <= 0.051  # rounded to 1 decimal in SQL
+
+
+@pytest.mark.parametrize(("pipeline", "since"), [("", ""), ("1", "90"), ("Prospecting", "2000")])
+def test_stage_durations(world, pipeline, since):
+    days_back = int(since) if since else 365
+    expect = stage_durations(world, pipeline, days_back)
+    got = world.rows("stage_durations", pipeline=pipeline, since=since)
+    want = expect(datetime.now(timezone.utc))
+    assert [r["stage_id"] for r in got] == [r["stage_id"] for r in want]
+    assert any(r["deals_left"] for r in want)  # not vacuous: deals left these stages
+    for g, w in zip(got, want, strict=True):
+        assert g["deals_left"] == w["deals_left"], g
+        assert close_enough(g["mean_days"], w["mean"]), (g, w)
+        assert close_enough(g["median_days"], w["median"]), (g, w)
+        assert close_enough(g["p90_days"], w["p90"]), (g, w)
+
+
+def stage_conversion(world: World, pipeline: str = "", since: int = 365):
+    ids = world.pipeline_ids(pipeline)
+
+    def expect(now):
+        line = (now - timedelta(days=since)).replace(microsecond=0)
+        furthest: dict[tuple[int, int], int] = {}
+        status = {}
+        for deal in world.deals:
+            if not live(deal) or moment(utc(deal["add_time"])) < line:
+                continue
+            status[deal["id"]] = deal["status"]
+            for stage, _, _ in stage_path(world, deal):
+                s = world.stages[stage]
+                key = (s["pipeline_id"], deal["id"])
+                furthest[key] = max(furthest.get(key, 0), s["order_nr"])
+        rows = []
+        stages = sorted(
+            (s for s in world.stages.values() if in_ids(s["pipeline_id"], ids)),
+            key=lambda s: stage_sort(world, s),
+        )
+        for i, stage in enumerate(stages):
+            reached = [
+                d
+                for (p, d), nr in furthest.items()
+                if p == stage["pipeline_id"] and nr >= stage["order_nr"]
+            ]
+            following = stages[i + 1] if i + 1 < len(stages) else None
+            if following and following["pipeline_id"] != stage["pipeline_id"]:
+                following = None
+            onward = [
+                d
+                for (p, d), nr in furthest.items()
+                if following and p == stage["pipeline_id"] and nr >= following["order_nr"]
+            ]
+            won = [d for d in reached if status[d] == "won"]
+            rows.append(
+                {
+                    "stage_id": stage["id"],
+                    "reached": len(reached),
+                    "reached_next_share": (
+                        round(len(onward) / len(reached), 3) if following and reached else None
+                    ),
+                    "won_share": round(len(won) / len(reached), 3) if reached else None,
+                }
+            )
+        return rows
+
+    return expect
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "since"), [("", ""), ("1", "2000"), ("Aramco PO", "30"), ("nonexistent", "")]
+)
+def test_stage_conversion(world, pipeline, since):
+    rows = check(
+        world,
+        "stage_conversion",
+        stage_conversion(world, pipeline, int(since) if since else 365),
+        {"pipeline": pipeline, "since": since},
+    )
+    if pipeline == "nonexistent":
+        assert rows == []
+    elif since != "30":
+        assert any(r["reached"] for r in rows)
+    for pipe in {r["pipeline_id"] for r in rows}:
+        reached = [r["reached"] for r in rows if r["pipeline_id"] == pipe]
+        assert reached == sorted(reached, reverse=True)  # a funnel narrows
+
+
+def test_stage_conversion_works_from_python(world):
+    rows = pdsync.query(world.path, "stage_conversion", pipeline="1", since=2000)
+    assert rows == world.rows("stage_conversion", pipeline="1", since="2000")
+    assert rows[0]["reached"] > 0
+
+
+def test_deal_history_names_stages_and_users_oldest_first(world):
+    deal = max(world.deals, key=lambda d: len(world.changelogs[d["id"]]))
+    rows = world.rows("deal_history", deal_id=str(deal["id"]))
+    log = world.changelogs[deal["id"]]
+    assert [(r["field_key"], r["old_value"], r["new_value"], r["time"]) for r in rows] == [
+        (e["field_key"], e["old_value"], e["new_value"], v1_utc(e["time"])) for e in log
+    ]
+    names = {"stage_id": {i: s["name"] for i, s in world.stages.items()}, "user_id": world.users}
+    names["pipeline_id"] = {i: p["name"] for i, p in world.pipelines.items()}
+    for row, e in zip(rows, log, strict=True):
+        assert row["changed_by"] == world.users[e["actor_user_id"]]
+        assert row["source"] == "changelog"
+        if e["field_key"] in names:
+            assert row["new_label"] == names[e["field_key"]][int(e["new_value"])]
+            assert row["old_label"] == names[e["field_key"]][int(e["old_value"])]
+    assert any(r["field_key"] == "stage_id" for r in rows)
+    assert world.rows("deal_history", deal_id="") == []

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from pdsync.fake import FakePipedrive, FakeServer
 from pdsync.fake.core import ENTITIES as FAKE_ENTITIES
+from pdsync.fake.history import text
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / "shared" / "pipedrive-api"
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -1210,3 +1211,118 @@ def test_lead_mutations(live, specs):
     assert lead["id"] not in {r["id"] for r in walk_leads(client, "/v1/leads/archived")[0]}
     with pytest.raises(KeyError):
         fake.update_lead(lead["id"], title="gone")
+
+
+# -- deal history: /v1/deals/{id}/changelog ---------------------------------------------------
+
+
+def walk_changelog(client: httpx.Client, deal_id: int, limit: int = 2) -> list[dict]:
+    """Every changelog page of a deal, following next_cursor."""
+    pages, params = [], {"limit": limit}
+    while True:
+        resp = client.get(f"/v1/deals/{deal_id}/changelog", params=params)
+        assert resp.status_code == 200, resp.text
+        pages.append(resp.json())
+        cursor = pages[-1]["additional_data"]["next_cursor"]
+        if cursor is None:
+            return pages
+        params["cursor"] = cursor
+
+
+def test_changelog_matches_the_spec_and_pages_by_cursor(client, fake, specs):
+    checker = Checker(specs["v1"], "/deals/{id}/changelog")
+    walked = 0
+    for deal in fake.records("deals")[:60]:
+        pages = walk_changelog(client, deal["id"])
+        for page in pages:
+            checker.check(page)
+        entries = [e for page in pages for e in page["data"]]
+        # Newest first on the wire; the ground truth is oldest first.
+        assert entries[::-1] == fake.changelog(deal["id"])
+        assert all(V1_TIME.match(e["time"]) for e in entries)
+        walked += len(pages) > 1
+    assert walked > 5  # several deals needed more than one page
+
+
+def test_changelog_is_consistent_with_each_deal(fake):
+    """The seeded history ends where the deal stands: its stage at stage_change_time, its
+    status at its close, every change between add_time and update_time."""
+    stages = {s["id"]: s["pipeline_id"] for s in fake.records("stages")}
+    moved = 0
+    for deal in fake.records("deals"):
+        log = fake.changelog(deal["id"])
+        add, update = ts(deal["add_time"]), ts(deal["update_time"])
+        for e in log:
+            assert add.replace(microsecond=0) <= ts(e["time"]) <= update, (deal["id"], e)
+        moves = [e for e in log if e["field_key"] == "stage_id"]
+        if deal.get("stage_change_time") is None:
+            assert not moves
+        elif moves:
+            moved += 1
+            assert moves[-1]["new_value"] == str(deal["stage_id"])
+            assert ts(moves[-1]["time"]) == ts(deal["stage_change_time"]).replace(microsecond=0)
+            for a, b in zip(moves, moves[1:], strict=False):
+                assert a["new_value"] == b["old_value"]  # one path, no jumps
+        for e in log:
+            if e["field_key"] == "pipeline_id":  # with the move out of the old pipeline
+                assert e["old_value"] != e["new_value"] == str(deal["pipeline_id"])
+                first = next(m for m in moves if m["time"] == e["time"])
+                assert str(stages[int(first["old_value"])]) == e["old_value"]
+        closes = [e for e in log if e["field_key"] == "status"]
+        if deal["status"] == "open":
+            assert not closes
+        else:
+            assert closes[-1]["new_value"] == deal["status"]
+    assert moved > len(fake.records("deals")) // 3
+
+
+def test_changelog_of_an_unknown_deal_is_404(client):
+    assert client.get("/v1/deals/999999/changelog").status_code == 404
+    assert client.get("/v1/deals/1/changelog", params={"cursor": "nonsense!"}).status_code == 400
+
+
+def test_every_deal_mutation_appends_to_the_changelog(live, specs):
+    fake = live.fake
+    deal = next(d for d in fake.records("deals") if d["status"] == "open")
+    before = fake.changelog(deal["id"])
+    other_stage = next(
+        s["id"]
+        for s in fake.records("stages")
+        if s["pipeline_id"] == deal["pipeline_id"] and s["id"] != deal["stage_id"]
+    )
+    fake.advance(60)
+    fake.move_deal(deal["id"], other_stage)
+    fake.advance(60)
+    fake.update_deal(deal["id"], value=1234, title="Renamed")
+    fake.advance(60)
+    fake.set_deal_status(deal["id"], "won")
+    after = fake.changelog(deal["id"])
+    added = [(e["field_key"], e["old_value"], e["new_value"]) for e in after[len(before) :]]
+    assert after[: len(before)] == before
+    assert added == [
+        ("stage_id", str(deal["stage_id"]), str(other_stage)),
+        ("title", deal["title"], "Renamed"),
+        ("value", text(deal["value"]), "1234"),
+        ("status", "open", "won"),
+    ]
+    stored = {d["id"]: d for d in fake.records("deals")}[deal["id"]]
+    assert after[-1]["time"] == stored["won_time"][:19].replace("T", " ")
+    new = fake.add_deal(title="Fresh")
+    assert fake.changelog(new["id"]) == []  # creation is not a change
+    page = live.client.get(f"/v1/deals/{deal['id']}/changelog").json()
+    Checker(specs["v1"], "/deals/{id}/changelog").check(page)
+
+
+def test_changelog_pages_cost_20_tokens_and_the_daily_budget_ends_in_429(live):
+    fake = live.fake
+    fake.tokens_spent = 0
+    assert live.client.get("/v1/deals/1/changelog").status_code == 200
+    assert fake.tokens_spent == 20
+    assert live.client.get("/api/v2/deals").status_code == 200
+    assert fake.tokens_spent == 30
+    fake.daily_budget = 45
+    refused = live.client.get("/v1/deals/1/changelog")
+    assert refused.status_code == 429
+    assert int(refused.headers["x-ratelimit-reset"]) > 0
+    assert refused.headers["x-ratelimit-remaining"] == "0"
+    assert live.client.get("/api/v2/pipelines").status_code == 200  # 5 tokens still fit

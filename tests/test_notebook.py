@@ -24,4 +24,5 @@ def test_example_notebook_runs(tmp_path):
     )
     assert "open deals untouched for two weeks or more" in text
     assert "success" in text  # the sync result, shown by the cell
+    assert "deals that reached the stage, of" in text and "% on" in text  # the funnel
     assert (tmp_path / "demo.db").exists()

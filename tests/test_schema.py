@@ -62,6 +62,7 @@ def test_original_design_database_upgrades_in_place(fake, run_sync, db_path):
         "m008_warning_message",
         "m009_daily_tokens",
         "m010_parents_asked",
+        "m011_deal_history",
         "m015_projects",
     ]
 

@@ -168,12 +168,23 @@ def test_status_page_shows_every_entity_and_the_recent_runs(synced):
         assert {e["entity"] for e in db["entities"]} == set(rows)
         assert db["runs"][0]["id"] == 1 and db["runs"][0]["status"] == "success"
         # The day's tokens (issue 18): the first sync's, against 30,000 per active user.
+        # The run also read every deal's changelog (deal history), counted apart.
         tokens = db["tokens"]
-        assert tokens["spent_today"] == run["tokens"] and tokens["spent_by_purpose"] == {
-            "sync": run["tokens"]
-        }
+        read = tokens["spent_by_purpose"]["history"]
+        assert read == 20 * db["history"]["deals"] and db["history"]["pending"] == 0
+        assert tokens["spent_today"] == run["tokens"] + read
+        assert tokens["spent_by_purpose"] == {"sync": run["tokens"], "history": read}
         assert tokens["budget"] == 30_000 * tokens["active_users"]
-        assert f"Today ({tokens['day']} UTC): {run['tokens']:,} (sync {run['tokens']:,})" in page
+        total = run["tokens"] + read
+        assert (
+            f"Today ({tokens['day']} UTC): {total:,} (history {read:,}, sync {run['tokens']:,})"
+            in page
+        )
+        deals = db["history"]["deals"]
+        assert (
+            f"History: 100 % of deals\n    ({deals:,} of {deals:,} changelogs read), complete"
+            in page
+        )
         assert "the least this account's daily budget can be" in page
         # data, not text: the page formats it
         for entity in db["entities"]:

@@ -26,6 +26,17 @@ def sync_interval(config: dict) -> float | None:
     return None if value in (None, "", False) else parse_interval(value, maximum=None)
 
 
+def history_budget(config: dict) -> int | None:
+    """Tokens a UTC day for deal history in scheduled syncs (None: the default; 0: none)."""
+    value = config.get("history_budget")
+    if value in (None, "", False):
+        return None
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return None  # the status page says nothing of it; the default stands
+
+
 def stale_after(config: dict) -> tuple[float, str | None]:
     """Seconds after which data is stale, and a configuration problem to show, if any."""
     for key in ("stale_after", "sync_interval"):

@@ -23,7 +23,7 @@ from pdsync.lock import LockHeld, SyncLock
 from pdsync.redact import Redactor
 from pdsync.schema import connect_read_only, is_pdsync_file
 
-from .config import credentials, plugin_config, sync_interval
+from .config import credentials, history_budget, plugin_config, sync_interval
 
 log = logging.getLogger("pdsync.datasette")
 
@@ -77,7 +77,13 @@ class SyncJob:
                 "done": event.done,
             }
 
-    def run(self, token: str, base_url: str, every: float | None = None) -> None:
+    def run(
+        self,
+        token: str,
+        base_url: str,
+        every: float | None = None,
+        history_budget: int | None = None,
+    ) -> None:
         """Run the sync in the calling thread; never raises. ``every``: the schedule's
         interval, for the day's token projection (None for Sync now)."""
         try:
@@ -88,6 +94,7 @@ class SyncJob:
                 auth_path=None,
                 progress=self.on_progress,
                 every=every,
+                history_budget=history_budget,
             )
         except LockHeld as exc:
             self._end("refused", scrub(exc, token))
@@ -179,7 +186,10 @@ def start_sync(database: str, path: str, config: dict, trigger: str) -> SyncJob:
         raise SyncNotConfigured(f"Sync is not set up: {exc}") from None
     job = claim(database, path, trigger)
     thread = threading.Thread(
-        target=job.run, args=(token, base_url), name=f"pdsync-sync-{database}", daemon=True
+        target=job.run,
+        args=(token, base_url, None, history_budget(config)),
+        name=f"pdsync-sync-{database}",
+        daemon=True,
     )
     thread.start()
     return job
@@ -279,7 +289,7 @@ class Scheduler:
         except SyncRefused as exc:
             log.info("periodic sync of %s skipped: %s", name, exc)
             return
-        job.run(token, base_url, every=interval)
+        job.run(token, base_url, every=interval, history_budget=history_budget(config))
 
 
 _schedulers: dict[int, Scheduler] = {}  # by id() of the Datasette instance

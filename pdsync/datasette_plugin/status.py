@@ -17,6 +17,7 @@ from typing import Any
 import sqlite_utils
 
 from pdsync import plugins
+from pdsync.backfill import progress as history_progress
 from pdsync.budget import token_usage
 from pdsync.redact import Redactor
 from pdsync.schema import is_pdsync
@@ -139,6 +140,13 @@ async def database_status(datasette, db, actor) -> dict:
             sqlite_utils.Database(conn), budget=int(budget) if budget else None
         )
     )
+    history_budget = config.get("history_budget")
+    history = await db.execute_fn(
+        lambda conn: history_progress(
+            sqlite_utils.Database(conn),
+            int(history_budget) if history_budget not in (None, "") else None,
+        )
+    )
     return {
         "name": db.name,
         "entities": entities,
@@ -159,6 +167,7 @@ async def database_status(datasette, db, actor) -> dict:
         "mutable": db.is_mutable and bool(db.path),
         "can_sync": can_sync,
         "tokens": tokens,  # the day's Pipedrive tokens: see pdsync.budget.token_usage
+        "history": history,  # deal history's progress: see pdsync.backfill.progress
     }
 
 

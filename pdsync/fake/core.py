@@ -17,8 +17,9 @@ from typing import Any
 from . import endpoints, generators
 from .churn import Churn
 from .company import COMPANY
-from .entities import ENTITIES, entity
+from .entities import BY_PATH, ENTITIES, entity
 from .front import FAULT_KINDS, Front
+from .history import CHANGELOG_TOKENS, History, deal_id_of
 from .records import prune
 from .store import Store
 from .wire import dumps
@@ -58,6 +59,7 @@ class FakePipedrive(Front, Churn):
             self.store.close()
             raise
         self._user_embeds: dict[int, bytes] | None = None
+        self.history = History(self.store)
 
     def answer(self, method: str, path: str, params: dict[str, str]) -> bytes:
         return endpoints.answer(self, method, path, params)
@@ -121,6 +123,23 @@ class FakePipedrive(Front, Churn):
         declared = entity(entity_name)
         where, args = declared.alive(self.now_ms())
         return self.store.scalar(f"SELECT count(*) FROM {declared.table.name} WHERE {where}", args)
+
+    def cost(self, path: str) -> int:
+        """Pipedrive's token cost of a GET of ``path`` (the specs' table)."""
+        if deal_id_of(path) is not None:
+            return CHANGELOG_TOKENS
+        found = BY_PATH.get(path.rstrip("/"))
+        return found[1].tokens if found else 0
+
+    def deal_alive(self, deal_id: int) -> bool:
+        """The deal exists upstream (deleted ones until they are purged)."""
+        where, args = entity("deals").alive(self.now_ms())
+        sql = f"SELECT count(*) FROM deals WHERE id = ? AND {where}"
+        return bool(self.store.scalar(sql, [deal_id, *args]))
+
+    def changelog(self, deal_id: int) -> list[dict[str, Any]]:
+        """The deal's changelog, oldest first: the ground truth of its history."""
+        return self.history.changelog(deal_id)
 
     def user_embeds(self) -> dict[int, bytes]:
         """The ``user`` object v1 notes embed, per user id."""

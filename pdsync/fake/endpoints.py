@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from . import params as p
 from .entities import BY_PATH, Entity, Route
+from .history import History, deal_id_of
 from .params import BadRequest, NotFound, Params
 from .store import Store
 from .wire import DAY_MS, dumps, parse_rfc3339_us
@@ -25,8 +26,11 @@ class Source(Protocol):
     """What the endpoints read: the store, the clock and the embedded user objects."""
 
     store: Store
+    history: History
 
     def now_ms(self) -> int: ...
+
+    def deal_alive(self, deal_id: int) -> bool: ...
 
     def user_embeds(self) -> dict[int, bytes]: ...
 
@@ -310,6 +314,9 @@ ROUTES["/v1/users/me"] = users_me  # the token's own user and company, not a lis
 def answer(source: Source, method: str, path: str, params: Params) -> bytes:
     """The body of a successful GET; raises BadRequest (400) or NotFound (404)."""
     endpoint = ROUTES.get(path.rstrip("/") if path != "/" else path)
+    deal_id = deal_id_of(path)
+    if method == "GET" and deal_id is not None:  # /v1/deals/{id}/changelog
+        return _page(*source.history.page(deal_id, params, source.deal_alive(deal_id)))
     if method != "GET" or endpoint is None:
         raise NotFound(path)
     return endpoint(source, params)

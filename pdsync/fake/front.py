@@ -129,6 +129,9 @@ class Front:
         self.timeout_hold = 5.0  # how long a "timeout" fault holds the answer back
         self.token_in_url_seen = False
         self.rate_limited = 0
+        # Pipedrive's daily token budget (None: unlimited); every answered GET spends its cost.
+        self.daily_budget: int | None = None
+        self.tokens_spent = 0
         self._lock = threading.Lock()  # faults, burst windows, log
         self._faults: list[_Injected] = []
         self._windows: dict[str, deque[float]] = {}
@@ -137,6 +140,26 @@ class Front:
     def answer(self, method: str, path: str, params: dict[str, str]) -> bytes:
         """The body of a request that got through; raises BadRequest or NotFound."""
         raise NotImplementedError
+
+    def cost(self, path: str) -> int:
+        """Tokens a GET of ``path`` costs."""
+        return 0
+
+    def _spend(self, path: str) -> Reply | None:
+        """Count the request's tokens; past the daily budget, the 429 Pipedrive then sends
+        until midnight UTC (its reset hours away)."""
+        cost = self.cost(path)
+        with self._lock:
+            if self.daily_budget is not None and self.tokens_spent + cost > self.daily_budget:
+                until_midnight = 86400 - int(time.time()) % 86400
+                headers = [
+                    ("x-ratelimit-limit", str(self.daily_budget)),
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-reset", str(until_midnight)),
+                ]
+                return Reply(429, OVER_LIMIT, headers)
+            self.tokens_spent += cost
+        return None
 
     # -- faults and the log -------------------------------------------------------------------
 
@@ -239,6 +262,9 @@ class Front:
         allowed, rate_headers = self._take_slot(token)
         if not allowed:
             return Reply(429, OVER_LIMIT, rate_headers)
+        over_budget = self._spend(path)
+        if over_budget is not None:
+            return over_budget
 
         def real() -> Reply:
             reply = self._route(method, path, params)

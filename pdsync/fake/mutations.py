@@ -12,6 +12,7 @@ from typing import Any
 from .company import Company
 from .endpoints import embed, rows_sql, strip_namespaces
 from .entities import BY_NAME, NOTES
+from .history import History
 from .records import (
     activity_record,
     deal_record,
@@ -48,6 +49,7 @@ class Mutations:
     """Mixed into FakePipedrive: add, update and delete records of the generated company."""
 
     store: Store
+    history: History
     _company: Company
 
     def now_ms(self) -> int:
@@ -72,9 +74,12 @@ class Mutations:
         return found
 
     def _save_deal(self, rec: dict, cols: dict, stamp: int, deleted_at: int | None = None) -> dict:
+        """Where every change of a deal is written: its changelog hears of it here."""
         rec["update_time"] = v2_time(stamp, precise(rec["id"]))
         rec = prune("deals", rec)
+        before = self.store.get("deals", rec["id"])
         self.store.put("deals", rec, stamp, cols["at"], deleted_at=deleted_at)
+        self.history.record_change(before[0] if before else None, rec, trunc(stamp, True))
         return rec
 
     def _codes(self, kind: str) -> set[str]:

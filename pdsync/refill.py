@@ -1,0 +1,59 @@
+"""Readable custom-field columns refilled from the raw ``custom_fields`` JSON rows keep.
+
+Most field definitions are fetched hourly (see plan.py), so records can arrive before the
+definition of a field they use: their value waits in ``custom_fields``. When a definition
+arrives or changes (a new field, a renamed option), its readable column is filled in for
+every row that holds a value for it, in the same transaction as the definitions.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlite_utils
+
+from .entities import EntitySpec
+from .records import CustomField, CustomFieldMap
+
+_BATCH = 5000
+
+
+def refill(
+    db: sqlite_utils.Database, target: EntitySpec, before: CustomFieldMap, after: CustomFieldMap
+) -> int:
+    """Fill ``after``'s new or changed fields into ``target``'s rows; returns rows written.
+    Entities without the raw JSON (leads send custom fields as top-level keys) are skipped."""
+    if target.custom_at_top or "custom_fields" not in target.columns:
+        return 0
+    known = {f.code: (f.column, f.field_type, f.options) for f in before.fields}
+    written = 0
+    for f in after.fields:
+        if known.get(f.code) != (f.column, f.field_type, f.options):
+            written += _refill_field(db, target, f)
+    return written
+
+
+def _refill_field(db: sqlite_utils.Database, target: EntitySpec, f: CustomField) -> int:
+    columns = list(f.columns())
+    found = db.execute(
+        f"select [{target.pk}], custom_fields from [{target.name}]"
+        " where instr(custom_fields, ?) > 0",
+        [json.dumps(f.code)],
+    ).fetchall()
+    updates: list[list[Any]] = []
+    for key, raw in found:
+        try:
+            values = json.loads(raw)
+        except (TypeError, ValueError):
+            continue
+        if not isinstance(values, dict) or f.code not in values:
+            continue
+        row: dict[str, Any] = {}
+        f.fill(row, values[f.code])
+        updates.append([row.get(c) for c in columns] + [key])
+    assignments = ", ".join(f"[{c}] = ?" for c in columns)
+    sql = f"update [{target.name}] set {assignments} where [{target.pk}] = ?"
+    for start in range(0, len(updates), _BATCH):
+        db.conn.executemany(sql, updates[start : start + _BATCH])
+    return len(updates)

@@ -1,0 +1,309 @@
+"""Deal history: observed changes, changelogs read within a daily budget, kill -9 safe, and
+the result equal to the fake's changelog for every deal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import pytest
+import sqlite_utils
+from crashes import read_only
+
+import pdsync
+from pdsync.backfill import progress
+from pdsync.fake import FakePipedrive, FakeServer
+
+
+def as_stored(v1_time: str) -> str:
+    """``2025-01-15 10:30:00`` (the changelog's UTC) as pdsync stores times."""
+    return v1_time.replace(" ", "T") + "Z"
+
+
+def expected_rows(fake: FakePipedrive, deal_id: int, names: dict[str, str]) -> list[tuple]:
+    """The deal's changelog as deal_changes should hold it, oldest first."""
+    return [
+        (
+            names.get(e["field_key"], e["field_key"]),
+            e["old_value"],
+            e["new_value"],
+            as_stored(e["time"]),
+            e["actor_user_id"],
+        )
+        for e in fake.changelog(deal_id)
+    ]
+
+
+def stored_rows(db: sqlite_utils.Database, deal_id: int) -> list[tuple]:
+    return db.execute(
+        "select field_key, old_value, new_value, time, user_id from deal_changes"
+        " where deal_id = ? order by time, id",
+        [deal_id],
+    ).fetchall()
+
+
+def field_names(db: sqlite_utils.Database) -> dict[str, str]:
+    return dict(
+        db.execute(
+            "select field_code, column_name from deal_fields where column_name is not null"
+        ).fetchall()
+    )
+
+
+def read_count(path: str) -> int:
+    rows = read_only(path, "select count(*) from _pdsync_history")
+    return rows[0][0] if rows else 0
+
+
+def next_day(db: sqlite_utils.Database) -> None:
+    """As if the UTC day had turned: today's tokens become yesterday's."""
+    with db.atomic():
+        db.execute("update sync_tokens set day = date(day, '-1 day')")
+
+
+def stage_after(fake: FakePipedrive, deal: dict, step: int) -> int | None:
+    """The stage ``step`` places after the deal's own in its pipeline, if there is one."""
+    stages = [s["id"] for s in fake.records("stages") if s["pipeline_id"] == deal["pipeline_id"]]
+    i = stages.index(deal["stage_id"]) + step
+    return stages[i] if 0 <= i < len(stages) else None
+
+
+def mutate(fake: FakePipedrive, round_: int) -> dict[str, list[int]]:
+    """Changes of distinct open deals, some the observation sees whole, some it cannot."""
+    deals = [d for d in fake.records("deals") if d["status"] == "open" and not d["is_archived"]]
+    deals = deals[round_ * 12 : round_ * 12 + 12]
+    done: dict[str, list[int]] = {"whole": [], "partial": []}
+    for i, deal in enumerate(deals):
+        fake.advance(30)
+        one, two = stage_after(fake, deal, 1), stage_after(fake, deal, 2)
+        kind = i % 6
+        if kind == 0 and one:
+            fake.move_deal(deal["id"], one)  # to the next stage: whole
+        elif kind == 1 and two:
+            fake.move_deal(deal["id"], one)
+            fake.advance(30)
+            fake.move_deal(deal["id"], two)  # seen as a skip: re-read
+        elif kind == 2:
+            fake.update_deal(deal["id"], value=1000 + i)  # whole
+        elif kind == 3:
+            fake.update_deal(deal["id"], value=2000 + i)
+            fake.advance(30)
+            fake.update_deal(deal["id"], title=f"Renamed {i}")  # two edits: re-read
+        elif kind == 4:
+            fake.set_deal_status(deal["id"], "won")  # whole
+        else:
+            code = next(
+                f["field_code"]
+                for f in fake.records("deal_fields")
+                if f.get("is_custom_field") and f["field_type"] == "varchar"
+            )
+            fake.update_deal(deal["id"], custom_fields={code: f"note {i}"})  # whole
+            continue
+        done["whole" if kind in (0, 2, 4) else "partial"].append(deal["id"])
+    fake.advance(30)
+    return done
+
+
+@pytest.fixture
+def company():
+    fake = FakePipedrive(deals=160, seed=5)
+    with FakeServer(fake) as server:
+        yield fake, server
+    fake.close()
+
+
+def sync(path: str, fake: FakePipedrive, server: FakeServer, budget: int):
+    result = pdsync.sync(
+        path, token=fake.token, base_url=server.url, auth_path=None, history_budget=budget
+    )
+    assert result.ok, result.errors
+    return result
+
+
+def test_history_over_several_days_and_a_kill_equals_the_changelog(company, tmp_path):
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    budget = 60 * 20  # 60 deals a day: 160 deals need three days
+
+    # Day 1, killed while reading history (the latency keeps it reading for a while).
+    fake.latency = 0.02
+    env = {**os.environ, "PIPEDRIVE_API_TOKEN": fake.token, "PIPEDRIVE_BASE_URL": server.url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pdsync", "sync", path, "--quiet", "--history-budget", str(budget)],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while read_count(path) < 5 and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    fake.latency = 0
+    db = sqlite_utils.Database(path)
+    assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
+    read = db.execute("select count(*) from _pdsync_history").fetchone()[0]
+    assert 0 < read < 60
+    spent = db.execute("select tokens from sync_tokens where purpose = 'history'").fetchone()[0]
+    assert spent >= 20 * read  # a deal with more than one page costs more
+    # Every deal said read has its whole changelog: committed together.
+    names = field_names(db)
+    for (deal_id,) in db.execute("select deal_id from _pdsync_history").fetchall():
+        assert stored_rows(db, deal_id) == expected_rows(fake, deal_id, names)
+
+    # The rest of day 1: the budget left, no more.
+    result = sync(path, fake, server, budget)
+    assert result.history.status == "budget"
+    spent_day1 = db.execute("select tokens from sync_tokens where purpose = 'history'").fetchone()
+    assert budget - 20 < spent_day1[0] <= budget + 20 * 3  # a deal in flight may run over
+    assert sync(path, fake, server, budget).history.deals == 0  # spent: nothing more today
+    first = progress(db)
+    assert 0 < first["share"] < 1 and first["days_left"] >= 1
+
+    # Days 2..n: changes between the runs; each day reads what its budget allows.
+    days = 1
+    watched: dict[str, list[int]] = {"whole": [], "partial": []}
+    while progress(db)["pending"]:
+        next_day(db)
+        days += 1
+        assert days < 8
+        changed = mutate(fake, days)
+        for key in watched:
+            watched[key] += changed[key]
+        before = {d: stored_rows(db, d) for d in changed["whole"] + changed["partial"]}
+        sync(path, fake, server, budget)
+        # Observed rows of changed deals agree with the changelog (a row it has, as it has it).
+        for deal_id in changed["whole"]:
+            truth = expected_rows(fake, deal_id, names)
+            new = [r for r in stored_rows(db, deal_id) if r not in before[deal_id]]
+            assert new and all(r[:4] in [t[:4] for t in truth] for r in new), (deal_id, new)
+    assert days == 3 or days == 4
+    assert progress(db)["share"] == 1
+
+    # One more round of changes: observed whole, or re-read where the observation cannot be.
+    next_day(db)
+    changed = mutate(fake, 6)
+    result = sync(path, fake, server, budget)
+    assert result.history.deals == len(changed["partial"])  # exactly the re-reads
+    observed = 0
+    for deal in fake.records("deals"):
+        got, want = stored_rows(db, deal["id"]), expected_rows(fake, deal["id"], names)
+        sources = [
+            r[0]
+            for r in db.execute(
+                "select source from deal_changes where deal_id = ? order by time, id", [deal["id"]]
+            )
+        ]
+        assert [r[:4] for r in got] == [r[:4] for r in want], deal["id"]
+        for row, truth, source in zip(got, want, sources, strict=True):
+            # Who made a change only the changelog says; an observed row leaves it empty.
+            assert row[4] == (truth[4] if source == "changelog" else None)
+            observed += source == "observed"
+    assert observed >= len(watched["whole"])  # observed rows stand: no request was spent on them
+
+
+def test_a_429_that_means_the_day_is_spent_pauses_history_not_the_sync(company, tmp_path):
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    result = sync(path, fake, server, 0)  # history off: no changelog asked
+    assert result.history is None
+    assert not [r for r in fake.requests if r["path"].endswith("/changelog")]
+    before = fake.tokens_spent
+    sync(path, fake, server, 0)
+    per_run = fake.tokens_spent - before  # what an incremental run of the core entities costs
+    fake.daily_budget = fake.tokens_spent + per_run + 20 * 10  # the day ends after 10 deals
+    result = sync(path, fake, server, 100_000)
+    assert result.ok and result.history.status == "paused"
+    assert result.history.deals == 10
+    db = sqlite_utils.Database(path)
+    until = db.execute("select paused_until from sync_history").fetchone()[0]
+    tomorrow = datetime.now(timezone.utc).date().toordinal() + 1
+    assert datetime.fromisoformat(until[:-1]).date().toordinal() == tomorrow
+    fake.daily_budget = None
+    fake.reset_log()
+    again = pdsync.sync(
+        path, token=fake.token, base_url=server.url, auth_path=None, history_budget=100_000
+    )
+    assert again.ok and again.history.status == "paused"  # until tomorrow, without asking
+    assert not [r for r in fake.requests if r["path"].endswith("/changelog")]
+
+
+def test_status_and_the_history_charts_agree_with_the_queries(company, tmp_path):
+    import re
+
+    import yaml
+    from click.testing import CliRunner
+
+    from pdsync.cli import cli
+    from pdsync.serve import metadata_path
+
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    env = {"PIPEDRIVE_API_TOKEN": fake.token, "PIPEDRIVE_BASE_URL": server.url}
+    ran = CliRunner().invoke(cli, ["sync", path, "--history-budget", "800"], env=env)
+    assert ran.exit_code == 0, ran.output
+    assert "History: 40 deals' changelogs read (800 tokens); today's history budget is spent" in (
+        ran.output
+    )
+    out = CliRunner().invoke(cli, ["status", path])
+    assert out.exit_code == 0, out.output
+    deals = fake.count("deals")
+    line = next(x for x in out.output.splitlines() if x.startswith("History: "))
+    days = -(-(deals - 40) * 20 // 800)  # the deals left, 40 a day
+    assert line.startswith(f"History: 25% of deals (40 of {deals:,} changelogs read), ~{days} days")
+    assert "left at this budget (800 tokens a day; 800 spent today)" in line
+
+    sync(path, fake, server, 1_000_000)  # the rest
+    charts = yaml.safe_load(metadata_path().read_text())["plugins"]["datasette-dashboards"]
+    charts = charts["history"]["charts"]
+    db = sqlite_utils.Database(path)
+    funnel = list(db.query(re.sub(r"\[\[.*?\]\]", "", charts["conversion-funnel"]["query"])))
+    durations = list(db.query(re.sub(r"\[\[.*?\]\]", "", charts["days-in-stage"]["query"])))
+    by_name = {p["id"]: p["name"] for p in fake.records("pipelines")}
+    for pipeline_id, name in by_name.items():
+        rows = pdsync.query(path, "stage_conversion", pipeline=pipeline_id)
+        if not rows or not rows[0]["reached"]:
+            continue
+        shares = [r["share"] for r in funnel if r["pipeline"] == name]
+        assert shares == [round(r["reached"] / rows[0]["reached"], 3) for r in rows]
+        spent = pdsync.query(path, "stage_durations", pipeline=pipeline_id)
+        assert [(r["stage"], r["mean_days"]) for r in durations if r["pipeline"] == name] == [
+            (r["stage"], r["mean_days"]) for r in spent if r["deals_left"]
+        ]
+    assert any(r["share"] and r["share"] < 1 for r in funnel) and durations
+
+
+def test_a_changelog_that_keeps_failing_stops_history_not_the_sync(company, tmp_path):
+    from helpers import FAST_CLIENT
+
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    first_open = next(d["id"] for d in fake.records("deals") if d["status"] == "open")
+    fake.inject(f"/v1/deals/{first_open}/changelog", "500", times=1000)
+    result = pdsync.sync(
+        path,
+        token=fake.token,
+        base_url=server.url,
+        auth_path=None,
+        client_options=FAST_CLIENT,
+        history_budget=100_000,
+    )
+    assert result.ok  # the core entities are whole
+    assert result.history.status == "failed" and "500" in result.history.error
+    db = sqlite_utils.Database(path)
+    assert db.execute("select count(*) from deals").fetchone()[0] == fake.count("deals")
+    read = {r[0] for r in db.execute("select deal_id from _pdsync_history").fetchall()}
+    assert first_open not in read  # still to read: the next run tries again
+    assert db.execute("select last_error from sync_history").fetchone()[0]
+    fake.clear_faults()
+    again = pdsync.sync(
+        path, token=fake.token, base_url=server.url, auth_path=None, history_budget=100_000
+    )
+    assert again.history.status == "done" and progress(db)["pending"] == 0
+    names = field_names(db)
+    assert stored_rows(db, first_open) == expected_rows(fake, first_open, names)
