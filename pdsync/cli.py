@@ -23,6 +23,7 @@ from . import cli_text as say
 from .auth import ConfigError, save_auth
 from .budget import token_usage
 from .cli_team import CONFIG_DIR_OPTION, token, user
+from .cli_webhooks import webhooks
 from .client import AuthError, ConnectionFailed, PipedriveError
 from .engine import SyncResult, selected_entities
 from .lock import LockHeld
@@ -421,4 +422,5 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 cli.add_command(user)
 cli.add_command(token)
+cli.add_command(webhooks)
 plugins.pm.hook.pdsync_register_commands(cli=cli)
