@@ -27,7 +27,7 @@ from datasette.utils.asgi import Response
 
 from pdsync import access, webhook_setup
 from pdsync.schema import is_pdsync
-from pdsync.webhook_apply import ENTITIES, Applier, DatabaseBusy
+from pdsync.webhook_apply import ENTITIES, GAP_SLACK_S, Applier, DatabaseBusy
 from pdsync.webhook_inbox import Inbox, inbox_for_secrets, inbox_path
 
 from .access import SECRETS_ENV
@@ -38,6 +38,9 @@ PATH = "/-/pdsync/webhook"
 MAX_BODY = 1024 * 1024  # a delivery is a record: a few KB; anything near this is not one
 ANSWER_WITHIN = 8.0  # seconds; Pipedrive waits 10
 IDLE_WAIT = 1.0  # the applier looks at the inbox at least this often
+# How close to a sync's start a change may be and still be on its way as a webhook (seconds;
+# tests shorten it).
+SLACK_ENV = "PDSYNC_WEBHOOK_SLACK"
 
 
 def skip_csrf(scope) -> bool:
@@ -192,7 +195,7 @@ class ApplierThread:
                     applier = Applier(self.db_path, inbox_for(self.db_path))
                 while applier.apply_pending():
                     pass
-                applier.check_gaps()
+                applier.check_gaps(float(os.environ.get(SLACK_ENV) or GAP_SLACK_S))
                 backoff = IDLE_WAIT
             except DatabaseBusy:
                 backoff = min(backoff * 2, 8.0)  # a sync holds the database: wait
@@ -240,3 +243,19 @@ def stop_appliers() -> None:
         thread.wake.set()
     for thread in threads:
         thread.thread.join(2.0)
+
+
+# -- the status page ------------------------------------------------------------------------
+
+
+def status_for(db) -> dict | None:
+    """What the status page shows of a database's deliveries; None when none ever came."""
+    if not db.path or not inbox_file(db.path).exists():
+        return None
+    try:
+        summary = inbox_for(db.path).summary()
+    except Exception as exc:  # the page must show, whatever the inbox's state
+        log.warning("webhook inbox of %s: %s", db.name, exc)
+        return {"error": str(exc)}
+    summary["applied_here"] = bool(db.is_mutable)
+    return summary
