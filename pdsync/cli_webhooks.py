@@ -153,3 +153,17 @@ def remove(db_path: str, base_url: str | None, auth_path: str, config_dir: str |
     for hook in removed:
         click.echo(f"removed  {hook.get('id')}  {hook.get('event_object')}")
     click.echo(f"{len(removed)} removed.", err=True)
+
+
+def register_demo(token: str, fake_url: str, db_path: str, served_url: str) -> int:
+    """`pdsync demo`: the fake Pipedrive pushes its changes to the served instance, so the
+    page changes by itself. Returns how many webhooks were created."""
+    api = webhook_setup.Api(token, fake_url)
+    try:
+        done = webhook_setup.install(
+            api, access.secrets_path(db_path), webhook_setup.subscription_url(served_url)
+        )
+    finally:
+        api.close()
+        webhook_setup.count_spend(db_path, api.spend)
+    return len(done["created"])

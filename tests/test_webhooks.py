@@ -281,3 +281,53 @@ def test_a_ban_loses_events_and_the_next_periodic_sync_recovers_them(live, tmp_p
     assert any(g["entity"] == "deal" and g["count"] >= 1 for g in gaps)
     page = httpx.get(f"{served.base}/-/pdsync").text
     assert "no webhook announced" in page and "pdsync webhooks list" in page
+
+
+def test_install_twice_makes_no_duplicates_and_list_and_remove_say_what_is_there(
+    fake, server, run_sync, db_path
+):
+    import sqlite_utils
+
+    assert run_sync().ok
+    env = {"PIPEDRIVE_API_TOKEN": fake.token, "PIPEDRIVE_BASE_URL": server.url}
+    auth = ["-a", str(Path(db_path).parent / "none.json")]
+
+    def run(*args):
+        return CliRunner().invoke(cli.cli, ["webhooks", *args, db_path, *auth], env=env)
+
+    url = "https://crm.example.com"
+    first = run("install", "--url", url)
+    assert first.exit_code == 0, first.output
+    hooks = fake.webhooks().hooks
+    objects = sorted(h["event_object"] for h in hooks.values())
+    assert objects == sorted(webhook_setup.OBJECTS)
+    assert {h["subscription_url"] for h in hooks.values()} == {url + "/-/pdsync/webhook"}
+    assert {h["version"] for h in hooks.values()} == {"2.0"}
+    secrets = access.secrets_path(db_path)
+    assert secrets.stat().st_mode & 0o777 == 0o600
+    password = next(iter(hooks.values()))["http_auth_password"]
+    assert password and password not in secrets.read_text()  # only its digest is kept
+
+    again = run("install", "--url", url)
+    assert again.exit_code == 0 and "0 created" in again.output
+    assert len(fake.webhooks().hooks) == len(objects)
+    listed = run("list")
+    assert listed.exit_code == 0 and "MISSING" not in listed.output
+
+    gone = next(h for h in hooks.values() if h["event_object"] == "person")
+    fake.webhooks().hooks.pop(gone["id"])  # as Pipedrive does after 3 days of failures
+    listed = run("list")
+    assert listed.exit_code == 1 and "MISSING  -  person" in listed.output
+    repaired = run("install", "--url", url)
+    assert "1 created" in repaired.output and len(fake.webhooks().hooks) == len(objects)
+
+    spent = (
+        sqlite_utils.Database(db_path)
+        .execute("select sum(requests), sum(tokens) from sync_tokens where purpose = 'webhooks'")
+        .fetchone()
+    )
+    assert spent[0] >= len(objects) + 5 and spent[1] > 0
+
+    removed = run("remove")
+    assert removed.exit_code == 0 and fake.webhooks().hooks == {}
+    assert "webhooks" not in json.loads(secrets.read_text())
