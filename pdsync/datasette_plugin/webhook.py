@@ -28,7 +28,7 @@ from datasette.utils.asgi import Response
 from pdsync import access, webhook_setup
 from pdsync.schema import is_pdsync
 from pdsync.webhook_apply import ENTITIES, GAP_SLACK_S, Applier, DatabaseBusy
-from pdsync.webhook_inbox import Inbox, inbox_for_secrets, inbox_path
+from pdsync.webhook_inbox import GroupCommit, Inbox, inbox_for_secrets, inbox_path
 
 from .access import SECRETS_ENV
 
@@ -61,6 +61,8 @@ def inbox_file(db_path: str) -> Path:
 
 
 _inboxes: dict[str, Inbox] = {}
+_committers: dict[str, GroupCommit] = {}
+_secrets: dict[str, access.Cached] = {}
 _inboxes_lock = threading.Lock()
 
 
@@ -72,17 +74,42 @@ def inbox_for(db_path: str) -> Inbox:
         return _inboxes[path]
 
 
+def committer_for(db_path: str) -> GroupCommit:
+    found = _committers.get(db_path)  # by the database's path: no path work per delivery
+    if found is None:
+        inbox = inbox_for(db_path)
+        with _inboxes_lock:
+            found = _committers.get(db_path)
+            if found is None:
+                found = _committers[db_path] = GroupCommit(inbox)
+    return found
+
+
+def secrets_for(db_path: str) -> dict:
+    """The secrets file's content, re-read only when it changed (one stat a delivery)."""
+    cached = _secrets.get(db_path)
+    if cached is None:
+        with _inboxes_lock:
+            cached = _secrets.setdefault(db_path, access.Cached(secrets_file(db_path)))
+    return cached.data()
+
+
+_pdsync_files: dict[str, bool] = {}  # database path -> is it pdsync's (asked once)
+
+
 async def _database(datasette, name: str | None):
     """The pdsync database a delivery is for: ``?database=NAME``, or the only one served."""
     candidates = []
     for db_name, db in list(datasette.databases.items()):
         if db_name == "_internal" or not db.path or (name and db_name != name):
             continue
-        try:
-            if is_pdsync(set(await db.table_names())):
-                candidates.append(db)
-        except Exception:  # a file that cannot be read is not the one
-            continue
+        if db.path not in _pdsync_files:
+            try:
+                _pdsync_files[db.path] = is_pdsync(set(await db.table_names()))
+            except Exception:  # a file that cannot be read is not the one
+                continue
+        if _pdsync_files[db.path]:
+            candidates.append(db)
     return candidates[0] if len(candidates) == 1 else None
 
 
@@ -136,14 +163,14 @@ async def receive(request, datasette) -> Response:
 
 async def _receive(request, db) -> Response:
     try:
-        inbox = await asyncio.to_thread(inbox_for, db.path)
+        committer = committer_for(db.path)
+        inbox = committer.inbox
     except Exception as exc:  # a read-only directory, a full disk
         log.error("webhook inbox for %s cannot be opened: %s", db.name, exc)
         return _one_line(503, "cannot store deliveries here; see the server's log")
-    secrets = secrets_file(db.path)
     given = _basic(request.headers.get("authorization", ""))
     try:
-        data = await asyncio.to_thread(access.load, secrets)
+        data = secrets_for(db.path)
     except access.SecretsError as exc:
         log.error("%s", exc)
         data = {}
@@ -167,9 +194,13 @@ async def _receive(request, db) -> Response:
     if meta.get("entity") not in ENTITIES:
         # Acknowledged, so that Pipedrive never bans the hook over an object pdsync ignores.
         log.info("webhook for %r ignored: pdsync does not sync it", meta.get("entity"))
-        await asyncio.to_thread(inbox.add, body, meta, "ignored", "not synced")
+        await asyncio.wrap_future(committer.submit(body, meta, "ignored", "not synced"))
         return Response.json({"ok": True, "ignored": True})
-    await asyncio.to_thread(inbox.add, body, meta)
+    try:
+        await asyncio.wrap_future(committer.submit(body, meta))
+    except Exception as exc:  # a full disk: not stored, so not acknowledged
+        log.error("webhook delivery for %s not stored: %s", db.name, exc)
+        return _one_line(503, "not stored: send it again")
     wake(db.path, db.is_mutable)
     return Response.json({"ok": True})
 
@@ -216,12 +247,13 @@ _appliers_lock = threading.Lock()
 def wake(db_path: str, writable: bool = True) -> None:
     if not writable:
         return  # a snapshot is not written; its deliveries wait in the inbox
-    key = str(Path(db_path).resolve())
-    with _appliers_lock:
-        thread = _appliers.get(key)
-        if thread is None:
-            thread = _appliers[key] = ApplierThread(db_path)
-            thread.thread.start()
+    thread = _appliers.get(db_path)
+    if thread is None:
+        with _appliers_lock:
+            thread = _appliers.get(db_path)
+            if thread is None:
+                thread = _appliers[db_path] = ApplierThread(db_path)
+                thread.thread.start()
     thread.wake.set()
 
 

@@ -68,11 +68,11 @@ class FakePipedrive(Front, Churn):
             return self.webhooks().answer(method, path, body)
         return endpoints.answer(self, method, path, params)
 
-    def webhooks(self, timing: Timing | None = None) -> Webhooks:
+    def webhooks(self, timing: Timing | None = None, workers: int = 4) -> Webhooks:
         """The company's webhooks (registered through /v1/webhooks), delivering from the
         first registration on; ``timing`` scales Pipedrive's retry, ban and deletion delays."""
         if self._webhooks is None:
-            self._webhooks = Webhooks(self, timing)
+            self._webhooks = Webhooks(self, timing, workers)
         elif timing is not None:
             self._webhooks.timing = timing
         return self._webhooks
