@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from datasette.utils.asgi import Response
@@ -220,6 +221,7 @@ class ApplierThread:
     def _loop(self) -> None:
         applier = None
         backoff = IDLE_WAIT
+        next_prune = 0.0
         while not self.stop.is_set():
             try:
                 if applier is None:
@@ -227,6 +229,9 @@ class ApplierThread:
                 while applier.apply_pending():
                     pass
                 applier.check_gaps(float(os.environ.get(SLACK_ENV) or GAP_SLACK_S))
+                if time.monotonic() > next_prune:
+                    applier.inbox.prune()  # applied deliveries older than a week
+                    next_prune = time.monotonic() + 3600
                 backoff = IDLE_WAIT
             except DatabaseBusy:
                 backoff = min(backoff * 2, 8.0)  # a sync holds the database: wait
