@@ -6,6 +6,7 @@ JSON API: the webhook alone carries it.
 
 import base64
 import dataclasses
+import http.server
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -334,3 +336,58 @@ def test_install_twice_makes_no_duplicates_and_list_and_remove_say_what_is_there
     removed = run("remove")
     assert removed.exit_code == 0 and fake.webhooks().hooks == {}
     assert "webhooks" not in json.loads(secrets.read_text())
+
+
+def test_the_fake_retries_bans_and_deletes_like_pipedrive():
+    received = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        status = 500
+
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            received.append((body["meta"]["attempt"], self.headers["authorization"]))
+            self.send_response(Handler.status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{receiver.server_address[1]}/-/pdsync/webhook"
+    with FakePipedrive(deals=20, seed=1) as fake:
+        hub = fake.webhooks(Timing(retries=(0.01, 0.02, 0.03), ban_for=60, delete_after=600))
+        with FakeServer(fake) as server:
+            created = httpx.post(
+                server.url + "/v1/webhooks",
+                headers={"x-api-token": fake.token},
+                json={
+                    "subscription_url": url,
+                    "event_action": "*",
+                    "event_object": "deal",
+                    "name": "t",
+                    "http_auth_user": "u",
+                    "http_auth_password": "p",
+                    "version": "2.0",
+                },
+            ).json()["data"]
+        deal = fake.records("deals")[0]["id"]
+        fake.update_deal(deal, title="once")
+        wait_until(lambda: len(received) == 4)  # the first try and 3 retries
+        assert [attempt for attempt, _ in received] == [1, 2, 3, 4]
+        assert received[0][1] == "Basic " + base64.b64encode(b"u:p").decode()
+        for i in range(9):  # 10 failed first tries in a row: banned
+            fake.update_deal(deal, title=f"again {i}")
+        wait_until(lambda: hub.state[created["id"]]["banned_until"] > time.time())
+        fake.update_deal(deal, title="lost")
+        assert hub.lost == 1
+        # 3 days (scaled) without a success: the webhook is deleted.
+        hub.timing = Timing(retries=(0.01,), ban_for=0, delete_after=0.05)
+        hub.state[created["id"]]["banned_until"] = 0
+        time.sleep(0.1)
+        fake.update_deal(deal, title="last")
+        wait_until(lambda: not hub.hooks)
+        assert hub.deleted and hub.deleted[0]["id"] == created["id"]
+    receiver.shutdown()
