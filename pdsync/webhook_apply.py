@@ -104,6 +104,7 @@ class Applier:
         self._store: Store | None = None
         self._custom: dict[str, CustomFieldMap | None] = {}
         self._custom_loaded = 0.0
+        self._blanks: dict[str, Row] = {}
 
     def close(self) -> None:
         if self._db is not None:
@@ -147,8 +148,7 @@ class Applier:
                 raise DatabaseBusy(str(exc)) from None
             raise
         # After the database's commit: a crash here applies the batch again, harmlessly.
-        self.inbox.set_versions(newer)
-        self.inbox.settle(outcomes)
+        self.inbox.settle(outcomes, newer)
         return len(outcomes)
 
     def _known_versions(self, events: list[tuple[int, dict | None]]) -> dict[tuple, float]:
@@ -210,6 +210,14 @@ class Applier:
             self._custom[spec.name] = found
         return self._custom[spec.name]
 
+    def _blank(self, spec: EntitySpec, key: Any) -> Row:
+        """The row of a record that says nothing but its id (what a transform derives from
+        nothing), made once per entity."""
+        blank = self._blanks.get(spec.name)
+        if blank is None:
+            blank = self._blanks[spec.name] = to_row(spec, {spec.pk: key})
+        return blank
+
     def _partial_row(self, spec: EntitySpec, data: dict) -> Row:
         """The row for ``data`` holding only the columns ``data`` says something about."""
         custom = self._custom_map(spec)
@@ -222,7 +230,7 @@ class Applier:
                     if f.code in values:
                         keep.update(f.columns())
         # Columns the entity's transform derives from what data holds (a deal's status).
-        blank = to_row(spec, {spec.pk: row[spec.pk]})
+        blank = self._blank(spec, row[spec.pk])
         derived = [n for n in row if n in spec.columns and row[n] != blank.get(n)]
         keep.update(derived)
         keep.add(spec.pk)
@@ -230,7 +238,30 @@ class Applier:
         return {n: v for n, v in row.items() if n in keep and n in columns}
 
     def _upsert(self, spec: EntitySpec, data: dict) -> str | None:
-        self._store.upsert(spec, [self._partial_row(spec, data)])
+        """Insert a new record; update only the columns that changed in a stored one (a
+        change is a field or two: rewriting every column would rewrite every index of the
+        table, and the store's whole-row upsert runs at a fifth of the speed)."""
+        row = self._partial_row(spec, data)
+        names = [n for n in row if n != spec.pk]
+        asked = ", ".join(f"[{n}]" for n in names) or "1"
+        if "update_time" in self._store.columns(spec.name):
+            asked += ", update_time"
+        stored = self._db.execute(
+            f"select {asked} from [{spec.name}] where [{spec.pk}] = ?", [row[spec.pk]]
+        ).fetchone()
+        if stored is None:
+            self._store.upsert(spec, [row])
+            return None
+        new_time, old_time = row.get("update_time"), stored[-1]
+        if new_time and old_time and new_time < old_time <= timestamps.latest_plausible():
+            return "older than the stored row: skipped"  # the store's upsert guard, here
+        changed = [(n, row[n]) for n, old in zip(names, stored, strict=False) if row[n] != old]
+        if changed:
+            sets = ", ".join(f"[{n}] = ?" for n, _ in changed)
+            self._db.execute(
+                f"update [{spec.name}] set {sets} where [{spec.pk}] = ?",
+                [*(v for _, v in changed), row[spec.pk]],
+            )
         return None
 
     # -- deletes ------------------------------------------------------------------------------

@@ -151,8 +151,13 @@ class Inbox:
             .fetchall()
         )
 
-    def settle(self, outcomes: list[tuple[int, str, str | None]]) -> None:
-        """Mark deliveries (seq, state, note) done, in one commit."""
+    def settle(
+        self,
+        outcomes: list[tuple[int, str, str | None]],
+        versions: list[tuple[str, str, float]] = (),
+    ) -> None:
+        """Mark deliveries (seq, state, note) done and keep the versions applied (entity, id,
+        version), in one commit (one fsync: row by row, 500 rows took a second)."""
         now = timestamps.now()
         conn = self.conn()
         with conn:
@@ -160,6 +165,12 @@ class Inbox:
             conn.executemany(
                 "update deliveries set state = ?, note = ?, applied_at = ? where seq = ?",
                 [(state, note, now, seq) for seq, state, note in outcomes],
+            )
+            conn.executemany(
+                "insert into versions (entity, entity_id, version) values (?, ?, ?)"
+                " on conflict (entity, entity_id) do update set version = excluded.version"
+                " where excluded.version > versions.version",
+                versions,
             )
 
     def versions(self, entity: str, ids: list[str]) -> dict[str, float]:
@@ -175,14 +186,6 @@ class Inbox:
                 )
             )
         return found
-
-    def set_versions(self, items: list[tuple[str, str, float]]) -> None:
-        self.conn().executemany(
-            "insert into versions (entity, entity_id, version) values (?, ?, ?)"
-            " on conflict (entity, entity_id) do update set version = excluded.version"
-            " where excluded.version > versions.version",
-            items,
-        )
 
     def prune(self) -> int:
         return (

@@ -234,7 +234,9 @@ class ApplierThread:
                     next_prune = time.monotonic() + 3600
                 backoff = IDLE_WAIT
             except DatabaseBusy:
-                backoff = min(backoff * 2, 8.0)  # a sync holds the database: wait
+                # A sync holds the database: the busy timeout was the wait; try again at once,
+                # so the deliveries land in the first gap between its commits.
+                backoff = 0.01
             except Exception:
                 log.exception("applying webhook deliveries to %s", self.db_path)
                 backoff = min(backoff * 2, 30.0)
