@@ -51,6 +51,16 @@ from pdsync.webhook_apply import Applier
 from pdsync.webhook_inbox import Inbox, inbox_path
 
 
+def change(deal: int, title: str, stamp: str) -> dict:
+    """A webhooks v2 delivery of a deal's new title, as Pipedrive shapes it."""
+    meta = {"action": "change", "entity": "deal", "entity_id": str(deal), "timestamp": stamp}
+    return {
+        "meta": {**meta, "version": "2.0"},
+        "data": {"id": deal, "title": title, "update_time": stamp},
+        "previous": {"title": None},
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -161,16 +171,7 @@ def applier_alone(db: Path, work: Path, deal_ids: list[int], events: int) -> flo
     for i in range(events):
         deal = rng.choice(deal_ids)
         stamp = f"2030-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}.000Z"
-        body = {
-            "meta": {
-                "action": "change",
-                "entity": "deal",
-                "entity_id": str(deal),
-                "timestamp": stamp,
-            },
-            "data": {"id": deal, "title": f"alone {i}", "value": i, "update_time": stamp},
-            "previous": {"title": "x"},
-        }
+        body = change(deal, f"alone {i}", stamp)
         inbox.add(json.dumps(body).encode(), body["meta"])
     applier = Applier(str(copy), inbox)
     started = time.monotonic()
@@ -271,17 +272,7 @@ def kill_under_load(served: Served, deal_ids: list[int], after: float) -> dict:
                 if deal is None:
                     return
                 title = f"kill {n} {deal}"
-                body = {
-                    "meta": {
-                        "action": "change",
-                        "entity": "deal",
-                        "entity_id": str(deal),
-                        "timestamp": "2031-01-01T00:00:00.000Z",
-                        "version": "2.0",
-                    },
-                    "data": {"id": deal, "title": title, "update_time": "2031-01-01T00:00:00Z"},
-                    "previous": {},
-                }
+                body = change(deal, title, "2031-01-01T00:00:00.000Z")
                 try:
                     response = client.post(
                         served.base + "/-/pdsync/webhook",

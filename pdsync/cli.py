@@ -22,7 +22,7 @@ from . import access, api, plugins, timestamps
 from . import cli_text as say
 from .auth import ConfigError, save_auth
 from .budget import token_usage
-from .cli_team import CONFIG_DIR_OPTION, token, user
+from .cli_team import AUTH_OPTION, CONFIG_DIR_OPTION, token, user
 from .cli_webhooks import register_demo, webhooks
 from .client import AuthError, ConnectionFailed, PipedriveError
 from .engine import SyncResult, selected_entities
@@ -36,16 +36,6 @@ from .schema import (
 )
 from .serve import DEFAULT_PORT, is_loopback, needs_immutable, prepare_access, serving_mode
 from .serve import serve as serve_database
-
-AUTH_OPTION = click.option(
-    "-a",
-    "--auth",
-    "auth_path",
-    type=click.Path(dir_okay=False),
-    default="auth.json",
-    show_default=True,
-    help="JSON file holding the API token (see `pdsync auth`)",
-)
 
 
 @click.group()

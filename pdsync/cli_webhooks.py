@@ -14,18 +14,9 @@ import click
 
 from . import access, webhook_setup
 from .auth import ConfigError, resolve_base_url, resolve_token
-from .cli_team import CONFIG_DIR_OPTION
+from .cli_team import AUTH_OPTION, CONFIG_DIR_OPTION
 from .errors import PipedriveError
 
-AUTH_OPTION = click.option(
-    "-a",
-    "--auth",
-    "auth_path",
-    type=click.Path(dir_okay=False),
-    default="auth.json",
-    show_default=True,
-    help="JSON file holding the API token (see `pdsync auth`)",
-)
 BASE_URL_OPTION = click.option(
     "--base-url", help="Pipedrive base URL, e.g. https://COMPANY.pipedrive.com"
 )

@@ -67,14 +67,8 @@ def version_of(value: Any) -> float | None:
     if isinstance(value, (int, float)):
         return value / 1000 if value > 1e11 else float(value)
     if isinstance(value, str):
-        text = value.strip().replace(" ", "T", 1)
-        try:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment.timestamp()
+        moment = timestamps.parse_timestamp(value)  # v1's "2019-01-22 08:55:59" too
+        return moment.timestamp() if moment else None
     return None
 
 
