@@ -391,3 +391,52 @@ def test_the_fake_retries_bans_and_deletes_like_pipedrive():
         wait_until(lambda: not hub.hooks)
         assert hub.deleted and hub.deleted[0]["id"] == created["id"]
     receiver.shutdown()
+
+
+def test_private_mode_lets_deliveries_through_to_their_own_check(
+    run_sync, db_path, tmp_path, monkeypatch, fake
+):
+    import asyncio
+
+    from datasette.app import Datasette
+    from helpers import unregister_pdsync_plugins
+
+    from pdsync import datasette_plugin
+    from pdsync.datasette_plugin.access import MODE_ENV, SECRETS_ENV
+
+    assert run_sync().ok
+    secrets = tmp_path / "elsewhere" / "acme.secrets.json"
+    monkeypatch.setenv(MODE_ENV, "private")
+    monkeypatch.setenv(SECRETS_ENV, str(secrets))
+    access.cookie_secret(secrets)
+    user, password = webhook_setup.new_credentials(secrets)
+    deal = fake.records("deals")[0]
+    body = json.dumps(delivery(deal["id"], "Private", "2030-01-01T00:00:00Z"))
+    pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    async def check():
+        datasette_plugin.register()
+        try:
+            ds = Datasette([db_path])
+            page = await ds.client.get("/-/pdsync.json")
+            assert page.status_code == 401  # everything else needs signing in
+            anonymous = await ds.client.post("/-/pdsync/webhook", content=body)
+            assert anonymous.status_code == 401 and "credentials" in anonymous.json()["error"]
+            ok = await ds.client.post(
+                "/-/pdsync/webhook", content=body, headers={"authorization": f"Basic {pair}"}
+            )
+            assert ok.status_code == 200, ok.text
+        finally:
+            unregister_pdsync_plugins()
+
+    asyncio.run(check())
+    # The inbox lives beside the secrets file it was configured with.
+    assert (secrets.parent / "acme.webhooks.db").exists()
+    wait_until(
+        lambda: (
+            sqlite3.connect(db_path)
+            .execute("select title from deals where id = ?", [deal["id"]])
+            .fetchone()[0]
+            == "Private"
+        )
+    )
