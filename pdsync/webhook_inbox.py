@@ -86,10 +86,10 @@ class Inbox:
     def conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            fresh = not self.path.exists()
+            # Deliveries carry customer data: 0600 from the start (SQLite gives its -wal and
+            # -shm files the database file's mode).
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-            if fresh:
-                os.chmod(self.path, 0o600)  # deliveries carry customer data
             conn.execute("pragma journal_mode = wal")
             conn.execute("pragma synchronous = full")  # committed means on disk
             self._local.conn = conn

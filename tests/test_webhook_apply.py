@@ -152,3 +152,10 @@ def test_unknown_objects_and_actions_are_ignored(synced):
     deliver(inbox, applier, "deal", "archive", 1, {"id": 1})
     states = inbox.conn().execute("select state from deliveries").fetchall()
     assert states == [("ignored",), ("ignored",)]
+
+
+def test_the_inbox_is_private_to_its_owner(tmp_path):
+    inbox = Inbox(tmp_path / "x.webhooks.db")
+    inbox.add(b"{}", {"entity": "deal"})
+    for suffix in ("", "-wal", "-shm"):
+        assert (tmp_path / f"x.webhooks.db{suffix}").stat().st_mode & 0o777 == 0o600

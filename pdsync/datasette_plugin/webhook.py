@@ -95,7 +95,7 @@ def secrets_for(db_path: str) -> dict:
     return cached.data()
 
 
-_pdsync_files: dict[str, bool] = {}  # database path -> is it pdsync's (asked once)
+_pdsync_files: dict[str, bool] = {}  # database paths found to be pdsync's
 
 
 async def _database(datasette, name: str | None):
@@ -106,11 +106,12 @@ async def _database(datasette, name: str | None):
             continue
         if db.path not in _pdsync_files:
             try:
-                _pdsync_files[db.path] = is_pdsync(set(await db.table_names()))
+                if not is_pdsync(set(await db.table_names())):
+                    continue  # asked again next time: its first sync may be starting
             except Exception:  # a file that cannot be read is not the one
                 continue
-        if _pdsync_files[db.path]:
-            candidates.append(db)
+            _pdsync_files[db.path] = True
+        candidates.append(db)
     return candidates[0] if len(candidates) == 1 else None
 
 
