@@ -123,7 +123,9 @@ class Applier:
         db = self._database()
         tables = set(db.table_names())
         if time.monotonic() - self._custom_loaded > 5:
-            self._custom = {}  # field definitions a sync may have changed
+            # Field definitions and columns a sync may have added meanwhile.
+            self._custom = {}
+            self._store = Store(db)
             self._custom_loaded = time.monotonic()
         events = [(seq, _decode(body)) for seq, body in batch]
         known = self._known_versions(events)

@@ -122,7 +122,7 @@ def register_routes():
 @hookimpl
 def skip_csrf(datasette, scope):
     # Pipedrive cannot send a CSRF token: exactly this route, nothing else.
-    return webhook.skip_csrf(scope)
+    return webhook.skip_csrf(datasette, scope)
 
 
 @hookimpl

@@ -44,8 +44,11 @@ IDLE_WAIT = 1.0  # the applier looks at the inbox at least this often
 SLACK_ENV = "PDSYNC_WEBHOOK_SLACK"
 
 
-def skip_csrf(scope) -> bool:
-    return scope.get("type") == "http" and scope.get("path") == PATH
+def skip_csrf(datasette, scope) -> bool:
+    if scope.get("type") != "http":
+        return False
+    base = datasette.setting("base_url").rstrip("/")
+    return scope.get("path") in (PATH, base + PATH)
 
 
 # -- where things are -----------------------------------------------------------------------
