@@ -135,8 +135,16 @@ def wait_applied(db: Path, deal_titles: dict[int, str], timeout: float = 300) ->
 # -- phases -------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used (Linux /proc): what a delivery costs the server,
+    whatever else the machine is doing."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def sustained(fake, served, deal_ids, events: int) -> dict:
     rng = random.Random(1)
+    cpu_before = cpu_seconds(served.proc.pid)
     titles: dict[int, str] = {}
     delivered_before = fake.webhooks().delivered
     started = time.monotonic()
@@ -151,6 +159,7 @@ def sustained(fake, served, deal_ids, events: int) -> dict:
     delivered = time.monotonic()
     done = wait_applied(served.db, titles)
     return {
+        "server_cpu_ms": (cpu_seconds(served.proc.pid) - cpu_before) * 1000 / events,
         "events": events,
         "made_per_s": events / (made - started),
         "delivered_per_s": events / (delivered - started),
@@ -340,6 +349,12 @@ def main() -> None:
                 f" ({result['events']:,} changes, made at {result['made_per_s']:.0f}/s,"
                 f" answered 2xx at {result['delivered_per_s']:.0f}/s);"
                 f" the applier alone: {alone:.0f} events/s",
+                flush=True,
+            )
+            cpu = result["server_cpu_ms"]
+            print(
+                f"   pdsync serve's CPU per delivery, received and applied: {cpu:.2f} ms"
+                f" (a core's worth: {1000 / cpu:.0f} deliveries/s)",
                 flush=True,
             )
             per_thousand = requests * 1000 / result["events"]

@@ -84,7 +84,7 @@ class Applier:
         db_path: str,
         inbox: Inbox,
         entities: list[EntitySpec] | None = None,
-        busy_timeout: float = 2.0,
+        busy_timeout: float = 0.05,
     ) -> None:
         if entities is None:
             from .plugins import entities as all_entities
@@ -139,9 +139,9 @@ class Applier:
                     if version is not None:
                         newer.append(version)
         except sqlite3.OperationalError as exc:
-            self.close()  # a fresh connection next time (the file may have been replaced)
             if "locked" in str(exc) or "busy" in str(exc):
                 raise DatabaseBusy(str(exc)) from None
+            self.close()  # a fresh connection next time (the file may have been replaced)
             raise
         # After the database's commit: a crash here applies the batch again, harmlessly.
         self.inbox.settle(outcomes, newer)

@@ -440,3 +440,19 @@ def test_private_mode_lets_deliveries_through_to_their_own_check(
             == "Private"
         )
     )
+
+
+def test_csrf_is_skipped_for_exactly_the_webhook_route(tmp_path):
+    from datasette.app import Datasette
+
+    from pdsync.datasette_plugin import hooks
+
+    def scope(path, kind="http"):
+        return {"type": kind, "path": path, "method": "POST"}
+
+    ds = Datasette([], settings={"base_url": "/crm/"})
+    assert hooks.skip_csrf(ds, scope("/-/pdsync/webhook"))
+    assert hooks.skip_csrf(ds, scope("/crm/-/pdsync/webhook"))
+    for other in ("/-/pdsync/sync", "/-/pdsync/webhook/", "/-/pdsync/webhooks", "/-/login"):
+        assert not hooks.skip_csrf(ds, scope(other)), other
+    assert not hooks.skip_csrf(ds, scope("/-/pdsync/webhook", "websocket"))

@@ -189,6 +189,9 @@ def asgi_wrapper(datasette):
         guarded = access.gate(datasette, app)
 
         async def lifespan_aware(scope, receive, send):
+            if webhook.skip_csrf(datasette, scope) and scope.get("method") == "POST":
+                # Deliveries skip the stack they do not need (see webhook.asgi).
+                return await webhook.asgi(datasette, scope, receive, send)
             if scope["type"] != "lifespan":
                 return await guarded(scope, receive, send)
 
