@@ -456,3 +456,40 @@ def test_csrf_is_skipped_for_exactly_the_webhook_route(tmp_path):
     for other in ("/-/pdsync/sync", "/-/pdsync/webhook/", "/-/pdsync/webhooks", "/-/login"):
         assert not hooks.skip_csrf(ds, scope(other)), other
     assert not hooks.skip_csrf(ds, scope("/-/pdsync/webhook", "websocket"))
+
+
+def test_a_snapshot_keeps_deliveries_waiting_and_says_so(run_sync, db_path, fake):
+    import asyncio
+
+    from datasette.app import Datasette
+    from helpers import unregister_pdsync_plugins
+
+    from pdsync import datasette_plugin
+    from pdsync.webhook_inbox import Inbox, inbox_path
+
+    assert run_sync().ok
+    user, password = webhook_setup.new_credentials(access.secrets_path(db_path))
+    deal = fake.records("deals")[0]
+    body = json.dumps(delivery(deal["id"], "Snapshot", "2030-01-01T00:00:00Z"))
+    pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    async def check():
+        datasette_plugin.register()
+        try:
+            ds = Datasette(immutables=[db_path])
+            ok = await ds.client.post(
+                "/-/pdsync/webhook", content=body, headers={"authorization": f"Basic {pair}"}
+            )
+            assert ok.status_code == 200, ok.text
+            status = (await ds.client.get("/-/pdsync.json")).json()["databases"][0]["webhooks"]
+            assert status["pending"] == 1 and status["applied_here"] is False
+            page = (await ds.client.get("/-/pdsync")).text
+            assert "read-only snapshot" in page
+        finally:
+            unregister_pdsync_plugins()
+
+    asyncio.run(check())
+    time.sleep(0.5)
+    title = sqlite3.connect(db_path).execute("select title from deals where id = ?", [deal["id"]])
+    assert title.fetchone()[0] == deal["title"]  # not written
+    assert len(Inbox(inbox_path(db_path)).pending()) == 1  # kept for when it is writable
