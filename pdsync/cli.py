@@ -23,7 +23,8 @@ from . import cli_text as say
 from .auth import ConfigError, save_auth
 from .backfill import progress as history_progress
 from .budget import token_usage
-from .cli_team import CONFIG_DIR_OPTION, token, user
+from .cli_team import AUTH_OPTION, CONFIG_DIR_OPTION, token, user
+from .cli_webhooks import register_demo, webhooks
 from .client import AuthError, ConnectionFailed, PipedriveError
 from .engine import SyncResult, selected_entities
 from .lock import LockHeld
@@ -36,16 +37,6 @@ from .schema import (
 )
 from .serve import DEFAULT_PORT, is_loopback, needs_immutable, prepare_access, serving_mode
 from .serve import serve as serve_database
-
-AUTH_OPTION = click.option(
-    "-a",
-    "--auth",
-    "auth_path",
-    type=click.Path(dir_okay=False),
-    default="auth.json",
-    show_default=True,
-    help="JSON file holding the API token (see `pdsync auth`)",
-)
 
 
 @click.group()
@@ -326,8 +317,9 @@ def demo(db_path: str, deals: int, seed: int, no_serve: bool, host: str, port: i
     it with Datasette.
 
     No Pipedrive account needed: the fake runs in-process on 127.0.0.1. While Datasette
-    serves, the fake keeps changing a few records a minute, and the printed root link signs
-    you in to press "Sync now" on the status page (/-/pdsync).
+    serves, the fake keeps changing a few records a minute and pushes each change to it as
+    a webhook, so the pages change by themselves; the printed root link signs you in to
+    press "Sync now" on the status page (/-/pdsync).
     """
     if not no_serve and not is_loopback(host):
         # The demo signs you in as root and lets anyone run SQL: a loopback address only.
@@ -365,6 +357,7 @@ def demo(db_path: str, deals: int, seed: int, no_serve: bool, host: str, port: i
             # Datasette's "Sync now" (and pdsync sync) reach the fake through these.
             os.environ["PIPEDRIVE_API_TOKEN"] = fake.token
             os.environ["PIPEDRIVE_BASE_URL"] = server.url
+            register_demo(fake.token, server.url, db_path, f"http://{host}:{port}")
             threading.Thread(target=_keep_changing, args=(fake,), daemon=True).start()
             click.echo(f"Serving {db_path} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
             serve_database(db_path, host, port, root=True)
@@ -435,4 +428,5 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 cli.add_command(user)
 cli.add_command(token)
+cli.add_command(webhooks)
 plugins.pm.hook.pdsync_register_commands(cli=cli)

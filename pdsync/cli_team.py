@@ -15,6 +15,15 @@ import click
 
 from . import access, timestamps
 
+AUTH_OPTION = click.option(
+    "-a",
+    "--auth",
+    "auth_path",
+    type=click.Path(dir_okay=False),
+    default="auth.json",
+    show_default=True,
+    help="JSON file holding the API token (see `pdsync auth`)",
+)
 CONFIG_DIR_OPTION = click.option(
     "--config-dir",
     type=click.Path(file_okay=False),

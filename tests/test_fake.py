@@ -79,15 +79,17 @@ class Spec:
                 out = {"anyOf": [out, {"type": "null"}]}
         return out
 
-    def operation(self, path: str) -> dict:
-        return self.doc["paths"][path]["get"]
+    def operation(self, path: str, method: str = "get") -> dict:
+        return self.doc["paths"][path][method]
 
-    def response(self, path: str, status: str = "200") -> dict:
-        content = self.operation(path)["responses"][status]["content"]["application/json"]
+    def response(self, path: str, status: str = "200", method: str = "get") -> dict:
+        operation = self.operation(path, method)
+        content = operation["responses"][status]["content"]["application/json"]
         return self.convert(content["schema"])
 
-    def example(self, path: str, status: str = "200") -> Any:
-        content = self.operation(path)["responses"][status]["content"]["application/json"]
+    def example(self, path: str, status: str = "200", method: str = "get") -> Any:
+        operation = self.operation(path, method)
+        content = operation["responses"][status]["content"]["application/json"]
         return content.get("example")
 
 
@@ -102,8 +104,8 @@ def _props(schema: dict) -> dict[str, Any]:
 
 
 class Checker:
-    def __init__(self, spec: Spec, path: str, status: str = "200") -> None:
-        self.schema = spec.response(path, status)
+    def __init__(self, spec: Spec, path: str, status: str = "200", method: str = "get") -> None:
+        self.schema = spec.response(path, status, method)
         self.validator = jsonschema.Draft7Validator(
             self.schema, format_checker=jsonschema.FormatChecker()
         )
@@ -111,7 +113,7 @@ class Checker:
         data = _props(self.schema).get("data", {})
         item = data.get("items", data)
         self.known = set(_props(item))
-        example = spec.example(path, status)
+        example = spec.example(path, status, method)
         if isinstance(example, dict):
             sample = example.get("data")
             for rec in sample if isinstance(sample, list) else [sample]:
@@ -125,7 +127,7 @@ class Checker:
         errors = self.errors(body)
         assert not errors, errors[:5]
         data = body.get("data")
-        for rec in data if isinstance(data, list) else [data]:
+        for rec in data if isinstance(data, list) else [data] if data is not None else []:
             unknown = set(rec) - self.known
             assert not unknown, f"fields the spec does not know: {sorted(unknown)}"
 
@@ -290,6 +292,36 @@ def test_v2_lists_match_the_spec(client, specs, path, spec_path, params):
     assert records, path
     for page in pages:
         checker.check(page)
+
+
+def test_webhooks_endpoints_match_the_spec(live, specs):
+    hook = {
+        "subscription_url": "https://example.org/-/pdsync/webhook",
+        "event_action": "*",
+        "event_object": "deal",
+        "name": "pdsync deal",
+        "http_auth_user": "u",
+        "http_auth_password": "p",
+        "version": "2.0",
+    }
+    created = live.client.post("/v1/webhooks", json=hook)
+    assert created.status_code == 201
+    Checker(specs["v1"], "/webhooks", "201", "post").check(created.json())
+    assert created.json()["data"]["http_auth_password"] is None  # never read back
+    listed = live.client.get("/v1/webhooks")
+    Checker(specs["v1"], "/webhooks").check(listed.json())
+    assert [h["id"] for h in listed.json()["data"]] == [created.json()["data"]["id"]]
+    bad = live.client.post("/v1/webhooks", json={**hook, "event_object": "board"})
+    assert bad.status_code == 400
+    Checker(specs["v1"], "/webhooks", "400", "post").check(bad.json())
+    assert "event_object" in bad.json()["errors"]
+    path = f"/v1/webhooks/{created.json()['data']['id']}"
+    deleted = live.client.delete(path)
+    Checker(specs["v1"], "/webhooks/{id}", "200", "delete").check(deleted.json())
+    again = live.client.delete(path)
+    assert again.status_code == 404
+    Checker(specs["v1"], "/webhooks/{id}", "404", "delete").check(again.json())
+    assert live.client.get("/v1/webhooks").json()["data"] == []
 
 
 def test_v1_endpoints_match_the_spec(client, specs):

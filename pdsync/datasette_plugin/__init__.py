@@ -13,6 +13,7 @@ in its package). ``pdsync serve`` and ``pdsync.datasette()`` call it; plain ``da
 - filters.py and templates/: how the page shows them
 - metadata.py: metadata.yml for every pdsync database, whatever its name
 - reads.py: memory-mapped reads and JSON by orjson
+- webhook.py: Pipedrive's webhooks received into an inbox, applied by a thread
 - hooks.py: the hooks and routes, over all of the above
 """
 
@@ -30,6 +31,7 @@ from .hooks import (
     prepare_jinja2_environment,
     register_output_renderer,
     register_routes,
+    skip_csrf,
     startup,
 )
 
@@ -45,6 +47,7 @@ __all__ = [
     "register_output_renderer",
     "register_routes",
     "run_datasette",
+    "skip_csrf",
     "startup",
     "unregister",
 ]

@@ -34,9 +34,9 @@ log = logging.getLogger("pdsync.serve")
 MODE_ENV = "PDSYNC_SERVE_MODE"
 SECRETS_ENV = "PDSYNC_SECRETS_FILE"
 MODES = ("local", "private", "public")
-# Reachable without signing in: signing in itself and what its page needs. (A webhook
-# receiver, when there is one, is added here with its own credentials.)
-OPEN_PATHS = ("/-/login", "/-/logout", "/-/auth-token", "/favicon.ico")
+# Reachable without signing in: signing in itself and what its page needs, and the webhook
+# receiver, which checks its own credentials (webhook.py).
+OPEN_PATHS = ("/-/login", "/-/logout", "/-/auth-token", "/favicon.ico", "/-/pdsync/webhook")
 OPEN_PREFIXES = ("/-/static/", "/-/static-plugins/")
 # Actions that read; anonymous visitors get none of them in private mode.
 SQL_ACTION = "execute-sql"

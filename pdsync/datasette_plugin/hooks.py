@@ -2,6 +2,7 @@
 metadata and reads.
 
 - ``/-/pdsync`` and ``/-/pdsync.json``: the sync status of each pdsync database (GET, HEAD).
+- ``POST /-/pdsync/webhook``: Pipedrive's webhooks (see webhook.py).
 - ``POST /-/pdsync/sync``: "Sync now", with Datasette's CSRF check and the ``pdsync-sync``
   permission (root, users and tokens given ``--can sync``, or the ``allow`` block of this
   plugin's configuration).
@@ -17,7 +18,7 @@ from datasette.utils.asgi import Response
 from pdsync.schema import is_pdsync
 from pdsync.timestamps import ago, days_since
 
-from . import access, metadata, reads
+from . import access, metadata, reads, webhook
 from .config import PERMISSION, plugin_config
 from .filters import FILTERS
 from .jobs import SyncRefused, start_scheduler, start_sync, stop_scheduler
@@ -114,7 +115,14 @@ def register_routes():
         (r"^/-/pdsync$", read_only(status_page)),
         (r"^/-/pdsync\.json$", read_only(status_json)),
         (r"^/-/pdsync/sync$", sync_now),  # POST only: it checks the method itself
+        (r"^/-/pdsync/webhook$", webhook.receive),  # its own basic auth, no CSRF token
     ]
+
+
+@hookimpl
+def skip_csrf(datasette, scope):
+    # Pipedrive cannot send a CSRF token: exactly this route, nothing else.
+    return webhook.skip_csrf(datasette, scope)
 
 
 @hookimpl
@@ -181,6 +189,9 @@ def asgi_wrapper(datasette):
         guarded = access.gate(datasette, app)
 
         async def lifespan_aware(scope, receive, send):
+            if webhook.skip_csrf(datasette, scope) and scope.get("method") == "POST":
+                # Deliveries skip the stack they do not need (see webhook.asgi).
+                return await webhook.asgi(datasette, scope, receive, send)
             if scope["type"] != "lifespan":
                 return await guarded(scope, receive, send)
 
@@ -188,8 +199,10 @@ def asgi_wrapper(datasette):
                 message = await receive()
                 if message["type"] == "lifespan.startup":
                     start_scheduler(datasette)
+                    webhook.start_appliers(datasette)
                 elif message["type"] == "lifespan.shutdown":
                     stop_scheduler(datasette)
+                    webhook.stop_appliers()
                 return message
 
             return await app(scope, watching_receive, send)

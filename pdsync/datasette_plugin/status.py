@@ -7,6 +7,7 @@ passes through the redactor: a message an older pdsync stored may quote the toke
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -25,6 +26,7 @@ from pdsync.timestamps import seconds_since
 
 from .config import PERMISSION, plugin_config, redactor, stale_after, sync_interval
 from .jobs import latest_job, scheduler_for
+from .webhook import status_for as webhook_status
 
 RECENT_RUNS = 20
 
@@ -168,6 +170,7 @@ async def database_status(datasette, db, actor) -> dict:
         "can_sync": can_sync,
         "tokens": tokens,  # the day's Pipedrive tokens: see pdsync.budget.token_usage
         "history": history,  # deal history's progress: see pdsync.backfill.progress
+        "webhooks": await asyncio.to_thread(webhook_status, db),  # None: never received one
     }
 
 

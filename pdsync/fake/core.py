@@ -22,6 +22,7 @@ from .front import FAULT_KINDS, Front
 from .history import CHANGELOG_TOKENS, History, deal_id_of
 from .records import prune
 from .store import Store
+from .webhooks import Timing, Webhooks
 from .wire import dumps
 
 __all__ = ["ENTITIES", "FAULT_KINDS", "FakePipedrive"]
@@ -60,14 +61,30 @@ class FakePipedrive(Front, Churn):
             raise
         self._user_embeds: dict[int, bytes] | None = None
         self.history = History(self.store)
+        self._webhooks: Webhooks | None = None
 
-    def answer(self, method: str, path: str, params: dict[str, str]) -> bytes:
+    def answer(
+        self, method: str, path: str, params: dict[str, str], body: bytes = b""
+    ) -> bytes | tuple[int, bytes]:
+        if path.startswith("/v1/webhooks"):
+            return self.webhooks().answer(method, path, body)
         return endpoints.answer(self, method, path, params)
+
+    def webhooks(self, timing: Timing | None = None, workers: int = 4) -> Webhooks:
+        """The company's webhooks (registered through /v1/webhooks), delivering from the
+        first registration on; ``timing`` scales Pipedrive's retry, ban and deletion delays."""
+        if self._webhooks is None:
+            self._webhooks = Webhooks(self, timing, workers)
+        elif timing is not None:
+            self._webhooks.timing = timing
+        return self._webhooks
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Drop the state and remove the temporary database file."""
+        if self._webhooks is not None:
+            self._webhooks.close()
         self.store.close()
 
     def __enter__(self) -> FakePipedrive:

@@ -137,8 +137,11 @@ class Front:
         self._windows: dict[str, deque[float]] = {}
         self._log: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
 
-    def answer(self, method: str, path: str, params: dict[str, str]) -> bytes:
-        """The body of a request that got through; raises BadRequest or NotFound."""
+    def answer(
+        self, method: str, path: str, params: dict[str, str], body: bytes = b""
+    ) -> bytes | tuple[int, bytes]:
+        """The body of a request that got through (or its status and body); raises
+        BadRequest or NotFound."""
         raise NotImplementedError
 
     def cost(self, path: str) -> int:
@@ -224,13 +227,16 @@ class Front:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def handle(self, method: str, target: str, headers: Mapping[str, str]) -> Reply:
+    def handle(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes = b""
+    ) -> Reply:
         """Answer one HTTP request (no I/O): what FakeServer sends back."""
         path, _, query = target.partition("?")
         pairs = parse_qsl(query, keep_blank_values=True)
         params = {k: v for k, v in pairs if v != ""}
         lower = {k.lower(): v for k, v in headers.items()}
-        reply = self._dispatch(method, path, params, lower, any(k == "api_token" for k, _ in pairs))
+        in_url = any(k == "api_token" for k, _ in pairs)
+        reply = self._dispatch(method, path, params, lower, in_url, body)
         entry = {
             "method": method,
             "path": path,
@@ -252,7 +258,13 @@ class Front:
         return token
 
     def _dispatch(
-        self, method: str, path: str, params: dict[str, str], headers: dict[str, str], in_url: bool
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str],
+        headers: dict[str, str],
+        in_url: bool,
+        body: bytes = b"",
     ) -> Reply:
         if in_url:
             self.token_in_url_seen = True
@@ -267,7 +279,7 @@ class Front:
             return over_budget
 
         def real() -> Reply:
-            reply = self._route(method, path, params)
+            reply = self._route(method, path, params, body)
             reply.headers.extend(rate_headers)
             return reply
 
@@ -276,9 +288,12 @@ class Front:
             return FAULTS[fault].reply(self, real, rate_headers)
         return real()
 
-    def _route(self, method: str, path: str, params: dict[str, str]) -> Reply:
+    def _route(self, method: str, path: str, params: dict[str, str], body: bytes = b"") -> Reply:
         try:
-            return Reply(200, self.answer(method, path, params))
+            answer = self.answer(method, path, params, body)
+            if isinstance(answer, tuple):
+                return Reply(*answer)
+            return Reply(200, answer)
         except NotFound:
             return Reply(404, NOT_FOUND)
         except BadRequest as exc:

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 _REASONS = {
     200: "OK",
+    201: "Created",
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
@@ -55,15 +56,15 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("content-length") or 0)
         except ValueError:
             length = 0
-        if length > 0:
-            self.rfile.read(length)  # drain any body so the connection stays usable
+        # Read any body (it also keeps the connection usable): POST /v1/webhooks takes one.
+        body = self.rfile.read(length) if length > 0 else b""
         fake = self.server.fake
         stop = self.server.stopping
         if fake.latency > 0 and stop.wait(fake.latency):
             self.close_connection = True
             return
         try:
-            reply = fake.handle(self.command, self.path, dict(self.headers.items()))
+            reply = fake.handle(self.command, self.path, dict(self.headers.items()), body)
         except Exception:  # a bug or a closed fake: answer like a server would, and log it
             log.exception("fake Pipedrive failed on %s %s", self.command, self.path)
             reply = Reply(500, INTERNAL_ERROR)

@@ -78,6 +78,9 @@ class Store:
             for t in TABLES
         }
         self._rows = {t: _row_maker(table) for t, table in TABLES.items()}
+        # Called with (table, record before, record after) on every put: the one place every
+        # mutation passes, where webhooks are raised (webhooks.py).
+        self.on_put: Callable[[str, dict | None, dict], None] | None = None
 
     def begin_load(self) -> None:
         self.conn.execute("BEGIN")
@@ -107,7 +110,15 @@ class Store:
 
     def put(self, table: str, rec: dict, ut: int = 0, at: int = 0, **extra: Any) -> None:
         with self.lock:
-            self.conn.execute(self._insert_sql[table], self.row(table, rec, ut, at, **extra))
+            row = self.row(table, rec, ut, at, **extra)
+            listener = self.on_put
+            before = None
+            if listener is not None:
+                found = self.conn.execute(f"SELECT json FROM {table} WHERE id = ?", (row[0],))
+                before = found.fetchone()
+            self.conn.execute(self._insert_sql[table], row)
+            if listener is not None:
+                listener(table, json.loads(before[0]) if before else None, rec)
 
     def get(self, table: str, id_: int) -> tuple[dict, dict[str, Any]] | None:
         """The record and its indexed columns, or None."""

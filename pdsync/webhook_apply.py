@@ -1,0 +1,368 @@
+"""Applying webhook deliveries from the inbox to the database, in the sync's own rows.
+
+Creates and changes go through ``records.to_row`` like a synced page (timestamps, JSON,
+readable custom fields), then the store's upsert, so totals and full-text search stay current
+through the same triggers. Webhooks v2 ``data`` holds only part of a record: only the columns
+it carries are written; the others keep what the last sync stored (a new record gets them
+from the next periodic sync). Applying what it has costs no request, so a burst of 1,000
+events costs none; a coalesced sync per event burst would spend tokens for columns the canned
+queries rarely need, and the scheduled sync fetches them anyway.
+
+Deletes write the entity's ``when_gone`` values (``is_deleted = 1``; a deal's status too), the
+same as a full pass's reconciliation: persons, organizations, activities, notes and products
+deleted upstream show without ``--full``. A merge arrives as a delete (``meta.merged_to_id``)
+and a change of the survivor: each is applied as such.
+
+Order: an older version never overwrites a newer one. The database keeps whole seconds; the
+inbox keeps each record's last applied version to the millisecond, so two changes in one
+second delivered out of order still end on the later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlite_utils
+
+from . import timestamps
+from .entities import EntitySpec, Row
+from .records import BadRecord, CustomFieldMap, to_row
+from .store import Store
+from .webhook_inbox import Inbox
+
+log = logging.getLogger("pdsync.webhooks")
+
+# meta.entity -> table. Anything else is acknowledged and ignored.
+ENTITIES = {
+    "deal": "deals",
+    "person": "persons",
+    "organization": "organizations",
+    "activity": "activities",
+    "note": "notes",
+    "product": "products",
+    "lead": "leads",
+    "pipeline": "pipelines",
+    "stage": "stages",
+    "user": "users",
+}
+ACTIONS = ("create", "change", "delete")
+BATCH = 500  # deliveries per transaction
+GAP_SLACK_S = 300.0  # a change this close to a sync's start may still be on its way
+
+
+class DatabaseBusy(Exception):
+    """The database stayed locked (a sync's index build): the deliveries wait in the inbox."""
+
+
+def version_of(value: Any) -> float | None:
+    """Seconds since the epoch from an ``update_time`` or a ``meta.timestamp`` (epoch seconds,
+    epoch milliseconds or RFC 3339 text); None when it is none of these."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return value / 1000 if value > 1e11 else float(value)
+    if isinstance(value, str):
+        moment = timestamps.parse_timestamp(value)  # v1's "2019-01-22 08:55:59" too
+        return moment.timestamp() if moment else None
+    return None
+
+
+def _stamp(version: float) -> str:
+    return timestamps.format(datetime.fromtimestamp(int(version), tz=timezone.utc))
+
+
+class Applier:
+    """Takes pending deliveries from ``inbox`` and writes them to the database at ``db_path``."""
+
+    def __init__(
+        self,
+        db_path: str,
+        inbox: Inbox,
+        entities: list[EntitySpec] | None = None,
+        busy_timeout: float = 0.05,
+    ) -> None:
+        if entities is None:
+            from .plugins import entities as all_entities
+
+            entities = all_entities()
+        self.db_path = db_path
+        self.inbox = inbox
+        self.specs = {spec.name: spec for spec in entities}
+        self.busy_timeout = busy_timeout
+        self._db: sqlite_utils.Database | None = None
+        self._store: Store | None = None
+        self._custom: dict[str, CustomFieldMap | None] = {}
+        self._custom_loaded = 0.0
+        self._blanks: dict[str, Row] = {}
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _database(self) -> sqlite_utils.Database:
+        if self._db is None:
+            conn = sqlite3.connect(self.db_path, timeout=self.busy_timeout, isolation_level=None)
+            self._db = sqlite_utils.Database(conn)
+            self._store = Store(self._db)
+        return self._db
+
+    # -- one batch ----------------------------------------------------------------------------
+
+    def apply_pending(self, limit: int = BATCH) -> int:
+        """Apply up to ``limit`` pending deliveries in one transaction; how many were settled.
+        Raises DatabaseBusy when the database stays locked (nothing is lost: try again)."""
+        batch = self.inbox.pending(limit)
+        if not batch:
+            return 0
+        db = self._database()
+        tables = set(db.table_names())
+        if time.monotonic() - self._custom_loaded > 5:
+            # Field definitions and columns a sync may have added meanwhile.
+            self._custom = {}
+            self._store = Store(db)
+            self._custom_loaded = time.monotonic()
+        events = [(seq, _decode(body)) for seq, body in batch]
+        known = self._known_versions(events)
+        outcomes: list[tuple[int, str, str | None]] = []
+        newer: list[tuple[str, str, float]] = []
+        try:
+            with db.atomic():
+                for seq, body in events:
+                    state, note, version = self._apply(body, tables, known)
+                    outcomes.append((seq, state, note))
+                    if version is not None:
+                        newer.append(version)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise DatabaseBusy(str(exc)) from None
+            self.close()  # a fresh connection next time (the file may have been replaced)
+            raise
+        # After the database's commit: a crash here applies the batch again, harmlessly.
+        self.inbox.settle(outcomes, newer)
+        return len(outcomes)
+
+    def _known_versions(self, events: list[tuple[int, dict | None]]) -> dict[tuple, float]:
+        ids: dict[str, set[str]] = {}
+        for _, body in events:
+            if body is not None:
+                meta = body["meta"]
+                ids.setdefault(str(meta.get("entity")), set()).add(str(meta.get("entity_id")))
+        known: dict[tuple, float] = {}
+        for entity, keys in ids.items():
+            for key, version in self.inbox.versions(entity, sorted(keys)).items():
+                known[(entity, key)] = version
+        return known
+
+    def _apply(
+        self, body: dict | None, tables: set[str], known: dict[tuple, float]
+    ) -> tuple[str, str | None, tuple[str, str, float] | None]:
+        if body is None:
+            return "failed", "not a JSON object with a meta object", None
+        meta = body["meta"]
+        entity, action = meta.get("entity"), meta.get("action")
+        spec = self.specs.get(ENTITIES.get(entity, ""))
+        if spec is None or spec.name not in tables:
+            return "ignored", f"{entity!r} is not synced", None
+        if action not in ACTIONS:
+            return "ignored", f"action {action!r}", None
+        data = body.get("data") if isinstance(body.get("data"), dict) else None
+        version = version_of((data or {}).get("update_time")) if action != "delete" else None
+        if version is None:
+            version = version_of(meta.get("timestamp"))
+        record_key = str(meta.get("entity_id") if meta.get("entity_id") is not None else "")
+        if not record_key and data is not None:
+            record_key = str(data.get(spec.pk, ""))
+        seen = known.get((entity, record_key))
+        if version is not None and seen is not None and version < seen:
+            return "applied", "older than what was applied: skipped", None
+        try:
+            if action == "delete":
+                note = self._delete(spec, meta, body.get("previous"), record_key, version)
+            elif data is None:
+                return "failed", f"{action} without data", None
+            else:
+                note = self._upsert(spec, data)
+        except BadRecord as exc:
+            return "failed", str(exc), None
+        if version is None:
+            return "applied", note, None
+        known[(entity, record_key)] = max(version, seen or version)
+        return "applied", note, (entity, record_key, version)
+
+    # -- creates and changes ------------------------------------------------------------------
+
+    def _custom_map(self, spec: EntitySpec) -> CustomFieldMap | None:
+        if spec.name not in self._custom:
+            table = spec.fields_table
+            found = None
+            if table and self._db is not None and table in self._db.table_names():
+                found = CustomFieldMap.from_definitions(list(self._db[table].rows))
+            self._custom[spec.name] = found
+        return self._custom[spec.name]
+
+    def _blank(self, spec: EntitySpec, key: Any) -> Row:
+        """The row of a record that says nothing but its id (what a transform derives from
+        nothing), made once per entity."""
+        blank = self._blanks.get(spec.name)
+        if blank is None:
+            blank = self._blanks[spec.name] = to_row(spec, {spec.pk: key})
+        return blank
+
+    def _partial_row(self, spec: EntitySpec, data: dict) -> Row:
+        """The row for ``data`` holding only the columns ``data`` says something about."""
+        custom = self._custom_map(spec)
+        row = to_row(spec, data, custom)
+        keep = {name for name in data if name in row}
+        if custom is not None:
+            values = data if spec.custom_at_top else data.get("custom_fields")
+            if isinstance(values, dict):
+                for f in custom.fields:
+                    if f.code in values:
+                        keep.update(f.columns())
+        # Columns the entity's transform derives from what data holds (a deal's status).
+        blank = self._blank(spec, row[spec.pk])
+        derived = [n for n in row if n in spec.columns and row[n] != blank.get(n)]
+        keep.update(derived)
+        keep.add(spec.pk)
+        columns = self._store.columns(spec.name)
+        return {n: v for n, v in row.items() if n in keep and n in columns}
+
+    def _upsert(self, spec: EntitySpec, data: dict) -> str | None:
+        """Insert a new record; update only the columns that changed in a stored one (a
+        change is a field or two: rewriting every column would rewrite every index of the
+        table, and the store's whole-row upsert runs at a fifth of the speed)."""
+        row = self._partial_row(spec, data)
+        names = [n for n in row if n != spec.pk]
+        asked = ", ".join(f"[{n}]" for n in names) or "1"
+        if "update_time" in self._store.columns(spec.name):
+            asked += ", update_time"
+        stored = self._db.execute(
+            f"select {asked} from [{spec.name}] where [{spec.pk}] = ?", [row[spec.pk]]
+        ).fetchone()
+        if stored is None:
+            self._store.upsert(spec, [row])
+            return None
+        new_time, old_time = row.get("update_time"), stored[-1]
+        if new_time and old_time and new_time < old_time <= timestamps.latest_plausible():
+            return "older than the stored row: skipped"  # the store's upsert guard, here
+        changed = [(n, row[n]) for n, old in zip(names, stored, strict=False) if row[n] != old]
+        if changed:
+            sets = ", ".join(f"[{n}] = ?" for n, _ in changed)
+            self._db.execute(
+                f"update [{spec.name}] set {sets} where [{spec.pk}] = ?",
+                [*(v for _, v in changed), row[spec.pk]],
+            )
+        return None
+
+    # -- deletes ------------------------------------------------------------------------------
+
+    def _delete(
+        self,
+        spec: EntitySpec,
+        meta: dict,
+        previous: Any,
+        record_key: str,
+        version: float | None,
+    ) -> str | None:
+        columns = self._store.columns(spec.name)
+        marks = {k: v for k, v in spec.when_gone.items() if k in columns}
+        if not marks:
+            return f"{spec.name} has no column to mark a deletion"
+        key: Any = record_key
+        if spec.columns.get(spec.pk) is int:
+            try:
+                key = int(record_key)
+            except ValueError:
+                raise BadRecord(f"{spec.name}: delete of {record_key!r}, not an id") from None
+        when = _stamp(version) if version is not None else None
+        merged = meta.get("merged_to_id")
+        note = f"merged into {merged}" if merged is not None else None
+        db = self._db
+        exists = db.execute(f"select 1 from [{spec.name}] where [{spec.pk}] = ?", [key]).fetchone()
+        if exists is None:
+            if isinstance(previous, dict):
+                # A record created since the last sync and deleted already: kept, as deleted.
+                row = self._partial_row(spec, {**previous, spec.pk: key})
+                row.update(marks)
+                self._store.upsert(spec, [row])
+            return note
+        sets = [f"[{c}] = ?" for c in marks]
+        values: list[Any] = list(marks.values())
+        guard = ""
+        if "update_time" in columns and when is not None:
+            # A record changed after the deletion was restored: the deletion is older.
+            sets.append("update_time = max(coalesce(update_time, ''), ?)")
+            values.append(when)
+            guard = " and (update_time is null or update_time <= ?)"
+        differs = " or ".join(f"[{c}] is not ?" for c in marks)
+        db.execute(
+            f"update [{spec.name}] set {', '.join(sets)} where [{spec.pk}] = ?{guard}"
+            f" and ({differs})",
+            [*values, key, *([when] if guard else []), *marks.values()],
+        )
+        return note
+
+    # -- changes no webhook announced ---------------------------------------------------------
+
+    def check_gaps(self, slack: float = GAP_SLACK_S) -> dict[str, tuple[int, str]] | None:
+        """After a new finished sync run: the records it wrote that changed after webhooks
+        started arriving but were never delivered (a ban, or webhooks deleted upstream).
+        None when there is no new run to check."""
+        db = self._database()
+        if "sync_runs" not in db.table_names():
+            return None
+        run = db.execute(
+            "select id, started_at from sync_runs where status in ('success', 'partial')"
+            " order by id desc limit 1"
+        ).fetchone()
+        first = self.inbox.conn().execute("select min(received_at) from deliveries").fetchone()[0]
+        if run is None or first is None or str(run[0]) == self.inbox.get_state("gaps_run"):
+            return None
+        run_id, started_at = run
+        upper = version_of(started_at) - slack
+        lower = version_of(self.inbox.get_state("gaps_upper") or first)
+        gaps: dict[str, tuple[int, str]] = {}
+        if upper > lower:
+            watched = [
+                r[0]
+                for r in self.inbox.conn().execute(
+                    "select distinct entity from deliveries where entity is not null"
+                )
+            ]
+            for entity in watched:
+                spec = self.specs.get(ENTITIES.get(entity, ""))
+                if spec is None or "update_time" not in self._store.columns(spec.name):
+                    continue
+                rows = db.execute(
+                    f"select [{spec.pk}], update_time from [{spec.name}]"
+                    " where update_time > ? and update_time <= ?",
+                    [_stamp(lower), _stamp(upper)],
+                ).fetchall()
+                known = self.inbox.versions(entity, [str(k) for k, _ in rows])
+                missed = [
+                    str(k)
+                    for k, ut in rows
+                    if known.get(str(k)) is None or known[str(k)] + 1 < (version_of(ut) or 0)
+                ]
+                if missed:
+                    gaps[entity] = (len(missed), missed[0])
+            self.inbox.set_state("gaps_upper", _stamp(upper))
+        self.inbox.set_gaps(gaps, run_id)
+        self.inbox.set_state("gaps_run", run_id)
+        return gaps
+
+
+def _decode(body: bytes) -> dict | None:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("meta"), dict):
+        return None
+    return value

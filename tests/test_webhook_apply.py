@@ -1,0 +1,161 @@
+"""Applying deliveries: the sync's own transformation, deletes for every entity, order."""
+
+import json
+import sqlite3
+
+import pytest
+import sqlite_utils
+
+from pdsync.webhook_apply import Applier, DatabaseBusy
+from pdsync.webhook_inbox import Inbox
+
+PROJECT_REFERENCE = "a6a3a4506513270e269e0d37f2a74de452e6b438"  # the fake's varchar field
+SCOPE_OF_SUPPLY = "81e74ef5e8e25d940ed904759531985d5d9dc9f8"  # its set field
+
+
+@pytest.fixture
+def synced(run_sync, db_path, tmp_path):
+    assert run_sync().ok
+    inbox = Inbox(tmp_path / "inbox.db")
+    applier = Applier(db_path, inbox)
+    yield sqlite_utils.Database(db_path), inbox, applier
+    applier.close()
+
+
+def deliver(inbox, applier, entity, action, entity_id, data=None, previous=None, at=None):
+    meta = {"action": action, "entity": entity, "entity_id": str(entity_id), "timestamp": at}
+    body = {"meta": meta, "data": data, "previous": previous}
+    inbox.add(json.dumps(body).encode(), meta)
+    while applier.apply_pending():
+        pass
+
+
+def test_a_change_goes_through_the_sync_transformation(synced, fake):
+    db, inbox, applier = synced
+    deal = next(d for d in fake.records("deals") if d["status"] == "open" and d["value"])
+    before = db.execute("select * from deals where id = ?", [deal["id"]]).fetchone()
+    columns = [c[0] for c in db.execute("select * from deals limit 0").description]
+    before = dict(zip(columns, before, strict=True))
+    total = "select sum(value) from open_deal_totals"
+    total_before = db.execute(total).fetchone()[0]
+    options = json.loads(
+        db.execute(
+            "select options from deal_fields where field_code = ?", [SCOPE_OF_SUPPLY]
+        ).fetchone()[0]
+    )
+    data = {
+        "id": deal["id"],
+        "title": "Zanzibar dredging",
+        "value": deal["value"] + 1000,
+        "update_time": "2030-01-01T00:00:00.000Z",
+        "custom_fields": {PROJECT_REFERENCE: "PRJ-WEBHOOK", SCOPE_OF_SUPPLY: [options[0]["id"]]},
+    }
+    deliver(inbox, applier, "deal", "change", deal["id"], data, {"title": deal["title"]})
+    row = db.execute(
+        "select title, value, project_reference, scope_of_supply, expected_close_date, owner_id"
+        " from deals where id = ?",
+        [deal["id"]],
+    ).fetchone()
+    assert row[:4] == (
+        "Zanzibar dredging",
+        deal["value"] + 1000,
+        "PRJ-WEBHOOK",
+        json.dumps([options[0]["label"]]),  # readable, as the sync stores it
+    )
+    # What the webhook did not carry keeps what the sync stored.
+    assert row[4:] == (before["expected_close_date"], before["owner_id"])
+    assert db.execute(total).fetchone()[0] == total_before + 1000  # totals by their triggers
+    found = db.execute("select rowid from deals_fts where deals_fts match 'zanzibar'").fetchall()
+    assert found == [(deal["id"],)]  # full-text search current
+
+
+@pytest.mark.parametrize(
+    "entity, table",
+    [
+        ("deal", "deals"),
+        ("person", "persons"),
+        ("organization", "organizations"),
+        ("activity", "activities"),
+        ("note", "notes"),
+        ("product", "products"),
+    ],
+)
+def test_a_delete_marks_the_row_for_every_entity(synced, fake, entity, table):
+    db, inbox, applier = synced
+    record = fake.records(table)[0]
+    assert db.execute(
+        f"select is_deleted from {table} where id = ?", [record["id"]]
+    ).fetchone() == (0,)
+    deliver(inbox, applier, entity, "delete", record["id"], None, record, "2030-01-01T00:00:00Z")
+    assert db.execute(
+        f"select is_deleted from {table} where id = ?", [record["id"]]
+    ).fetchone() == (1,)
+    if table == "deals":
+        assert db.execute("select status from deals where id = ?", [record["id"]]).fetchone() == (
+            "deleted",
+        )
+
+
+def test_a_record_made_and_deleted_between_syncs_is_kept_as_deleted(synced):
+    db, inbox, applier = synced
+    previous = {"id": 999999, "name": "Short-lived", "update_time": "2030-01-01T00:00:00Z"}
+    deliver(inbox, applier, "person", "delete", 999999, None, previous, "2030-01-01T00:00:01Z")
+    assert db.execute("select name, is_deleted from persons where id = 999999").fetchone() == (
+        "Short-lived",
+        1,
+    )
+
+
+def test_out_of_order_an_older_version_never_wins(synced, fake):
+    db, inbox, applier = synced
+    deal = fake.records("deals")[1]
+
+    def title():
+        return db.execute("select title from deals where id = ?", [deal["id"]]).fetchone()[0]
+
+    newer = {"id": deal["id"], "title": "Newer", "update_time": "2030-01-01T00:00:00.900Z"}
+    older = {"id": deal["id"], "title": "Older", "update_time": "2030-01-01T00:00:00.100Z"}
+    deliver(inbox, applier, "deal", "change", deal["id"], newer)
+    deliver(inbox, applier, "deal", "change", deal["id"], older)  # same second, earlier
+    assert title() == "Newer"
+    # A deletion from before the last change (a deal deleted, then restored) changes nothing.
+    deliver(inbox, applier, "deal", "delete", deal["id"], None, deal, "2029-12-31T00:00:00Z")
+    assert db.execute("select is_deleted from deals where id = ?", [deal["id"]]).fetchone() == (0,)
+    states = inbox.conn().execute("select state, note from deliveries order by seq").fetchall()
+    assert states[1] == ("applied", "older than what was applied: skipped")
+
+
+def test_a_locked_database_keeps_deliveries_waiting(synced, fake, db_path):
+    db, inbox, applier = synced
+    deal = fake.records("deals")[2]
+    applier.busy_timeout = 0.1
+    applier.close()
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("begin exclusive")
+    meta = {"action": "change", "entity": "deal", "entity_id": str(deal["id"])}
+    body = {"meta": meta, "data": {"id": deal["id"], "title": "Waited"}}
+    inbox.add(json.dumps(body).encode(), meta)
+    with pytest.raises(DatabaseBusy):
+        applier.apply_pending()
+    assert len(inbox.pending()) == 1  # nothing lost, nothing marked
+    holder.execute("rollback")
+    holder.close()
+    assert applier.apply_pending() == 1
+    assert db.execute("select title from deals where id = ?", [deal["id"]]).fetchone() == (
+        "Waited",
+    )
+
+
+def test_unknown_objects_and_actions_are_ignored(synced):
+    _, inbox, applier = synced
+    deliver(inbox, applier, "board", "create", 1, {"id": 1})
+    deliver(inbox, applier, "deal", "archive", 1, {"id": 1})
+    states = inbox.conn().execute("select state from deliveries").fetchall()
+    assert states == [("ignored",), ("ignored",)]
+
+
+def test_the_inbox_is_private_to_its_owner(tmp_path):
+    inbox = Inbox(tmp_path / "x.webhooks.db")
+    inbox.add(b"{}", {"entity": "deal"})
+    for suffix in ("", "-wal", "-shm"):
+        assert (tmp_path / f"x.webhooks.db{suffix}").stat().st_mode & 0o777 == 0o600
