@@ -11,6 +11,7 @@ import sqlite_utils
 from . import timestamps
 from .entities import EntitySpec
 from .store import Store
+from .transaction import write_transaction
 
 log = logging.getLogger("pdsync")
 
@@ -55,7 +56,7 @@ def begin_entity(db: sqlite_utils.Database, store: Store, spec: EntitySpec, full
         or (has_rows and no_watermark)
         or (has_rows and stale_deals)
     )
-    with db.atomic():
+    with write_transaction(db):
         if full_pass and (full or bad_watermark or not meta.get("full_pending")):
             # A new full pass refetches from the beginning; a pending one resumes.
             store.clear_watermarks(spec.name)
