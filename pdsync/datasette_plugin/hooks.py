@@ -17,7 +17,7 @@ from datasette.utils.asgi import Response
 from pdsync.schema import is_pdsync
 from pdsync.timestamps import ago, days_since
 
-from . import access, metadata, reads
+from . import access, cache, metadata, reads
 from .config import PERMISSION, plugin_config
 from .filters import FILTERS
 from .jobs import SyncRefused, start_scheduler, start_sync, stop_scheduler
@@ -178,7 +178,7 @@ def startup(datasette):
 @hookimpl
 def asgi_wrapper(datasette):
     def wrap(app):
-        guarded = access.gate(datasette, app)
+        guarded = access.gate(datasette, cache.wrap(datasette, app))
 
         async def lifespan_aware(scope, receive, send):
             if scope["type"] != "lifespan":
