@@ -17,7 +17,7 @@ from datasette.utils.asgi import Response
 from pdsync.schema import is_pdsync
 from pdsync.timestamps import ago, days_since
 
-from . import access, cache, metadata, reads
+from . import access, cache, charts, metadata, reads
 from .config import PERMISSION, plugin_config
 from .filters import FILTERS
 from .jobs import SyncRefused, start_scheduler, start_sync, stop_scheduler
@@ -114,6 +114,8 @@ def register_routes():
         (r"^/-/pdsync$", read_only(status_page)),
         (r"^/-/pdsync\.json$", read_only(status_json)),
         (r"^/-/pdsync/sync$", sync_now),  # POST only: it checks the method itself
+        # datasette-dashboards' script, charts reading their canned queries (charts.py)
+        (r"^/-/static-plugins/datasette_dashboards/dashboards\.js$", charts.dashboards_js),
     ]
 
 
@@ -173,6 +175,13 @@ def get_metadata(datasette, key, database, table):
 @hookimpl
 def startup(datasette):
     metadata.point_dashboards(datasette)
+    charts.name_charts(datasette)
+    charts.patch_dashboards()
+
+
+@hookimpl
+def canned_queries(datasette, database):
+    return charts.canned_queries(datasette, database)
 
 
 @hookimpl
