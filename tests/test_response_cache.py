@@ -145,3 +145,19 @@ def test_data_is_shared_only_between_readers_allowed_the_same(private):
         assert refused.status_code == 403 and cache.hits == hits + 2
 
     asyncio.run(check())
+
+
+def test_readers_asking_at_once_wait_for_one_answer(private):
+    ds, db, token = private
+    bearer = {"authorization": f"Bearer {token}"}
+
+    async def check():
+        cache = await started(ds)
+        misses = cache.misses
+        url = "/acme/owner_kpis.json"
+        answers = await asyncio.gather(*(ds.client.get(url, headers=bearer) for _ in range(4)))
+        assert {a.status_code for a in answers} == {200}
+        assert len({a.content for a in answers}) == 1
+        assert cache.misses == misses + 1  # made once, the three others waited for it
+
+    asyncio.run(check())

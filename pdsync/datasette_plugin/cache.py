@@ -16,7 +16,11 @@ An answer is served again only if it is exactly what Datasette would say now:
   embeds their CSRF token;
 - while no database has changed: ``pragma data_version`` of each database, which moves with
   every commit by another connection (a sync, Sync now), and the secrets file unchanged;
-- for at most ``MAX_AGE`` seconds, for queries that read the clock (days overdue, "ago").
+- for at most ``MAX_AGE`` seconds, for queries that read the clock (days overdue, minutes
+  since the last sync).
+
+Readers asking for an answer being made for someone else wait for it (up to
+``COALESCE_WAIT``) instead of making it again.
 
 Kept only: GET, status 200, no ``Set-Cookie``, not streamed, at most ``MAX_ENTRY`` bytes,
 outside ``/-/`` (the status page and sign-in are live). ``MAX_BYTES`` bounds the whole.
@@ -24,6 +28,7 @@ outside ``/-/`` (the status page and sign-in are live). ``MAX_BYTES`` bounds the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -37,7 +42,8 @@ from pdsync.schema import connect_read_only
 from . import access
 from .config import plugin_config
 
-MAX_AGE = 10.0  # seconds
+MAX_AGE = 30.0  # seconds: sync_status counts minutes since the sync, the lists seconds
+COALESCE_WAIT = 30.0  # at most, for the same answer being made for someone else
 MAX_ENTRY = 4 << 20
 MAX_BYTES = 64 << 20
 # Off (to measure without it, or to rule it out): PDSYNC_RESPONSE_CACHE=off, or
@@ -53,6 +59,7 @@ class ResponseCache:
         self._bytes = 0
         self._watchers: dict[str, sqlite3.Connection] = {}
         self.hits = self.misses = 0
+        self.making: dict[tuple, asyncio.Event] = {}  # answers being made now
 
     def version(self, datasette, secrets_version) -> tuple | None:
         """Where the data is now; None if that cannot be known (then nothing is kept)."""
@@ -139,10 +146,20 @@ async def _visibility(datasette, actor: dict | None, path: str) -> tuple:
 
 async def serve(cache: ResponseCache, key: tuple, version: tuple, app, scope, receive, send):
     """Answer from the cache, or let Datasette answer and keep what it said."""
+    making = cache.making.get(key)
+    if making is not None:
+        # The same answer is being made for another reader: wait for it rather than make it
+        # twice (and, under load, every reader of a popular page at once).
+        try:
+            await asyncio.wait_for(making.wait(), COALESCE_WAIT)
+        except asyncio.TimeoutError:
+            pass
     found = cache.get(key, version)
     if found is not None:
         cache.hits += 1
         start, body = found
+        # Says so, for whoever measures or wonders why a page came back so fast.
+        start = {**start, "headers": [*start.get("headers", []), (b"x-pdsync-cache", b"hit")]}
         await send(start)
         await send({"type": "http.response.body", "body": body})
         return
@@ -166,7 +183,13 @@ async def serve(cache: ResponseCache, key: tuple, version: tuple, app, scope, re
                 cache.put(key, version, dict(start), b"".join(chunks))
         await send(message)
 
-    await app(scope, receive, keeping_send)
+    done = cache.making.setdefault(key, asyncio.Event())
+    try:
+        await app(scope, receive, keeping_send)
+    finally:
+        if cache.making.get(key) is done:
+            del cache.making[key]
+        done.set()
 
 
 def wrap(datasette, app):
