@@ -1,10 +1,10 @@
 """Answers kept until the database changes, so a page many readers ask for is made once.
 
-Why: at 100k deals a canned query or a JSON table page costs Datasette 5-20 ms of work and an
-HTML table page 100-170 ms, most of it Python on the one event loop; on two cores that is
-about 60 answers a second, and 32 readers refreshing dashboards wait on each other for
-seconds. The data only changes when a sync commits, so an answer made once is good until
-then.
+Why: at 100k deals a canned query costs Datasette 5-130 ms, a JSON table page 65-100 ms and
+an HTML table page 230-400 ms, much of it Python on the one event loop; on two cores that was
+about 20 answers a second, and 32 readers refreshing dashboards waited on each other for
+seconds (docs/benchmarks.md, section 9). The data only changes when a sync commits, so an
+answer made once is good until then.
 
 An answer is served again only if it is exactly what Datasette would say now:
 
