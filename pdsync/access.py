@@ -29,6 +29,9 @@ SUFFIX = ".secrets.json"
 TOKEN_PREFIX = "pdsync_"
 # What `--can` grants: "sync" presses Sync now, "sql" runs arbitrary SQL.
 ABILITIES = ("sync", "sql")
+# How long a sign-in lasts, from the moment of signing in (not extended by use): a month, so
+# people sign in about once a month, and a lost laptop's cookie stops within one.
+SESSION_SECONDS = 30 * 86400
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 
 
@@ -169,7 +172,8 @@ def user_actor(data: dict, name: str, password: str) -> dict | None:
     except (AssertionError, ValueError):  # a hash edited by hand into nonsense
         right = False
     if right and user:
-        return {"id": name, "pdsync": "user", "session": user.get("session")}
+        # "since": when they signed in, for the session's end (see still_valid).
+        return {"id": name, "pdsync": "user", "session": user.get("session"), "since": int(_now())}
     return None
 
 
@@ -244,12 +248,21 @@ def abilities(data: dict, actor: dict | None) -> list[str]:
     return list((entry or {}).get("can", []))
 
 
-def still_valid(data: dict, actor: dict | None) -> bool:
-    """False for a signed-in user since removed, or added again with a new password: their
-    cookie would outlive them otherwise."""
+def still_valid(data: dict, actor: dict | None, session_seconds: float = SESSION_SECONDS) -> bool:
+    """False for a signed-in user since removed, or added again with a new password (their
+    cookie would outlive them otherwise), or who signed in more than ``session_seconds`` ago.
+
+    The end is checked here, not only by the cookie's own expiry: a shorter setting ends
+    older sessions at once, and a cookie from before sessions ended (no "since") is over."""
     if actor and actor.get("pdsync") == "user":
         user = data.get("users", {}).get(actor.get("id"))
-        return user is not None and user.get("session") == actor.get("session")
+        since = actor.get("since")
+        return (
+            user is not None
+            and user.get("session") == actor.get("session")
+            and isinstance(since, (int, float))
+            and since <= _now() < since + session_seconds
+        )
     return True
 
 
@@ -273,6 +286,11 @@ class Cached:
             self._data = load(self.path) if key else {}
             self._key = key
         return self._data
+
+    @property
+    def version(self) -> tuple | None:
+        """Which file ``data()`` last read (inode, size, mtime): it changes with the file."""
+        return self._key
 
 
 def _now() -> float:

@@ -245,6 +245,13 @@ ROOT_OPTION = click.option(
 @click.option(
     "--private", is_flag=True, help="Require sign-in on loopback too (behind a reverse proxy)"
 )
+@click.option(
+    "--session-length",
+    metavar="INTERVAL",
+    default="30d",
+    show_default=True,
+    help="How long a sign-in lasts (e.g. 12h, 7d); removing a user ends theirs at once",
+)
 @CONFIG_DIR_OPTION
 def serve(
     db_path: str,
@@ -253,6 +260,7 @@ def serve(
     root: bool,
     public: bool,
     private: bool,
+    session_length: str,
     config_dir: str | None,
 ) -> None:
     """Explore DB_PATH in Datasette, with pdsync's canned queries, labels and plugins.
@@ -263,6 +271,10 @@ def serve(
         mode = serving_mode(host, public, private)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    try:
+        timestamps.parse_interval(session_length, None)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--session-length") from None
     try:
         check_database(db_path)
         upgrades = pending_upgrades(db_path)
@@ -287,7 +299,7 @@ def serve(
         raise click.ClickException(str(exc)) from None
     click.echo(f"Serving {db_path} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
     click.echo(_mode_line(mode, db_path, secrets), err=True)
-    serve_database(db_path, host, port, root, mode, secrets_file)
+    serve_database(db_path, host, port, root, mode, secrets_file, session_length)
 
 
 def _mode_line(mode: str, db_path: str, secrets: dict) -> str:

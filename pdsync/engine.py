@@ -31,6 +31,7 @@ from .records import BadRecord, CustomFieldMap, assign_column_names, to_row
 from .results import EntityResult, ProgressCallback, ProgressEvent, SyncResult
 from .schema import index_steps, prepare
 from .store import Store
+from .transaction import write_transaction
 
 log = logging.getLogger("pdsync")
 
@@ -214,7 +215,7 @@ class Sync:
         }
         if entity.status == "success":
             values["last_success_time"] = self._started_at
-        with self.db.atomic():
+        with write_transaction(self.db):
             counted = self._count_spend(spec)
             self.store.update_metadata(spec.name, **values)
         self._spend_counted[spec.name] = counted

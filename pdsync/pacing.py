@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 import sqlite_utils
 
+from .transaction import write_transaction
+
 BATCH = 0.1  # a commit takes in further index builds for this many seconds
 GAP = 0.05  # seconds between schema-changing commits
 
@@ -33,11 +35,11 @@ class SchemaPacer:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """``db.atomic()``. If it changed the schema, it commits no sooner than ``GAP`` after
+        """``write_transaction``. If it changed the schema, it commits no sooner than ``GAP`` after
         the last schema change: an index build that took that long waits for nothing."""
         before = self.version()
         changed = False
-        with self.db.atomic():
+        with write_transaction(self.db):
             yield
             if self.version() != before:
                 changed = True

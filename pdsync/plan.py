@@ -12,6 +12,7 @@ from . import paced, timestamps
 from .client import token_cost
 from .entities import EntitySpec
 from .store import Store
+from .transaction import write_transaction
 
 log = logging.getLogger("pdsync")
 
@@ -114,7 +115,7 @@ def begin_entity(db: sqlite_utils.Database, store: Store, spec: EntitySpec, full
         or (has_rows and no_watermark)
         or (has_rows and stale_deals)
     )
-    with db.atomic():
+    with write_transaction(db):
         if full_pass and (full or bad_watermark or not meta.get("full_pending")):
             # A new full pass refetches from the beginning; a pending one resumes.
             store.clear_watermarks(spec.name)

@@ -23,6 +23,7 @@ from .conversions import ensure_conversion_triggers
 from .entities import EntitySpec
 from .timestamps import normalize
 from .totals import ensure_totals
+from .transaction import write_transaction
 from .views import ensure_fts, ensure_views, has_rows
 
 migrations = Migrations("pdsync")
@@ -278,6 +279,9 @@ def prepare(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     # power cut can lose the last commits (never corrupt the file), which the next run
     # fetches again. FULL would fsync on every page.
     db.execute("pragma synchronous = normal")
+    # Wait up to 5 s for the write lock rather than fail: Litestream, when it replicates the
+    # file, takes it briefly to checkpoint (its documented requirement; Python's default too).
+    db.execute("pragma busy_timeout = 5000")
     # Checkpoint every ~32 MB rather than every 4 MB: each checkpoint costs two fsyncs, which
     # on a virtual disk took longer than writing the pages. The WAL is kept at that size.
     db.execute("pragma wal_autocheckpoint = 8192")
@@ -287,7 +291,7 @@ def prepare(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     db.execute("pragma cache_size = -16000")
     # One commit, so one schema change for readers of a database served before its first
     # sync (see pacing.GAP), and a new database appears whole or not at all.
-    with db.atomic():
+    with write_transaction(db):
         migrations.apply(db)
         ensure_entity_tables(db, entities)
         ensure_views(db)

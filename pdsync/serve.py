@@ -129,6 +129,7 @@ def serve(
     root: bool = False,
     mode: str = "local",
     secrets_file: str | os.PathLike | None = None,
+    session_length: str | None = None,
 ) -> None:
     """Run Datasette in this process until interrupted (a CLI helper: it blocks).
 
@@ -136,9 +137,11 @@ def serve(
     secret through ``DATASETTE_SECRET``: none of it shows in ``ps``, ``/-/metadata.json`` or
     ``/-/settings.json``."""
     from .datasette_plugin import run_datasette
-    from .datasette_plugin.access import MODE_ENV, SECRETS_ENV
+    from .datasette_plugin.access import MODE_ENV, SECRETS_ENV, SESSION_ENV
 
     os.environ[MODE_ENV] = mode
+    if session_length:
+        os.environ[SESSION_ENV] = session_length
     if secrets_file:
         os.environ[SECRETS_ENV] = str(secrets_file)
         os.environ["DATASETTE_SECRET"] = access.cookie_secret(Path(secrets_file))

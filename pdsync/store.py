@@ -19,12 +19,13 @@ from .entities import Children, EntitySpec, Row
 from .schema import add_columns
 from .timestamps import FUTURE_TOLERANCE
 from .timestamps import now as utc_now
+from .transaction import write_transaction
 
 _SQL_TYPES = {int: "INTEGER", float: "FLOAT", str: "TEXT", bytes: "BLOB"}
 
 
 class Store:
-    """The single writer. Callers group calls in ``with db.atomic():``."""
+    """The single writer. Callers group calls in ``with write_transaction(db):``."""
 
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
@@ -224,7 +225,7 @@ class Store:
         )
 
     def close_interrupted_runs(self) -> None:
-        with self.db.atomic():
+        with write_transaction(self.db):
             self.db.execute("update sync_runs set status = 'interrupted' where status = 'running'")
             self.db.execute(
                 "update sync_metadata set status = 'failed', error_message = "
@@ -252,7 +253,7 @@ class Store:
         # secure_delete zeroes the old text in the page, and the checkpoint empties the WAL
         # that still holds the page as it was: nothing of the secret is left on disk.
         self.db.execute("pragma secure_delete = on")
-        with self.db.atomic():
+        with write_transaction(self.db):
             for table, key, column, key_value, clean in changed:
                 self.db.execute(
                     f"update [{table}] set [{column}] = ? where [{key}] = ?", [clean, key_value]

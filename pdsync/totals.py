@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import sqlite_utils
 
 from .entities import open_deal
+from .transaction import write_transaction
 from .views import has_rows
 
 # Declared foreign keys let Datasette show names for the ids.
@@ -124,7 +125,7 @@ def ensure_totals(db: sqlite_utils.Database, table: str) -> None:
     tables_ok = all(existing.get(n) == wanted[n] for t in TOTALS for n in t.create_sql())
     if tables_ok and not filled:
         return  # still empty: armed after its first load
-    with db.atomic():
+    with write_transaction(db):
         for name in TRIGGERS:
             db.execute(f"drop trigger if exists [{name}]")
         for totals in TOTALS:

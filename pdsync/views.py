@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlite_utils
 
+from .transaction import write_transaction
+
 VIEWS = {
     # One row per deal with the names people look for, and the ages canned queries use.
     "deal_details": """
@@ -119,7 +121,7 @@ def ensure_views(db: sqlite_utils.Database) -> None:
         wanted = f"CREATE VIEW [{name}] AS {sql.strip()}"
         if existing and existing[0] == wanted:
             continue
-        with db.atomic():
+        with write_transaction(db):
             db.execute(f"drop view if exists [{name}]")
             db.execute(wanted)
 
@@ -153,7 +155,7 @@ def ensure_fts(db: sqlite_utils.Database, table: str) -> None:
     insert = f"insert into [{fts}] (rowid, {quoted}) values (new.rowid, {new});"
     delete = f"insert into [{fts}] ([{fts}], rowid, {quoted}) values ('delete', old.rowid, {old});"
     ai, ad, au = _fts_triggers(table)
-    with db.atomic():
+    with write_transaction(db):
         db.execute(f"insert into [{fts}] ([{fts}]) values ('rebuild')")
         for name in (ai, ad, au):
             db.execute(f"drop trigger if exists [{name}]")

@@ -3,6 +3,7 @@ of pdsync's own code (so a bug there cannot hide behind the same bug here)."""
 
 import json
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -221,6 +222,12 @@ def custom_field_problems(db, fake):
                 ):
                     problems.append(f"deal {deal['id']} {column}: got {got!r}")
     return problems
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for_server(base: str, tries: int = 100) -> None:

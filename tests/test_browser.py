@@ -7,7 +7,6 @@ purpose, rather than skip. Screenshots go to a temporary directory (or $PDSYNC_S
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import sqlite_utils
 import yaml
-from helpers import FAST_CLIENT, PLUGINS_DIR, wait_for_server
+from helpers import FAST_CLIENT, PLUGINS_DIR, free_port, wait_for_server
 
 import pdsync
 from pdsync.fake import FakePipedrive, FakeServer
@@ -39,12 +38,6 @@ OPEN_DEALS = (
     "from deal_details where status = 'open' and coalesce(is_archived, 0) = 0"
     " and coalesce(is_deleted, 0) = 0"
 )
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

