@@ -161,3 +161,25 @@ def test_readers_asking_at_once_wait_for_one_answer(private):
         assert cache.misses == misses + 1  # made once, the three others waited for it
 
     asyncio.run(check())
+
+
+def test_answers_that_read_the_reader_are_never_shared(private):
+    """A canned query a team adds with a magic parameter (:_actor_id) answers differently per
+    reader, with the same permissions: its answers are not kept."""
+    ds, db, token = private
+    first = make_token(db, "analyst")
+    second = make_token(db, "auditor")
+    queries = ds._metadata_local.setdefault("databases", {}).setdefault("acme", {})
+    queries.setdefault("queries", {})["whoami"] = {"sql": "select :_actor_id as who"}
+
+    async def check():
+        cache = await started(ds)
+        url = "/acme/whoami.json?_shape=array"
+        hits = cache.hits
+        mine = await ds.client.get(url, headers={"authorization": f"Bearer {first}"})
+        theirs = await ds.client.get(url, headers={"authorization": f"Bearer {second}"})
+        assert mine.status_code == theirs.status_code == 200
+        assert mine.json() != theirs.json()
+        assert cache.hits == hits
+
+    asyncio.run(check())

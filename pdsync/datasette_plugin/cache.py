@@ -31,9 +31,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sqlite3
 import time
 from collections import OrderedDict
+from urllib.parse import parse_qs
 
 from datasette.utils import tilde_decode
 
@@ -102,6 +104,8 @@ class ResponseCache:
 
 
 DATA_FORMATS = (".json", ".csv")
+# Datasette's magic parameters (and any a plugin registers) start with an underscore.
+MAGIC = re.compile(r":_\w")
 
 
 async def key_for(datasette, scope: dict, actor: dict | None) -> tuple | None:
@@ -119,8 +123,14 @@ async def key_for(datasette, scope: dict, actor: dict | None) -> tuple | None:
     headers = dict(scope.get("headers") or [])
     asked = (scope.get("path"), query, headers.get(b"accept"))
     if path.endswith(DATA_FORMATS) and b"_format" not in query:
-        # Data names no one: readers who may see the same things share the answer.
-        return ("data", await _visibility(datasette, actor, path), *asked)
+        # Data names no one: readers who may see the same things share the answer...
+        visibility = await _visibility(datasette, actor, path)
+        sql = parse_qs(query.decode("latin-1")).get("sql", [""])[0] + visibility[-1]
+        if MAGIC.search(sql):
+            # ...unless its SQL reads the reader or the request (:_actor_id, :_cookie_x,
+            # :_now_epoch...): a query a user adds to metadata.yml may.
+            return None
+        return ("data", visibility, *asked)
     # A page names its reader, and embeds the cookie's CSRF token: theirs alone.
     who = json.dumps(actor, sort_keys=True, default=str) if actor else None
     return ("page", who, headers.get(b"cookie"), *asked)
