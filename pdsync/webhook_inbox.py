@@ -107,8 +107,11 @@ class Inbox:
         """Store one delivery, committed before this returns."""
         self.add_many([(body, meta, state, note)])
 
-    def add_many(self, items: list[tuple[bytes, dict, str, str | None]]) -> None:
-        """Store deliveries in one commit (one fsync), committed before this returns."""
+    def add_many(
+        self, items: list[tuple[bytes, dict, str, str | None]], refused: tuple[str, ...] = ()
+    ) -> None:
+        """Store deliveries, and count refused ones by reason, in one commit (one fsync),
+        committed before this returns."""
         now = timestamps.now()
         conn = self.conn()
         with conn:
@@ -131,13 +134,15 @@ class Inbox:
                     for body, meta, state, note in items
                 ],
             )
+            conn.executemany(
+                "insert into refused (reason, count, last_at) values (?, 1, ?)"
+                " on conflict (reason) do update set count = count + 1,"
+                " last_at = excluded.last_at",
+                [(reason, now) for reason in refused],
+            )
 
     def refuse(self, reason: str) -> None:
-        self.conn().execute(
-            "insert into refused (reason, count, last_at) values (?, 1, ?) on conflict (reason)"
-            " do update set count = count + 1, last_at = excluded.last_at",
-            [reason, timestamps.now()],
-        )
+        self.add_many([], (reason,))
 
     # -- the applier --------------------------------------------------------------------------
 
@@ -272,6 +277,11 @@ class GroupCommit:
         self._queue.put(((body, meta, state, note), done))
         return done
 
+    def refuse(self, reason: str) -> None:
+        """Count a refused delivery with the next commit; nobody waits for it (a flood of
+        wrong credentials costs one fsync per batch, not one each)."""
+        self._queue.put((reason, None))
+
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
@@ -280,13 +290,15 @@ class GroupCommit:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            deliveries = [(item, done) for item, done in batch if done is not None]
+            refused = tuple(item for item, done in batch if done is None)
             try:
-                self.inbox.add_many([item for item, _ in batch])
+                self.inbox.add_many([item for item, _ in deliveries], refused)
             except Exception as exc:  # each waiting request answers 503; Pipedrive retries
-                for _, done in batch:
+                for _, done in deliveries:
                     done.set_exception(exc)
             else:
-                for _, done in batch:
+                for _, done in deliveries:
                     done.set_result(None)
 
 

@@ -179,7 +179,6 @@ async def asgi(datasette, scope, receive_message, send) -> None:
 async def _receive(request, db) -> Response:
     try:
         committer = committer_for(db.path)
-        inbox = committer.inbox
     except Exception as exc:  # a read-only directory, a full disk
         log.error("webhook inbox for %s cannot be opened: %s", db.name, exc)
         return _one_line(503, "cannot store deliveries here; see the server's log")
@@ -191,20 +190,20 @@ async def _receive(request, db) -> Response:
         data = {}
     if given is None or not webhook_setup.check_credentials(data, *given):
         reason = "no credentials" if given is None else "wrong credentials"
-        await asyncio.to_thread(inbox.refuse, reason)
+        committer.refuse(reason)
         return _one_line(401, reason, **{"www-authenticate": 'Basic realm="pdsync webhooks"'})
     body = await _read_body(request, MAX_BODY)
     if body is None:
-        await asyncio.to_thread(inbox.refuse, "too large")
+        committer.refuse("too large")
         return _one_line(413, f"a delivery is at most {MAX_BODY} bytes")
     try:
         delivery = json.loads(body)
     except ValueError as exc:
-        await asyncio.to_thread(inbox.refuse, "malformed JSON")
+        committer.refuse("malformed JSON")
         return _one_line(400, f"malformed JSON: {exc}")
     meta = delivery.get("meta") if isinstance(delivery, dict) else None
     if not isinstance(meta, dict):
-        await asyncio.to_thread(inbox.refuse, "no meta object")
+        committer.refuse("no meta object")
         return _one_line(400, "not a webhooks v2 delivery: no meta object")
     if meta.get("entity") not in ENTITIES:
         # Acknowledged, so that Pipedrive never bans the hook over an object pdsync ignores.
