@@ -39,8 +39,7 @@ class _Commands(click.Group):
         return super().list_commands(ctx)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands:
-            self._add_plugin_commands()
+        self._add_plugin_commands()  # a plugin may replace a command, as it always could
         return super().get_command(ctx, cmd_name)
 
 
