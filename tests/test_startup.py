@@ -10,34 +10,20 @@ import sys
 
 import pytest
 
-# What `pdsync --help` must not load: the read side, the fake, the HTTP client, SQLite
-# layers, the plugin machinery and what hashing secrets takes.
-NOT_FOR_HELP = (
+# What neither `pdsync --help` nor a sync uses: the read side, the fake, hashing secrets.
+READ_SIDE = (
     "datasette",
     "datasette_auth_passwords",
     "pdsync.fake",
     "pdsync.datasette_plugin",
     "pdsync.access",
     "pdsync.serve",
-    "httpx",
-    "sqlite_utils",
-    "sqlite3",
-    "pluggy",
     "yaml",
-    "importlib.metadata",
+    "importlib.metadata",  # the plugin scan, with no plugin installed
 )
-# What a sync never uses.
-NOT_FOR_SYNC = (
-    "datasette",
-    "datasette_auth_passwords",
-    "pdsync.fake",
-    "pdsync.datasette_plugin",
-    "pdsync.access",
-    "pdsync.serve",
-    "pdsync.queries",
-    "yaml",
-    "importlib.metadata",
-)
+# `pdsync --help` loads no HTTP client, SQLite layer or plugin machinery either.
+NOT_FOR_HELP = (*READ_SIDE, "httpx", "sqlite_utils", "sqlite3", "pluggy")
+NOT_FOR_SYNC = (*READ_SIDE, "pdsync.queries")
 
 
 def loaded_after(code: str) -> set[str]:
