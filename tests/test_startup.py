@@ -73,6 +73,12 @@ def test_the_public_api_is_all_there():
         pdsync.no_such_name  # noqa: B018
 
 
+def test_submodules_still_load_as_attributes():
+    # `import pdsync` once loaded pdsync.client and others; code reaching them so still works.
+    code = "import pdsync\nassert pdsync.client.PipedriveClient and pdsync.schema.prepare"
+    assert "pdsync.client" in loaded_after(code)
+
+
 def test_constants_the_cli_repeats_match_their_owners():
     from pdsync import access, cli, cli_team, serve
 
