@@ -148,7 +148,7 @@ def test_serve_warns_about_a_database_an_older_pdsync_made(synced, tmp_path, mon
 
     served = []
     # `pdsync serve` imports pdsync.serve when it runs (see cli.py): replace it there.
-    monkeypatch.setattr(serve, "serve", lambda path, *args: served.append(path))
+    monkeypatch.setattr(serve, "serve", lambda path, *args, **kwargs: served.append(path))
     current = CliRunner().invoke(cli.cli, ["serve", str(synced)])
     assert current.exit_code == 0 and "older pdsync" not in current.stderr
     old = tmp_path / "old.db"
