@@ -23,8 +23,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from datasette_auth_passwords.utils import hash_password, verify_password
-
 SUFFIX = ".secrets.json"
 TOKEN_PREFIX = "pdsync_"
 # What `--can` grants: "sync" presses Sync now, "sql" runs arbitrary SQL.
@@ -134,7 +132,7 @@ def add_user(path: Path, name: str, password: str, can=()) -> None:
     if not password:
         raise SecretsError("the password is empty")
     can = _abilities(can)
-    password_hash = hash_password(password)  # slow on purpose: outside the lock
+    password_hash = _passwords().hash_password(password)  # slow on purpose: outside the lock
     with _editing(path) as data:
         users = data.setdefault("users", {})
         if name in users:
@@ -168,7 +166,7 @@ def user_actor(data: dict, name: str, password: str) -> dict | None:
     # A missing user still costs a hash, so timing does not tell which names exist.
     password_hash = user["password_hash"] if user else _dummy_hash()
     try:
-        right = verify_password(password, password_hash)
+        right = _passwords().verify_password(password, password_hash)
     except (AssertionError, ValueError):  # a hash edited by hand into nonsense
         right = False
     if right and user:
@@ -179,7 +177,15 @@ def user_actor(data: dict, name: str, password: str) -> dict | None:
 
 @functools.cache
 def _dummy_hash() -> str:
-    return hash_password(secrets.token_hex(8))
+    return _passwords().hash_password(secrets.token_hex(8))
+
+
+def _passwords():
+    """datasette-auth-passwords' PBKDF2 functions. Imported when a password is hashed or
+    checked: the package imports Datasette, which `pdsync user list` and a sync never need."""
+    from datasette_auth_passwords import utils
+
+    return utils
 
 
 # -- tokens ------------------------------------------------------------------------------

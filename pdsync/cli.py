@@ -3,44 +3,62 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
-import os
-import random
-import signal
-import sqlite3
 import sys
-import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import click
-import sqlite_utils
 
-from . import access, api, plugins, timestamps
-from . import cli_text as say
-from .auth import ConfigError, save_auth
-from .backfill import progress as history_progress
-from .budget import token_usage
+from . import __version__
 from .cli_team import AUTH_OPTION, CONFIG_DIR_OPTION, token, user
-from .cli_webhooks import register_demo, webhooks
-from .client import AuthError, ConnectionFailed, PipedriveError
-from .engine import SyncResult, selected_entities
-from .lock import LockHeld
-from .schema import (
-    ForeignDatabase,
-    check_database,
-    connect_read_only,
-    is_pdsync,
-    pending_upgrades,
-)
-from .serve import DEFAULT_PORT, is_loopback, needs_immutable, prepare_access, serving_mode
-from .serve import serve as serve_database
+from .cli_webhooks import webhooks
+
+# Every command imports what it uses when it runs: `pdsync --help` and a sync that finds
+# nothing new start in a fraction of the time importing Datasette, httpx and sqlite-utils for
+# every command took (tests/test_startup.py keeps it so; benchmarks/startup_bench.py times it).
+DEFAULT_PORT = 8001  # serve.DEFAULT_PORT (tests/test_startup.py checks), serve not imported
 
 
-@click.group()
-@click.version_option(api.__version__, prog_name="pdsync")
+class _Commands(click.Group):
+    """pdsync's commands, and those plugins add (``pdsync_register_commands``), registered
+    the first time a command is looked up rather than when this module is imported."""
+
+    _plugins_added = False
+
+    def _add_plugin_commands(self) -> None:
+        if self._plugins_added:
+            return
+        self._plugins_added = True
+        from .entrypoints import may_have_plugins
+
+        if may_have_plugins("pdsync") or "pdsync.plugins" in sys.modules:
+            from . import plugins
+
+            plugins.pm.hook.pdsync_register_commands(cli=self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._add_plugin_commands()  # a plugin may replace a command, as it always could
+        return super().get_command(ctx, cmd_name)
+
+
+class _EntitiesOption(click.Option):
+    """--only, whose help names every entity: read from the specs (plugins' included) only
+    when the help is shown."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from . import plugins
+
+        names = ", ".join(spec.name for spec in plugins.entities())
+        self.help = f"Sync only this entity (repeatable, or comma-separated): {names}"
+        return super().get_help_record(ctx)
+
+
+
+@click.group(cls=_Commands)
+@click.version_option(__version__, prog_name="pdsync")
 def cli() -> None:
     """Keep a Pipedrive CRM account in a local SQLite database, and explore it with Datasette."""
 
@@ -52,6 +70,8 @@ def auth(auth_path: str) -> None:
 
     Find the token in Pipedrive under Settings > Personal preferences > API.
     """
+    from .auth import ConfigError, save_auth
+
     token = click.prompt("Pipedrive API token", hide_input=True).strip()
     domain = click.prompt(
         "Company domain (the COMPANY in COMPANY.pipedrive.com, optional)",
@@ -70,13 +90,7 @@ def auth(auth_path: str) -> None:
 @cli.command()
 @click.argument("db_path", type=click.Path(dir_okay=False))
 @click.option("--full", is_flag=True, help="Refetch everything and flag rows gone upstream")
-@click.option(
-    "--only",
-    multiple=True,
-    metavar="ENTITY",
-    help="Sync only this entity (repeatable, or comma-separated): "
-    + ", ".join(spec.name for spec in plugins.entities()),
-)
+@click.option("--only", multiple=True, metavar="ENTITY", cls=_EntitiesOption)
 @click.option("--base-url", help="Pipedrive base URL, e.g. https://COMPANY.pipedrive.com")
 @AUTH_OPTION
 @click.option("--every", metavar="INTERVAL", help="Keep syncing at this interval: 90s, 30m, 1h")
@@ -116,6 +130,12 @@ def sync(
     PIPEDRIVE_BASE_URL, the company domain in the auth file, or https://api.pipedrive.com.
     Exits non-zero when any entity failed.
     """
+    import signal
+
+    from . import api
+    from . import cli_text as say
+    from .plugins import selected_entities
+
     names = [name.strip() for value in only for name in value.split(",") if name.strip()]
     try:
         selected_entities(names)
@@ -126,7 +146,7 @@ def sync(
     show_progress = not quiet and sys.stderr.isatty()
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
-    def once(full_pass: bool) -> SyncResult:
+    def once(full_pass: bool):
         reporter = say.ProgressLine() if show_progress else None
         try:
             result = api.sync(
@@ -159,6 +179,14 @@ def sync(
 @contextlib.contextmanager
 def _one_line_errors(db_path: str) -> Iterator[None]:
     """What can stop a sync, as one line and an exit status: never a traceback."""
+    import sqlite3
+
+    from . import cli_text as say
+    from .auth import ConfigError
+    from .errors import AuthError, ConnectionFailed, PipedriveError
+    from .lock import LockHeld
+    from .schema import ForeignDatabase
+
     try:
         yield
     except KeyboardInterrupt:
@@ -185,7 +213,18 @@ def _one_line_errors(db_path: str) -> Iterator[None]:
 def status(db_path: str, as_json: bool, budget: int | None) -> None:
     """Show when each entity was last synced, how it went and how long it took, and the
     day's Pipedrive tokens: spent today, projected for a day of this schedule, and budget."""
-    if not Path(db_path).exists():
+    import json
+    import os
+    import sqlite3
+
+    import sqlite_utils
+
+    from . import cli_text as say
+    from .backfill import progress as history_progress
+    from .budget import token_usage
+    from .schema import connect_read_only, is_pdsync
+
+    if not os.path.exists(db_path):
         raise click.ClickException(f"{db_path} does not exist; run `pdsync sync {db_path}` first")
     try:
         db = sqlite_utils.Database(connect_read_only(db_path))
@@ -267,6 +306,14 @@ def serve(
 
     Bound to anything but loopback it shows nothing until you sign in (see `pdsync user`
     and `pdsync token`), unless --public."""
+    import sqlite3
+
+    from . import access, timestamps
+    from . import cli_text as say
+    from .schema import check_database, pending_upgrades
+    from .serve import needs_immutable, prepare_access, serving_mode
+    from .serve import serve as serve_database
+
     try:
         mode = serving_mode(host, public, private)
     except ValueError as exc:
@@ -333,6 +380,17 @@ def demo(db_path: str, deals: int, seed: int, no_serve: bool, host: str, port: i
     a webhook, so the pages change by themselves; the printed root link signs you in to
     press "Sync now" on the status page (/-/pdsync).
     """
+    import os
+    import sqlite3
+    import threading
+
+    from . import api
+    from . import cli_text as say
+    from .cli_webhooks import register_demo
+    from .lock import LockHeld
+    from .serve import is_loopback
+    from .serve import serve as serve_database
+
     if not no_serve and not is_loopback(host):
         # The demo signs you in as root and lets anyone run SQL: a loopback address only.
         raise click.BadParameter(
@@ -379,6 +437,9 @@ def demo(db_path: str, deals: int, seed: int, no_serve: bool, host: str, port: i
 
 def _keep_changing(fake) -> None:
     """Make the demo company live: a few upstream changes a minute for Sync now to find."""
+    import random
+    import time
+
     rng = random.Random()
     while True:
         time.sleep(20)
@@ -392,6 +453,8 @@ def _keep_changing(fake) -> None:
 
 
 def _configure_logging(verbose: bool) -> None:
+    import logging
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger("pdsync")
@@ -401,6 +464,15 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _every(once, full: bool, interval: float) -> None:
+    import random
+    import sqlite3
+    import time
+
+    from . import cli_text as say
+    from . import timestamps
+    from .auth import ConfigError
+    from .errors import AuthError, ConnectionFailed, PipedriveError
+
     failures = 0
     while True:
         started = time.monotonic()
@@ -428,6 +500,8 @@ def _every(once, full: bool, interval: float) -> None:
 
 
 def _parse_interval(text: str) -> float:
+    from . import timestamps
+
     try:
         return timestamps.parse_interval(text)
     except ValueError as exc:
@@ -441,4 +515,3 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 cli.add_command(user)
 cli.add_command(token)
 cli.add_command(webhooks)
-plugins.pm.hook.pdsync_register_commands(cli=cli)

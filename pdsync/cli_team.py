@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import click
 
-from . import access, timestamps
+from . import timestamps
 
 AUTH_OPTION = click.option(
     "-a",
@@ -31,9 +31,12 @@ CONFIG_DIR_OPTION = click.option(
 )
 
 
+# access.ABILITIES (tests/test_startup.py checks): pdsync.access is imported by the commands
+# that use it, so that `pdsync --help` need not load what hashing secrets takes.
+ABILITIES = ("sync", "sql")
 CAN_OPTION = click.option(
     "--can",
-    type=click.Choice(access.ABILITIES),
+    type=click.Choice(ABILITIES),
     multiple=True,
     help="Also allow: sync (press Sync now), sql (run arbitrary SQL)",
 )
@@ -51,6 +54,8 @@ def user() -> None:
 @CONFIG_DIR_OPTION
 def user_add(db_path: str, name: str, can: tuple[str, ...], config_dir: str | None) -> None:
     """Add NAME; the password comes from the prompt, or the first line of stdin."""
+    from . import access
+
     path = access.secrets_path(db_path, config_dir)
     with _secrets_errors():
         access.check_name(name)
@@ -69,6 +74,8 @@ def user_add(db_path: str, name: str, can: tuple[str, ...], config_dir: str | No
 @CONFIG_DIR_OPTION
 def user_list(db_path: str, config_dir: str | None) -> None:
     """The people who can sign in, and what else they may do."""
+    from . import access
+
     with _secrets_errors():
         for entry in access.users(access.secrets_path(db_path, config_dir)):
             click.echo(f"{entry['name']}\t{','.join(entry['can']) or 'read'}")
@@ -80,6 +87,8 @@ def user_list(db_path: str, config_dir: str | None) -> None:
 @CONFIG_DIR_OPTION
 def user_remove(db_path: str, name: str, config_dir: str | None) -> None:
     """Remove NAME: their sign-in stops working at once, even in a running server."""
+    from . import access
+
     with _secrets_errors():
         access.remove_user(access.secrets_path(db_path, config_dir), name)
     click.echo(f"Removed {name}", err=True)
@@ -100,6 +109,8 @@ def token_create(
     db_path: str, name: str, expires_after: str | None, can: tuple[str, ...], config_dir: str | None
 ) -> None:
     """Print a new token named NAME. It is shown once: only its hash is kept."""
+    from . import access
+
     try:
         seconds = timestamps.parse_interval(expires_after, None) if expires_after else None
     except ValueError as exc:
@@ -114,6 +125,8 @@ def token_create(
 @CONFIG_DIR_OPTION
 def token_list(db_path: str, config_dir: str | None) -> None:
     """Token names, what they may do and when they expire (never the tokens)."""
+    from . import access
+
     with _secrets_errors():
         for entry in access.tokens(access.secrets_path(db_path, config_dir)):
             expires = entry["expires"]
@@ -129,6 +142,8 @@ def token_list(db_path: str, config_dir: str | None) -> None:
 @CONFIG_DIR_OPTION
 def token_revoke(db_path: str, name: str, config_dir: str | None) -> None:
     """Revoke the token NAME: it stops working at once, even in a running server."""
+    from . import access
+
     with _secrets_errors():
         access.revoke_token(access.secrets_path(db_path, config_dir), name)
     click.echo(f"Revoked {name}", err=True)
@@ -137,6 +152,8 @@ def token_revoke(db_path: str, name: str, config_dir: str | None) -> None:
 @contextlib.contextmanager
 def _secrets_errors():
     """A SecretsError becomes one line and exit status 1."""
+    from . import access
+
     try:
         yield
     except access.SecretsError as exc:

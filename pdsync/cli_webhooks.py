@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import click
 
-from . import access, webhook_setup
-from .auth import ConfigError, resolve_base_url, resolve_token
 from .cli_team import AUTH_OPTION, CONFIG_DIR_OPTION
-from .errors import PipedriveError
+
+if TYPE_CHECKING:
+    from . import webhook_setup
+
+# Each command imports what it uses when it runs, like pdsync/cli.py: `pdsync --help` loads
+# neither httpx nor sqlite-utils (tests/test_startup.py).
 
 BASE_URL_OPTION = click.option(
     "--base-url", help="Pipedrive base URL, e.g. https://COMPANY.pipedrive.com"
@@ -29,6 +33,10 @@ def webhooks() -> None:
 
 @contextlib.contextmanager
 def _api(db_path: str, auth_path: str, base_url: str | None) -> Iterator[webhook_setup.Api]:
+    from . import access, webhook_setup
+    from .auth import ConfigError, resolve_base_url, resolve_token
+    from .errors import PipedriveError
+
     try:
         token = resolve_token(auth_path)
         url = resolve_base_url(base_url, auth_path)
@@ -66,6 +74,8 @@ def install(
 ) -> None:
     """Register webhooks v2 for every object DB_PATH syncs; running it again creates no
     duplicates."""
+    from . import access, webhook_setup
+
     if not public_url.startswith(("https://", "http://")):
         raise click.BadParameter("give a full URL, https://HOST", param_hint="--url")
     if public_url.startswith("http://") and "127.0.0.1" not in public_url:
@@ -101,6 +111,8 @@ def list_(
     config_dir: str | None,
 ) -> None:
     """What Pipedrive has, and whether it matches what pdsync needs."""
+    from . import access, webhook_setup
+
     secrets = access.secrets_path(db_path, config_dir)
     with _api(db_path, auth_path, base_url) as api:
         users = webhook_setup.known_users(secrets)
@@ -138,6 +150,8 @@ def list_(
 @CONFIG_DIR_OPTION
 def remove(db_path: str, base_url: str | None, auth_path: str, config_dir: str | None) -> None:
     """Delete pdsync's webhooks from Pipedrive and forget their credentials."""
+    from . import access, webhook_setup
+
     secrets = access.secrets_path(db_path, config_dir)
     with _api(db_path, auth_path, base_url) as api:
         removed = webhook_setup.remove(api, secrets)
@@ -149,6 +163,8 @@ def remove(db_path: str, base_url: str | None, auth_path: str, config_dir: str |
 def register_demo(token: str, fake_url: str, db_path: str, served_url: str) -> int:
     """`pdsync demo`: the fake Pipedrive pushes its changes to the served instance, so the
     page changes by itself. Returns how many webhooks were created."""
+    from . import access, webhook_setup
+
     api = webhook_setup.Api(token, fake_url)
     try:
         done = webhook_setup.install(

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import sqlite_utils
@@ -23,7 +23,7 @@ from .backfill import Backfill
 from .client import PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
 from .errors import AuthError, BudgetSpent, ConnectionFailed, PipedriveError
-from .fetch import Batch, ChildPage, child_pages, fetch, stream_pages
+from .fetch import Batch, ChildPage, Parents, child_pages, fetch, stream_pages
 from .history import Observer
 from .pacing import SchemaPacer
 from .plugins import selected_entities
@@ -88,7 +88,7 @@ class Sync:
         self._unkeyed: set[str] = set()  # entities a record without a usable id was refused of
         self._spend_counted: dict[str, tuple[int, int]] = {}  # (requests, tokens) in sync_tokens
         # Per (entity, stream) of a dependent entity: the parents to ask (entities.Children).
-        self._parents: dict[tuple[str, str], list[tuple[Any, str | None]]] = {}
+        self._parents: dict[tuple[str, str], Parents] = {}
         self._started_at = ""
         # Paced passes (paced.py): pages a run may read per stream, and where each resumes.
         self._paced: dict[str, int] = {}
@@ -533,7 +533,7 @@ class Sync:
                 if stream.children is None:
                     continue
                 parent = stream.children.parent
-                asked: list[tuple[Any, str | None]] = []
+                asked: Iterable[tuple[Any, str | None]] = ()
                 if parent in self._errors:
                     # Its parents may be half-written: ask next run, when they are whole.
                     self._errors.setdefault(
@@ -547,8 +547,8 @@ class Sync:
                     # second, keeping its update_time: remember no version for it, so the next
                     # run asks once more (one request per 100 such parents).
                     recent = plan.minus(self._started_at, plan.LOOKBACK) or ""
-                    asked = [(p, v if v and v < recent else None) for p, v in asked]
-                self._parents[(spec.name, stream.key)] = asked
+                    asked = ((p, v if v and v < recent else None) for p, v in asked)
+                self._parents[(spec.name, stream.key)] = Parents(asked)
 
     def _fail(self, spec: EntitySpec, exc: BaseException) -> None:
         message = self.client.redact.text(str(exc) or type(exc).__name__)

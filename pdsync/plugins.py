@@ -9,11 +9,12 @@ import pluggy
 
 from . import hookspecs
 from .entities import EntitySpec
+from .entrypoints import may_have_plugins
 
 pm = pluggy.PluginManager("pdsync")
 pm.add_hookspecs(hookspecs)
 
-if not getattr(sys, "_pdsync_test", False):
+if not getattr(sys, "_pdsync_test", False) and may_have_plugins("pdsync"):
     pm.load_setuptools_entrypoints("pdsync")
 
 

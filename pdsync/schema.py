@@ -245,17 +245,22 @@ def ensure_indexes(db: sqlite_utils.Database, spec: EntitySpec) -> None:
     """Create the read paths: indexes, full-text search and totals. An empty table gets them
     after its first load instead: building an index once is far cheaper than updating it per
     insert."""
+    existing = index_names(db, spec.name)  # every run gets here: asking is cheaper than making
     for columns in spec.indexes:
-        db[spec.name].create_index(columns, if_not_exists=True, find_unique_name=False)
+        if _index_name(spec, columns) not in existing:
+            db[spec.name].create_index(columns, if_not_exists=True, find_unique_name=False)
     for name, expression in spec.expression_indexes.items():
-        db.execute(
-            f"create index if not exists [idx_{spec.name}_{name}] on [{spec.name}] ({expression})"
-        )
+        if f"idx_{spec.name}_{name}" not in existing:
+            db.execute(
+                f"create index if not exists [idx_{spec.name}_{name}] on [{spec.name}]"
+                f" ({expression})"
+            )
     for name, (columns, where) in spec.partial_indexes.items():
-        db.execute(
-            f"create index if not exists [idx_{spec.name}_{name}] on [{spec.name}] ({columns})"
-            f" where {where}"
-        )
+        if f"idx_{spec.name}_{name}" not in existing:
+            db.execute(
+                f"create index if not exists [idx_{spec.name}_{name}] on [{spec.name}]"
+                f" ({columns}) where {where}"
+            )
     ensure_fts(db, spec.name)
     ensure_totals(db, spec.name)
 
@@ -411,15 +416,36 @@ def _read_only(path: str) -> Iterator[sqlite3.Connection]:
 
 
 def index_steps(db: sqlite_utils.Database, spec: EntitySpec) -> list[Callable[[], None]]:
-    """``ensure_indexes(db, spec)`` split into one step per index, then the rest (full-text)."""
+    """``ensure_indexes(db, spec)`` split into one step per missing index, then the rest
+    (full-text, totals)."""
+    existing = index_names(db, spec.name)
     bare = dataclasses.replace(spec, indexes=(), expression_indexes={}, partial_indexes={})
-    one = [dataclasses.replace(bare, indexes=(columns,)) for columns in spec.indexes]
+    one = [
+        dataclasses.replace(bare, indexes=(columns,))
+        for columns in spec.indexes
+        if _index_name(spec, columns) not in existing
+    ]
     one += [
         dataclasses.replace(bare, expression_indexes={name: expression})
         for name, expression in spec.expression_indexes.items()
+        if f"idx_{spec.name}_{name}" not in existing
     ]
     one += [
         dataclasses.replace(bare, partial_indexes={name: index})
         for name, index in spec.partial_indexes.items()
+        if f"idx_{spec.name}_{name}" not in existing
     ]
     return [functools.partial(ensure_indexes, db, part) for part in [*one, spec]]
+
+
+def index_names(db: sqlite_utils.Database, table: str) -> set[str]:
+    return {
+        r[0]
+        for r in db.execute(
+            "select name from sqlite_master where type = 'index' and tbl_name = ?", [table]
+        )
+    }
+
+
+def _index_name(spec: EntitySpec, columns: tuple[str, ...]) -> str:
+    return f"idx_{spec.name.replace(' ', '_')}_{'_'.join(columns)}"  # sqlite-utils' name

@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 from . import access
-from .schema import readable_only_as_snapshot
 
 DEFAULT_PORT = 8001
 _PACKAGE = Path(__file__).resolve().parent
@@ -48,6 +47,8 @@ def servable(db_path: str | os.PathLike) -> tuple[str, bool]:
 
 def needs_immutable(db_path: str | os.PathLike) -> bool:
     """True when the file can only be read as a snapshot (see ``servable``)."""
+    from .schema import readable_only_as_snapshot  # sqlite-utils: not for `pdsync --help`
+
     return readable_only_as_snapshot(str(db_path))
 
 

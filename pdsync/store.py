@@ -9,7 +9,7 @@ deals, which is what the 15,000 deals/s target needs. sqlite-utils still owns th
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from operator import itemgetter
 from typing import Any
 
@@ -122,7 +122,7 @@ class Store:
 
     def parents_to_ask(
         self, spec: EntitySpec, children: Children, full: bool
-    ) -> list[tuple[Any, str | None]]:
+    ) -> Iterator[tuple[Any, str | None]]:
         """(parent id, update_time) of the parents whose children must be fetched: those
         that have or had children, and (unless ``full``) changed since last asked."""
         moved = "" if full else " and a.version is not p.update_time"
@@ -133,7 +133,7 @@ class Store:
             f" or p.id in (select [{children.column}] from [{spec.name}])){moved}"
             " order by p.id",
             [spec.name],
-        ).fetchall()
+        )  # a cursor: 140k parents at 400k deals are not held as a list (see fetch.Parents)
 
     def replace_children(
         self,

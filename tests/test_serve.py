@@ -139,10 +139,11 @@ def test_pdsync_serve_runs_datasette_with_metadata_and_plugins(synced):
 def test_serve_warns_about_a_database_an_older_pdsync_made(synced, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from pdsync import cli
+    from pdsync import cli, serve
 
     served = []
-    monkeypatch.setattr(cli, "serve_database", lambda path, *args: served.append(path))
+    # `pdsync serve` imports pdsync.serve when it runs (see cli.py): replace it there.
+    monkeypatch.setattr(serve, "serve", lambda path, *args, **kwargs: served.append(path))
     current = CliRunner().invoke(cli.cli, ["serve", str(synced)])
     assert current.exit_code == 0 and "older pdsync" not in current.stderr
     old = tmp_path / "old.db"

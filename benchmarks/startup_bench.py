@@ -1,0 +1,105 @@
+"""Start-up benchmark: `pdsync --help` and a no-change incremental sync, many runs each.
+
+    python benchmarks/startup_bench.py                 # this checkout, 30 runs each
+    python benchmarks/startup_bench.py --trees /tmp/before .   # interleaved, before vs after
+
+The fake Pipedrive (the demo company, 2,000 deals) is built once in another process; the
+database is synced once, then each round runs, in a fresh process per run, `pdsync --help`
+and `pdsync sync DB -q` (which finds nothing new: the same 16 requests every run) with each
+tree, so that drift on this shared machine hits every figure alike. Also printed: the floor
+any Python command pays here (`python -c pass`, and `import click`).
+Targets (issue #18): `pdsync --help` <= 60 ms, a no-change incremental sync <= 150 ms
+(medians).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sync_bench  # noqa: E402  (its fake server)
+
+CLI = "import sys; from pdsync.cli import cli; sys.exit(cli(prog_name='pdsync'))"
+
+
+def timed(args: list[str], env: dict) -> float:
+    started = time.perf_counter()
+    # From an empty directory: `python -c` puts the working directory first on sys.path,
+    # which would pick a checkout there over PYTHONPATH's.
+    done = subprocess.run(
+        args, env=env, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed: {done.stderr.decode()[-500:]}")
+    return seconds
+
+
+def summary(label: str, runs: list[float], target: float | None = None) -> str:
+    runs = sorted(runs)
+    p90 = runs[max(0, int(len(runs) * 0.9) - 1)]
+    median = statistics.median(runs)
+    line = f"{label:<34} median {median * 1000:6.1f} ms  p90 {p90 * 1000:6.1f} ms"
+    if target is not None:
+        line += f"  target <= {target * 1000:.0f} ms: {'met' if median <= target else 'MISSED'}"
+    return line
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--deals", type=int, default=2000, help="the demo company's size")
+    parser.add_argument(
+        "--trees", type=Path, nargs="+", default=[Path(__file__).resolve().parent.parent]
+    )
+    args = parser.parse_args()
+    trees = [tree.resolve() for tree in args.trees]
+    parent, child = multiprocessing.Pipe()
+    fake = multiprocessing.Process(
+        target=sync_bench.serve_fake, args=(child, args.deals, 1), daemon=True
+    )
+    fake.start()
+    info = parent.recv()
+    base = {**os.environ, "PIPEDRIVE_API_TOKEN": info["token"], "PIPEDRIVE_BASE_URL": info["url"]}
+    runs: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        envs = {tree: {**base, "PYTHONPATH": str(tree)} for tree in trees}
+        dbs = {tree: os.path.join(tmp, f"{i}.db") for i, tree in enumerate(trees)}
+        for tree in trees:  # the first sync, not timed
+            timed([sys.executable, "-c", CLI, "sync", dbs[tree], "-q"], envs[tree])
+        for _ in range(args.runs):
+            runs.setdefault("python -c pass", []).append(
+                timed([sys.executable, "-c", "pass"], base)
+            )
+            runs.setdefault("python -c 'import click'", []).append(
+                timed([sys.executable, "-c", "import click"], base)
+            )
+            for i, tree in enumerate(trees):
+                runs.setdefault(f"[{i}] pdsync --help", []).append(
+                    timed([sys.executable, "-c", CLI, "--help"], envs[tree])
+                )
+                runs.setdefault(f"[{i}] pdsync sync (no change)", []).append(
+                    timed([sys.executable, "-c", CLI, "sync", dbs[tree], "-q"], envs[tree])
+                )
+    parent.send(("stop", None))
+    fake.join(timeout=30)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{args.runs} runs each, interleaved; load average {load} (a shared machine)")
+    for i, tree in enumerate(trees):
+        print(f"[{i}] {tree}")
+    targets = {"--help": 0.060, "no change": 0.150}
+    for label, times in runs.items():
+        target = next((t for key, t in targets.items() if key in label), None)
+        print(summary(label, times, target))
+
+
+if __name__ == "__main__":
+    main()
