@@ -117,9 +117,14 @@ def company():
     fake.close()
 
 
-def sync(path: str, fake: FakePipedrive, server: FakeServer, budget: int):
+def sync(path: str, fake: FakePipedrive, server: FakeServer, budget: int, **options):
     result = pdsync.sync(
-        path, token=fake.token, base_url=server.url, auth_path=None, history_budget=budget
+        path,
+        token=fake.token,
+        base_url=server.url,
+        auth_path=None,
+        history_budget=budget,
+        **options,
     )
     assert result.ok, result.errors
     return result
@@ -288,15 +293,7 @@ def test_a_changelog_that_keeps_failing_stops_history_not_the_sync(company, tmp_
     path = str(tmp_path / "p.db")
     first_open = next(d["id"] for d in fake.records("deals") if d["status"] == "open")
     fake.inject(f"/v1/deals/{first_open}/changelog", "500", times=1000)
-    result = pdsync.sync(
-        path,
-        token=fake.token,
-        base_url=server.url,
-        auth_path=None,
-        client_options=FAST_CLIENT,
-        history_budget=100_000,
-    )
-    assert result.ok  # the core entities are whole
+    result = sync(path, fake, server, 100_000, client_options=FAST_CLIENT)  # the core is whole
     assert result.history.status == "failed" and "500" in result.history.error
     db = sqlite_utils.Database(path)
     assert db.execute("select count(*) from deals").fetchone()[0] == fake.count("deals")
