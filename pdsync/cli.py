@@ -56,7 +56,6 @@ class _EntitiesOption(click.Option):
         return super().get_help_record(ctx)
 
 
-
 @click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="pdsync")
 def cli() -> None:

@@ -1521,6 +1521,11 @@ def test_stage_durations(world, pipeline, since):
         assert close_enough(g["p90_days"], w["p90"]), (g, w)
 
 
+def sql_round(share: float) -> float:
+    """SQLite's round(x, 3): halves away from zero (10/32 is 0.313, where Python says 0.312)."""
+    return math.floor(share * 1000 + 0.5) / 1000
+
+
 def stage_conversion(world: World, pipeline: str = "", since: int = 365):
     ids = world.pipeline_ids(pipeline)
 
@@ -1561,9 +1566,9 @@ def stage_conversion(world: World, pipeline: str = "", since: int = 365):
                     "stage_id": stage["id"],
                     "reached": len(reached),
                     "reached_next_share": (
-                        round(len(onward) / len(reached), 3) if following and reached else None
+                        sql_round(len(onward) / len(reached)) if following and reached else None
                     ),
-                    "won_share": round(len(won) / len(reached), 3) if reached else None,
+                    "won_share": sql_round(len(won) / len(reached)) if reached else None,
                 }
             )
         return rows
