@@ -8,8 +8,8 @@ from typing import Any
 
 from . import company
 from .entities import BY_NAME
-from .mutations import Mutations
 from .project_mutations import ProjectMutations
+from .sales_mutations import SalesMutations
 from .wire import v1_time
 
 # (mutation method, weight): how often each kind of change happens.
@@ -51,7 +51,7 @@ _OPS = [
 _ENTITY_OF = {op: next(e.name for e in BY_NAME.values() if e.singular in op) for op, _ in _OPS}
 
 
-class Churn(Mutations, ProjectMutations):
+class Churn(SalesMutations, ProjectMutations):
     """Mixed into FakePipedrive: random calls of the mutation methods."""
 
     def _random_id(self, entity: str, rng: random.Random) -> int | None:

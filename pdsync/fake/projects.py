@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from .catalogue import field_rows
 from .company import field_definition, makers
-from .generators import YEAR_MS, Gen, _field_rows, generates
+from .generators import YEAR_MS, Gen, generates
 from .records import precise, prune
 from .wire import DAY_MS, day, trunc, v2_time
 
@@ -148,7 +149,7 @@ def project_fields(g: Gen) -> Iterator[tuple]:
     ]
     g.company.next_option_id = opt + 3
     g.company.project_fields = built_in + custom
-    yield from _field_rows(g, "project", g.company.project_fields)
+    yield from field_rows(g, "project", g.company.project_fields)
 
 
 # A share of won deals becomes a delivery project: realistic for accounts that use Projects
