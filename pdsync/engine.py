@@ -27,7 +27,7 @@ from .fetch import Batch, ChildPage, Parents, child_pages, fetch, stream_pages
 from .history import Observer
 from .pacing import SchemaPacer
 from .plugins import selected_entities
-from .records import BadRecord, CustomFieldMap, assign_column_names, to_row
+from .records import BadRecord, CustomFieldMap, to_row
 from .results import EntityResult, ProgressCallback, ProgressEvent, SyncResult
 from .schema import index_steps, prepare
 from .store import Store
@@ -483,24 +483,13 @@ class Sync:
     def _write_whole(
         self, spec: EntitySpec, rows: list[Row], entity: EntityResult, refused: list[Any]
     ) -> None:
-        targets = [s for s in self.all_entities if s.fields_table == spec.name]
-        before = CustomFieldMap.from_definitions(list(self.db[spec.name].rows)) if targets else None
-        if targets:
-            target = targets[0]
-            # Columns the previous definitions gave custom fields are theirs to keep, not clashes.
-            previous = before.columns()
-            taken = set(target.columns) | (set(self.store.columns(target.name)) - set(previous))
-            assign_column_names(rows, taken)
-            self.store.ensure_columns(target.name, CustomFieldMap.from_definitions(rows).columns())
         for row in rows:
             row.setdefault("is_deleted", 0)
-        self.store.upsert(spec, rows)
-        if before is not None:
-            # Records may have come before these definitions (fetched hourly): fill them in.
-            after = CustomFieldMap.from_definitions(list(self.db[spec.name].rows))
-            for target in targets:
-                if target.name in self.db.table_names():
-                    refill.refill(self.db, target, before, after)
+        targets = [s for s in self.all_entities if s.fields_table == spec.name]
+        if targets:
+            refill.write_definitions(self.db, self.store, spec, rows, targets)
+        else:
+            self.store.upsert(spec, rows)
         if spec.name in self._unkeyed:
             entity.unreconciled = True
             log.warning("%s: refused records without ids; nothing flagged as gone", spec.name)

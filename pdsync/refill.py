@@ -1,4 +1,5 @@
-"""Readable custom-field columns refilled from the raw ``custom_fields`` JSON rows keep.
+"""Field definitions written, and readable custom-field columns refilled from the raw
+``custom_fields`` JSON rows keep.
 
 Most field definitions are fetched hourly (see plan.py), so records can arrive before the
 definition of a field they use: their value waits in ``custom_fields``. When a definition
@@ -13,10 +14,35 @@ from typing import Any
 
 import sqlite_utils
 
-from .entities import EntitySpec
-from .records import CustomField, CustomFieldMap
+from .entities import EntitySpec, Row
+from .records import CustomField, CustomFieldMap, assign_column_names
+from .store import Store
 
 _BATCH = 5000
+
+
+def write_definitions(
+    db: sqlite_utils.Database,
+    store: Store,
+    spec: EntitySpec,
+    rows: list[Row],
+    targets: list[EntitySpec],
+) -> None:
+    """Write the field definitions of ``targets`` (the entities whose custom fields they
+    define): name their readable columns, add them, write the definitions, then fill the
+    columns of records that came before their definitions."""
+    before = CustomFieldMap.from_definitions(list(db[spec.name].rows))
+    target = targets[0]
+    # Columns the previous definitions gave custom fields are theirs to keep, not clashes.
+    previous = before.columns()
+    taken = set(target.columns) | (set(store.columns(target.name)) - set(previous))
+    assign_column_names(rows, taken)
+    store.ensure_columns(target.name, CustomFieldMap.from_definitions(rows).columns())
+    store.upsert(spec, rows)
+    after = CustomFieldMap.from_definitions(list(db[spec.name].rows))
+    for each in targets:
+        if each.name in db.table_names():
+            refill(db, each, before, after)
 
 
 def refill(
