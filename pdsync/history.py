@@ -56,6 +56,11 @@ _HASH_KEY = re.compile(r"^[0-9a-f]{40}$")
 _COLUMNS = ("deal_id", "field_key", "old_value", "new_value", "time", "user_id", "source")
 
 
+# The deal columns a comparison reads (the stored row's and the incoming one's).
+COMPARED = ["id", "update_time", "stage_change_time", "close_time", "custom_fields"]
+COMPARED += [c for c in OBSERVED if c not in COMPARED]
+
+
 def canonical(field_key: str, value: Any) -> str | None:
     """A value as text, the same whichever source it came from ("100.0" and 100 are "100")."""
     if value is None or value == "":
@@ -151,8 +156,7 @@ class Observer:
             self.rereads += len(rereads)
 
     def _stored(self, ids: list[Any]) -> dict[Any, dict]:
-        columns = ["id", "update_time", "stage_change_time", "close_time", "custom_fields"]
-        columns += [c for c in OBSERVED if c not in columns]
+        columns = COMPARED
         marks = ",".join("?" for _ in ids)
         cursor = self.db.execute(
             f"select {', '.join(columns)} from deals where id in ({marks})", ids

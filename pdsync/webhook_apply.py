@@ -31,6 +31,7 @@ import sqlite_utils
 
 from . import timestamps
 from .entities import EntitySpec, Row
+from .history import COMPARED, Observer
 from .records import BadRecord, CustomFieldMap, to_row
 from .store import Store
 from .webhook_inbox import Inbox
@@ -99,6 +100,8 @@ class Applier:
         self._custom: dict[str, CustomFieldMap | None] = {}
         self._custom_loaded = 0.0
         self._blanks: dict[str, Row] = {}
+        self._observer: Observer | None = None
+        self._history: bool | None = None  # whether the database keeps deal_changes
 
     def close(self) -> None:
         if self._db is not None:
@@ -246,11 +249,13 @@ class Applier:
             f"select {asked} from [{spec.name}] where [{spec.pk}] = ?", [row[spec.pk]]
         ).fetchone()
         if stored is None:
+            self._observe(spec, row)
             self._store.upsert(spec, [row])
             return None
         new_time, old_time = row.get("update_time"), stored[-1]
         if new_time and old_time and new_time < old_time <= timestamps.latest_plausible():
             return "older than the stored row: skipped"  # the store's upsert guard, here
+        self._observe(spec, row)
         changed = [(n, row[n]) for n, old in zip(names, stored, strict=False) if row[n] != old]
         if changed:
             sets = ", ".join(f"[{n}] = ?" for n, _ in changed)
@@ -259,6 +264,26 @@ class Applier:
                 [*(v for _, v in changed), row[spec.pk]],
             )
         return None
+
+    def _observe(self, spec: EntitySpec, row: Row) -> None:
+        """A deal's change is deal history, as when a sync brings it (history.Observer): the
+        next sync finds the row already changed and would see nothing. What the delivery does
+        not carry is the stored row's."""
+        if spec.name != "deals" or not self._has_history():
+            return
+        if self._observer is None:
+            self._observer = Observer(self._db)
+        columns = [c for c in COMPARED if c in self._store.columns("deals")]
+        stored = self._db.execute(
+            f"select {', '.join(columns)} from deals where id = ?", [row["id"]]
+        ).fetchone()
+        whole = {**dict(zip(columns, stored, strict=True)), **row} if stored else row
+        self._observer.observe([whole])
+
+    def _has_history(self) -> bool:
+        if self._history is None:
+            self._history = "deal_changes" in self._db.table_names()
+        return self._history
 
     # -- deletes ------------------------------------------------------------------------------
 

@@ -159,3 +159,30 @@ def test_the_inbox_is_private_to_its_owner(tmp_path):
     inbox.add(b"{}", {"entity": "deal"})
     for suffix in ("", "-wal", "-shm"):
         assert (tmp_path / f"x.webhooks.db{suffix}").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_stage_move_by_webhook_is_deal_history(synced, fake):
+    """The next sync finds the row already moved: the move is recorded when it is applied."""
+    db, inbox, applier = synced
+    deal = next(d for d in fake.records("deals") if d["status"] == "open")
+    stages = [s["id"] for s in fake.records("stages") if s["pipeline_id"] == deal["pipeline_id"]]
+    other = next(s for s in stages if s != deal["stage_id"])
+    moved = "2030-01-01T00:00:00Z"
+    data = {
+        "id": deal["id"],
+        "stage_id": other,
+        "update_time": moved,
+        "stage_change_time": moved,
+    }
+    deliver(inbox, applier, "deal", "change", deal["id"], data, {"stage_id": deal["stage_id"]})
+    found = db.execute(
+        "select old_value, new_value, time, source from deal_changes"
+        " where deal_id = ? and field_key = 'stage_id' and time = ?",
+        [deal["id"], moved],
+    ).fetchall()
+    assert found == [(str(deal["stage_id"]), str(other), moved, "observed")]
+    # Fields the delivery did not carry are not changes.
+    fields = db.execute(
+        "select field_key from deal_changes where deal_id = ? and time = ?", [deal["id"], moved]
+    ).fetchall()
+    assert fields == [("stage_id",)]
