@@ -52,7 +52,9 @@ def metadata_for(datasette) -> dict:
             continue
         mine = local_databases.get(name)
         if mine is None:
-            databases[name] = section
+            # Datasette adds the canned_queries hook's queries (the charts') to this dict in
+            # place: a fresh one, or they would join metadata.yml's for every later database.
+            databases[name] = {**section, "queries": dict(section.get("queries") or {})}
         elif not (mine.get("queries") or {}).keys() >= section.get("queries", {}).keys():
             # Datasette merges local metadata into what we return, in place: hand it a copy.
             databases[name] = copy.deepcopy(section)
