@@ -285,6 +285,7 @@ def replace_history(
     )
     db.execute(
         "insert into _pdsync_history (deal_id, read_at, reread) values (?, ?, 0)"
-        " on conflict (deal_id) do update set read_at = excluded.read_at, reread = 0",
+        " on conflict (deal_id) do update set read_at = excluded.read_at, reread = 0,"
+        " failures = 0, failed_at = null, last_error = null",
         [deal_id, read_at],
     )
