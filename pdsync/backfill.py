@@ -192,12 +192,12 @@ class Backfill:
             if not flying:
                 return
             deal_id, future = flying.popleft()
-            entries, tally, reserved, problem = future.result()
+            entries, tally, reserved, fetched_at, problem = future.result()
             with self._lock:  # retries cost tokens no page reserved
                 self._left -= tally.tokens - reserved
             if problem is None or isinstance(problem, _Gone):
                 self._failing = 0
-                self._save(deal_id, entries, tally, gone=problem is not None)
+                self._save(deal_id, entries, tally, fetched_at, gone=problem is not None)
             elif isinstance(problem, _Stopped):
                 self._count(tally)  # left unread: the next run reads it whole
             elif isinstance(problem, (AuthError, ConnectionFailed, BudgetSpent)):
@@ -233,8 +233,10 @@ class Backfill:
             self._left -= PAGE_TOKENS
             return True
 
-    def _fetch(self, deal_id: int) -> tuple[list[dict], Tally, int, Exception | None]:
-        """A deal's whole changelog, oldest first (on a worker thread: no database)."""
+    def _fetch(self, deal_id: int) -> tuple[list[dict], Tally, int, str, Exception | None]:
+        """A deal's whole changelog, oldest first, and when it was asked (on a worker thread:
+        no database)."""
+        fetched_at = utc_now()
         tally = Tally()
         entries: list[dict] = []
         reserved = 0
@@ -244,7 +246,7 @@ class Backfill:
             while True:
                 # Between pages: a stop, the run's deadline or the budget leaves the deal unread.
                 if self._halted() or not self._reserve():
-                    return [], tally, reserved, _Stopped()
+                    return [], tally, reserved, fetched_at, _Stopped()
                 reserved += PAGE_TOKENS
                 try:
                     page = next(pages)
@@ -260,14 +262,16 @@ class Backfill:
                     )
         except PipedriveError as exc:
             if "HTTP 404" in str(exc) or "HTTP 410" in str(exc):
-                return [], tally, reserved, _Gone()
-            return [], tally, reserved, exc
+                return [], tally, reserved, fetched_at, _Gone()
+            return [], tally, reserved, fetched_at, exc
         except Exception as exc:  # a bug must not be silent, nor kill the run's result
-            return [], tally, reserved, exc
+            return [], tally, reserved, fetched_at, exc
         entries.reverse()  # the changelog lists newest first
-        return entries, tally, reserved, None
+        return entries, tally, reserved, fetched_at, None
 
-    def _save(self, deal_id: int, entries: list[dict], tally: Tally, gone: bool) -> None:
+    def _save(
+        self, deal_id: int, entries: list[dict], tally: Tally, fetched_at: str, gone: bool
+    ) -> None:
         with write_transaction(self.db):
             if gone:  # purged upstream: keep what is known, read no more
                 self.db.execute(
@@ -277,9 +281,8 @@ class Backfill:
                     [deal_id, utc_now()],
                 )
             else:
-                replace_history(
-                    self.db, deal_id, changelog_rows(deal_id, entries, self._names), utc_now()
-                )
+                rows = changelog_rows(deal_id, entries, self._names)
+                replace_history(self.db, deal_id, rows, utc_now(), fetched_at)
             self.store.add_spend(PURPOSE, tally.requests, tally.tokens)
         self._tally(tally)
         self.result.deals += 1

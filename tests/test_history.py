@@ -469,3 +469,55 @@ def test_history_spends_no_more_than_its_budget_on_long_changelogs(company, tmp_
 def spent_tokens(db: sqlite_utils.Database) -> int:
     row = db.execute("select sum(tokens) from sync_tokens where purpose = 'history'").fetchone()
     return row[0] or 0
+
+
+def test_a_change_observed_while_its_changelog_is_read_is_kept(company, tmp_path):
+    from pdsync import timestamps
+    from pdsync.backfill import Backfill
+    from pdsync.client import PipedriveClient
+    from pdsync.history import COMPARED, Observer
+    from pdsync.transaction import write_transaction
+
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    sync(path, fake, server, 0)
+    deal_id = min(d["id"] for d in fake.records("deals") if d["status"] == "open")
+
+    def webhook() -> None:
+        """A change of the deal, applied as the webhook applier does, on its own connection."""
+        fake.advance(30)
+        fake.update_deal(deal_id, value=4321)
+        upstream = next(d for d in fake.records("deals") if d["id"] == deal_id)
+        applier = sqlite_utils.Database(path)
+        found = applier.execute(f"select {', '.join(COMPARED)} from deals where id = ?", [deal_id])
+        stored = dict(zip(COMPARED, found.fetchone(), strict=True))
+        row = {
+            **stored,
+            "value": 4321,
+            "update_time": timestamps.normalize(upstream["update_time"]),
+        }
+        with write_transaction(applier):
+            Observer(applier).observe([row])
+            applier["deals"].update(deal_id, {"value": 4321, "update_time": row["update_time"]})
+        applier.close()
+
+    class WebhookMidRead(PipedriveClient):
+        def iter_v2(self, path, *args, **kwargs):
+            for page in super().iter_v2(path, *args, **kwargs):
+                if path == f"/v1/deals/{deal_id}/changelog" and not page.next_cursor:
+                    webhook()  # the changelog is read; it is not saved yet
+                yield page
+
+    db = sqlite_utils.Database(path)
+    with WebhookMidRead(fake.token, server.url) as client:
+        result = Backfill(db, client, 100_000).run()
+    assert result.status == "done"
+    names = field_names(db)
+    # The change the changelog could not have is there, once: the deal's whole story.
+    got = stored_rows(db, deal_id)
+    assert [r[:4] for r in got] == [r[:4] for r in expected_rows(fake, deal_id, names)]
+    assert got[-1][:3] == ("value", got[-1][1], "4321")
+    sources = db.execute(
+        "select source from deal_changes where deal_id = ? order by time, id", [deal_id]
+    ).fetchall()
+    assert sources[-1] == ("observed",) and sources.count(("observed",)) == 1
