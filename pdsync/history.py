@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -101,22 +102,38 @@ def custom_field_names(db: sqlite_utils.Database) -> dict[str, str]:
 
 
 class Observer:
-    """Compares pages of deals with their stored rows, in the writer's transaction."""
+    """Compares pages of deals with their stored rows, in the writer's transaction.
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    Stages and custom field names are read once and kept for ``CACHE_SECONDS``: the webhook
+    applier keeps one Observer for as long as ``serve`` runs, while syncs change both."""
+
+    CACHE_SECONDS = 120.0
+
+    def __init__(
+        self, db: sqlite_utils.Database, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.db = db
+        self._clock = clock
         self._names: dict[str, str] | None = None
         self._stages: dict[Any, tuple[Any, Any]] | None = None
+        self._read_at = float("-inf")  # when (clock) they were read
         self.observed = 0  # rows added this run
         self.rereads = 0  # deals marked for a re-read this run
 
+    def _fresh(self) -> None:
+        if self._clock() - self._read_at > self.CACHE_SECONDS:
+            self._names = self._stages = None
+            self._read_at = self._clock()
+
     def names(self) -> dict[str, str]:
+        self._fresh()
         if self._names is None:
             self._names = custom_field_names(self.db)
         return self._names
 
     def stages(self) -> dict[Any, tuple[Any, Any]]:
         """Stage id -> (pipeline id, order_nr)."""
+        self._fresh()
         if self._stages is None:
             found = self.db.execute("select id, pipeline_id, order_nr from stages")
             self._stages = {sid: (pid, nr) for sid, pid, nr in found.fetchall()}

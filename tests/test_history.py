@@ -521,3 +521,37 @@ def test_a_change_observed_while_its_changelog_is_read_is_kept(company, tmp_path
         "select source from deal_changes where deal_id = ? order by time, id", [deal_id]
     ).fetchall()
     assert sources[-1] == ("observed",) and sources.count(("observed",)) == 1
+
+
+def test_a_long_lived_observer_sees_custom_fields_and_stages_a_sync_added(company, tmp_path):
+    from pdsync.history import COMPARED, Observer
+    from pdsync.transaction import write_transaction
+
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    sync(path, fake, server, 0)
+    db = sqlite_utils.Database(path)
+    now = [1000.0]
+    observer = Observer(db, clock=lambda: now[0])  # as the webhook applier keeps one
+    deal_id = min(d["id"] for d in fake.records("deals") if d["status"] == "open")
+
+    def observe(update_time: str, **changes) -> None:
+        found = db.execute(f"select {', '.join(COMPARED)} from deals where id = ?", [deal_id])
+        row = {**dict(zip(COMPARED, found.fetchone(), strict=True)), **changes}
+        row["update_time"] = update_time
+        with write_transaction(db):
+            observer.observe([row])
+            db["deals"].update(deal_id, {**changes, "update_time": update_time})
+
+    observe("2030-01-01T00:00:00Z", title="First")  # the names are read now
+    code = "ab" * 20  # a custom field a later sync brings, and its column
+    with write_transaction(db):
+        db["deal_fields"].insert(
+            {"id": 999_999, "field_code": code, "column_name": "signed_by"}, alter=True
+        )
+    now[0] += Observer.CACHE_SECONDS + 1
+    observe("2030-01-01T00:01:00Z", custom_fields=f'{{"{code}": "Ann"}}')
+    keys = db.execute(
+        "select field_key from deal_changes where deal_id = ? and new_value = 'Ann'", [deal_id]
+    ).fetchall()
+    assert keys == [("signed_by",)]  # named, not the hash of a field it never heard of
