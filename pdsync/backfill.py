@@ -7,8 +7,15 @@ else. Each run spends what is left of today's history budget (``sync_tokens``, p
 re-read (see history.py), open deals, deals closed in the last 12 months, the rest. A deal's
 changelog, the state saying it was read and the tokens it cost commit together: a kill loses at
 most the deals in flight, and the next run carries on. A 429 whose reset is hours away (the
-account's daily budget is spent) pauses history until the next UTC day; the core entities are
-already committed by then, so it never costs them anything.
+account's daily budget is spent) pauses history until that reset (``x-ratelimit-reset``); the
+core entities are already committed by then, so it never costs them anything.
+
+A deal whose changelog fails (a 5xx after retries, a 400/403, more than ``_MAX_PAGES``) is
+noted on the deal and passed over: it is tried again after every deal that never failed, and
+given up on after ``MAX_FAILURES`` runs (``_pdsync_history.last_error`` says why). Only a
+rejected token, an unreachable Pipedrive, a spent budget, or many deals failing in a row stop
+the run. Workers check the stop, the run's deadline and the budget between pages: tokens are
+reserved page by page. A database error ends history as failed, never the sync.
 """
 
 from __future__ import annotations
@@ -336,9 +343,14 @@ class Backfill:
     def _stop_on(self, problem: Exception) -> None:
         message = self._message(problem)
         if isinstance(problem, BudgetSpent):
+            # Until Pipedrive's reset, as it said (a worker that met the closed limiter does
+            # not know it: the first one's stands); unknown, the next UTC day.
+            if problem.until is not None:
+                self._pause(format_ts(datetime.fromtimestamp(problem.until, timezone.utc)))
+            elif self.result.status != "paused":
+                tomorrow = datetime.now(timezone.utc).date() + timedelta(days=1)
+                self._pause(format_ts(datetime(tomorrow.year, tomorrow.month, tomorrow.day)))
             self.result.status = "paused"
-            tomorrow = datetime.now(timezone.utc).date() + timedelta(days=1)
-            self._pause(format_ts(datetime(tomorrow.year, tomorrow.month, tomorrow.day)))
         else:
             self.result.status = "failed"
         self.result.error = message

@@ -555,3 +555,21 @@ def test_a_long_lived_observer_sees_custom_fields_and_stages_a_sync_added(compan
         "select field_key from deal_changes where deal_id = ? and new_value = 'Ann'", [deal_id]
     ).fetchall()
     assert keys == [("signed_by",)]  # named, not the hash of a field it never heard of
+
+
+def test_a_spent_day_pauses_history_until_pipedrives_reset(company, tmp_path):
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    sync(path, fake, server, 0)
+    before = fake.tokens_spent
+    sync(path, fake, server, 0)
+    per_run = fake.tokens_spent - before  # an incremental run of the core entities
+    fake.daily_budget = fake.tokens_spent + per_run + 20 * 10  # then 10 changelogs
+    fake.budget_reset = 3 * 3600  # Pipedrive's budget resets in 3 hours (not at midnight)
+    asked = time.time()
+    result = sync(path, fake, server, 100_000)
+    assert result.history.status == "paused" and result.history.deals == 10
+    db = sqlite_utils.Database(path)
+    until = db.execute("select paused_until from sync_history").fetchone()[0]
+    until_s = datetime.fromisoformat(until[:-1]).replace(tzinfo=timezone.utc).timestamp()
+    assert asked + 3 * 3600 - 5 <= until_s <= time.time() + 3 * 3600 + 5
