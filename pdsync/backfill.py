@@ -48,7 +48,7 @@ PURPOSE = "history"
 SHARE_OF_SMALLEST_BUDGET = 5  # the default: a fifth of 30,000 x active users
 CHANGELOG = "/v1/deals/{}/changelog"
 PAGE_TOKENS = token_cost(CHANGELOG.format(1))  # 20
-RUN_SECONDS = 300.0  # at most this long per run: the next scheduled run carries on
+RUN_SECONDS = 300.0  # at most this long per run (or half --every): the next run carries on
 _WORKERS = 4  # changelogs in flight; the rate limiter paces them
 _BATCH = 500  # deals picked per query
 _MAX_PAGES = 200  # 100,000 changes of one deal: more is an upstream gone wrong, not history
@@ -221,7 +221,7 @@ class Backfill:
             return True
         if time.monotonic() > self.deadline:
             self.result.status = "stopped"
-            self.result.error = f"ran {self.seconds:.0f}s; the next run carries on"
+            self.result.error = f"ran {self.seconds:g}s; the next run carries on"
             return True
         with self._lock:
             if self._left < PAGE_TOKENS:

@@ -19,7 +19,7 @@ from typing import Any
 import sqlite_utils
 
 from . import paced, pacing, plan, plugins, refill, timestamps
-from .backfill import Backfill, HistoryResult
+from .backfill import RUN_SECONDS, Backfill, HistoryResult
 from .client import PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
 from .errors import AuthError, BudgetSpent, ConnectionFailed, PipedriveError
@@ -154,9 +154,11 @@ class Sync:
             return
         if self.history_budget == 0:
             return
+        # A scheduled run leaves half its interval free: the next run must not find it busy.
+        seconds = min(RUN_SECONDS, self.every / 2) if self.every else RUN_SECONDS
         backfill = None
         try:
-            backfill = Backfill(self.db, self.client, self.history_budget, self.stop)
+            backfill = Backfill(self.db, self.client, self.history_budget, self.stop, seconds)
             result.history = backfill.run()
         except sqlite3.Error as exc:
             # The core entities are committed: a locked or broken database costs history only.

@@ -573,3 +573,15 @@ def test_a_spent_day_pauses_history_until_pipedrives_reset(company, tmp_path):
     until = db.execute("select paused_until from sync_history").fetchone()[0]
     until_s = datetime.fromisoformat(until[:-1]).replace(tzinfo=timezone.utc).timestamp()
     assert asked + 3 * 3600 - 5 <= until_s <= time.time() + 3 * 3600 + 5
+
+
+def test_a_scheduled_run_reads_history_for_at_most_half_its_interval(company, tmp_path):
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    sync(path, fake, server, 0)
+    fake.latency = 0.05  # 160 changelogs, 4 at a time: about 2 seconds
+    started = time.monotonic()
+    result = sync(path, fake, server, 100_000, every=1.0)
+    assert result.history.status == "stopped" and "ran 0.5s" in result.history.error
+    assert 0 < result.history.deals < fake.count("deals")
+    assert result.history.seconds < 1.0 and time.monotonic() - started < 5
