@@ -292,10 +292,13 @@ def changelog_asks(fake: FakePipedrive, deal_id: int | None = None) -> int:
     return sum(1 for r in fake.requests if r["path"].endswith(end))
 
 
-def test_a_deal_whose_changelog_keeps_failing_is_passed_over_then_given_up(company, tmp_path):
+def test_a_deal_whose_changelog_keeps_failing_is_passed_over_then_given_up(
+    company, tmp_path, capsys
+):
     from helpers import FAST_CLIENT
 
     from pdsync.backfill import MAX_FAILURES
+    from pdsync.cli_text import report
 
     fake, server = company
     path = str(tmp_path / "p.db")
@@ -319,6 +322,13 @@ def test_a_deal_whose_changelog_keeps_failing_is_passed_over_then_given_up(compa
             ).fetchall()
             assert unread == [(first_open,)]
             assert db.execute("select count(*) from deals").fetchone()[0] == fake.count("deals")
+        if run == MAX_FAILURES:  # what the CLI says of it (a sync that did not fail)
+            capsys.readouterr()
+            report(result, quiet=False, tty=False)
+            said = (
+                f"deal history: 1 deals' changelogs failed (the last: deal {first_open} (given up)"
+            )
+            assert said in capsys.readouterr().err
         if run <= MAX_FAILURES:
             assert changelog_asks(fake, first_open) > 0  # tried again, after the others
             assert result.history.failed == 1 and "500" in result.history.error
