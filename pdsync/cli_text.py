@@ -67,6 +67,13 @@ def report(result: SyncResult, quiet: bool, tty: bool) -> None:
     if history is not None and history.status == "failed":
         # Not a failed sync: the core entities are committed, and the next run carries on.
         click.echo(f"pdsync: deal history stopped: {history.error}", err=True)
+    elif history is not None and history.failed:
+        # Those deals are passed over, tried again by later runs, then given up on.
+        click.echo(
+            f"pdsync: deal history: {history.failed:,} deals' changelogs failed (the last:"
+            f" {history.error}); tried again after the others",
+            err=True,
+        )
 
 
 _HISTORY_STATUS = {

@@ -138,6 +138,7 @@ class PipedriveClient:
         self.limiter = RateLimiter()
         self._rejected: str | None = None  # after one 401, no request is sent again
         self._spent: str | None = None  # after the daily budget is spent, none either
+        self._spent_until: float | None = None  # when Pipedrive said it resets (time.time())
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"x-api-token": token, "accept": "application/json", "user-agent": "pdsync"},
@@ -204,8 +205,10 @@ class PipedriveClient:
         self.limiter.acquire(priority)
         answered = False
         try:
-            if self._rejected or self._spent:
-                raise (AuthError if self._rejected else BudgetSpent)(self._rejected or self._spent)
+            if self._rejected:
+                raise AuthError(self._rejected)
+            if self._spent:
+                raise BudgetSpent(self._spent, self._spent_until)
             started = time.perf_counter()
             tally.add(requests=1)
             response, body = self._send(path, params)
@@ -295,8 +298,9 @@ class PipedriveClient:
             f"Pipedrive's rate limit resets in {hours}h {minutes:02d}m (at {at}, on GET {path}):"
             " the daily token budget is spent; sync again after that"
         )
+        self._spent_until = time.time() + reset
         self.limiter.close(self._spent)
-        raise BudgetSpent(self._spent)
+        raise BudgetSpent(self._spent, self._spent_until)
 
     # -- pagination -----------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any
 import sqlite_utils
 
 from . import paced, pacing, plan, plugins, refill, timestamps
-from .backfill import Backfill
+from .backfill import RUN_SECONDS, Backfill, HistoryResult
 from .client import PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
 from .errors import AuthError, BudgetSpent, ConnectionFailed, PipedriveError
@@ -152,13 +152,26 @@ class Sync:
         deals = result.entities.get("deals")
         if deals is None or deals.status != "success" or self._fatal or self.stop.is_set():
             return
-        if self.history_budget != 0:
-            result.history = Backfill(self.db, self.client, self.history_budget, self.stop).run()
+        if self.history_budget == 0:
+            return
+        # A scheduled run leaves half its interval free: the next run must not find it busy.
+        seconds = min(RUN_SECONDS, self.every / 2) if self.every else RUN_SECONDS
+        backfill = None
+        try:
+            backfill = Backfill(self.db, self.client, self.history_budget, self.stop, seconds)
+            result.history = backfill.run()
+        except sqlite3.Error as exc:
+            # The core entities are committed: a locked or broken database costs history only.
+            history = backfill.result if backfill is not None else HistoryResult()
+            history.status = "failed"
+            history.error = f"database error: {exc}"[:500]
+            result.history = history
+            log.warning("history: %s", history.error)
 
     def _begin_entity(self, spec: EntitySpec) -> None:
         full_pass = plan.begin_entity(self.db, self.store, spec, self.full)
         self._full_pass[spec.name] = full_pass or (spec.dependent and self.full)
-        with self.db.atomic():
+        with write_transaction(self.db):
             if spec.name in self._paced:
                 for key, point in paced.resume_points(self.store, spec).items():
                     self._resume[(spec.name, key)] = point

@@ -16,7 +16,13 @@ class ConnectionFailed(PipedriveError):
 
 
 class BudgetSpent(PipedriveError):
-    """Pipedrive's rate limit resets hours away: the daily token budget is spent. Fatal."""
+    """Pipedrive's rate limit resets hours away: the daily token budget is spent. Fatal.
+
+    ``until``: when it resets (``time.time()`` seconds), as Pipedrive said; None if unknown."""
+
+    def __init__(self, message: str, until: float | None = None) -> None:
+        super().__init__(message)
+        self.until = until
 
 
 class LoopingStream(PipedriveError):

@@ -5,10 +5,12 @@ with its stored row, field by field (free: no request). *Changelog*: ``/v1/deals
 lists every change exactly; ``backfill.py`` reads it within a daily token budget.
 
 One change is one row. A changelog read is the whole story of a deal up to the read, so it
-replaces the deal's rows (observed ones included). An observed change is not added when a row
-already holds it: same deal, field and new value, at a time inside the window the observation
-spans (after the stored update_time, up to the incoming one). Stage moves are timed by
-``stage_change_time``, a won or lost status by ``close_time``, anything else by update_time.
+replaces the deal's rows (observed ones included), except observed changes newer than the
+read's start (a webhook's, while the changelog was in flight): those stay. An observed change
+is not added when a row already holds it: same deal, field and new value, at a time inside the
+window the observation spans (after the stored update_time, up to the incoming one). Stage
+moves are timed by ``stage_change_time``, a won or lost status by ``close_time``, anything else
+by update_time.
 
 After its changelog was read, a deal's observed change is taken as the whole story, and no
 request is spent on it, when it is one edit the deal's times account for: one field changed (or
@@ -25,14 +27,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any
 
 import sqlite_utils
 
 from .entities import Row
+from .timestamps import format as format_ts
 from .timestamps import normalize
 from .timestamps import now as utc_now
+from .timestamps import parse as parse_ts
 
 # Deal column -> changelog field_key: the fields compared when a deal is written.
 OBSERVED = {
@@ -53,6 +59,7 @@ _NUMBERS = {"value", "probability", "stage_id", "pipeline_id", "user_id", "perso
 # Fields that change together in one edit: a deal lost with its reason.
 _ONE_EDIT = ({"status", "lost_reason"},)
 _HASH_KEY = re.compile(r"^[0-9a-f]{40}$")
+SKEW = 120  # seconds Pipedrive's clock and ours may disagree by
 _COLUMNS = ("deal_id", "field_key", "old_value", "new_value", "time", "user_id", "source")
 
 
@@ -95,22 +102,38 @@ def custom_field_names(db: sqlite_utils.Database) -> dict[str, str]:
 
 
 class Observer:
-    """Compares pages of deals with their stored rows, in the writer's transaction."""
+    """Compares pages of deals with their stored rows, in the writer's transaction.
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    Stages and custom field names are read once and kept for ``CACHE_SECONDS``: the webhook
+    applier keeps one Observer for as long as ``serve`` runs, while syncs change both."""
+
+    CACHE_SECONDS = 120.0
+
+    def __init__(
+        self, db: sqlite_utils.Database, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.db = db
+        self._clock = clock
         self._names: dict[str, str] | None = None
         self._stages: dict[Any, tuple[Any, Any]] | None = None
+        self._read_at = float("-inf")  # when (clock) they were read
         self.observed = 0  # rows added this run
         self.rereads = 0  # deals marked for a re-read this run
 
+    def _fresh(self) -> None:
+        if self._clock() - self._read_at > self.CACHE_SECONDS:
+            self._names = self._stages = None
+            self._read_at = self._clock()
+
     def names(self) -> dict[str, str]:
+        self._fresh()
         if self._names is None:
             self._names = custom_field_names(self.db)
         return self._names
 
     def stages(self) -> dict[Any, tuple[Any, Any]]:
         """Stage id -> (pipeline id, order_nr)."""
+        self._fresh()
         if self._stages is None:
             found = self.db.execute("select id, pipeline_id, order_nr from stages")
             self._stages = {sid: (pid, nr) for sid, pid, nr in found.fetchall()}
@@ -273,18 +296,50 @@ def changelog_rows(
 
 
 def replace_history(
-    db: sqlite_utils.Database, deal_id: int, rows: list[tuple[Any, ...]], read_at: str
+    db: sqlite_utils.Database,
+    deal_id: int,
+    rows: list[tuple[Any, ...]],
+    read_at: str,
+    fetched_at: str | None = None,
 ) -> None:
     """The deal's history is its changelog as read at ``read_at``; in the caller's
-    transaction, with the state that says so (a kill leaves both or neither)."""
-    db.execute("delete from deal_changes where deal_id = ?", [deal_id])
+    transaction, with the state that says so (a kill leaves both or neither).
+
+    ``fetched_at`` is when the changelog's first page was asked: a change observed since (the
+    webhook applier records one at any time) is not in it, so observed rows from then on
+    stay, unless the changelog holds the same change (same field and new value from then
+    on). ``SKEW`` seconds earlier count as "since", for clocks that disagree."""
+    since = None
+    if fetched_at is not None:
+        since = format_ts(parse_ts(fetched_at) - timedelta(seconds=SKEW))
+    db.execute(
+        "delete from deal_changes where deal_id = ?1"
+        " and (?2 is null or source <> 'observed' or time is null or time < ?2)",
+        [deal_id, since],
+    )
     db.conn.executemany(
         f"insert into deal_changes ({', '.join(_COLUMNS)}, change_source)"
         " values (?, ?, ?, ?, ?, ?, ?, ?)",
         sorted(rows, key=lambda r: r[4] or ""),
     )
+    kept = 0
+    if since is not None:
+        db.execute(
+            "delete from deal_changes where deal_id = ?1 and source = 'observed'"
+            " and exists (select 1 from deal_changes c where c.deal_id = ?1"
+            " and c.source = 'changelog' and c.field_key = deal_changes.field_key"
+            " and c.new_value is deal_changes.new_value and c.time >= ?2)",
+            [deal_id, since],
+        )
+        kept = db.execute(
+            "select count(*) from deal_changes where deal_id = ? and source = 'observed'",
+            [deal_id],
+        ).fetchone()[0]
+    # A re-read asked for by a change newer than the changelog still stands.
     db.execute(
         "insert into _pdsync_history (deal_id, read_at, reread) values (?, ?, 0)"
-        " on conflict (deal_id) do update set read_at = excluded.read_at, reread = 0",
-        [deal_id, read_at],
+        " on conflict (deal_id) do update set read_at = excluded.read_at,"
+        " reread = case when ? then reread else 0 end,"
+        " failures = 0, failed_at = null, last_error = null",
+        [deal_id, read_at, kept > 0],
     )

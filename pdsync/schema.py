@@ -215,6 +215,22 @@ def m015_projects(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m016_history_failures(db: sqlite_utils.Database) -> None:
+    # A deal whose changelog keeps failing is tried again less eagerly, then given up on
+    # (backfill.py): how often it failed, when last, and why.
+    if "_pdsync_history" not in db.table_names():
+        return
+    columns = db["_pdsync_history"].columns_dict
+    for name, kind in (
+        ("failures", "integer not null default 0"),
+        ("failed_at", "text"),
+        ("last_error", "text"),
+    ):
+        if name not in columns:
+            db.execute(f"alter table _pdsync_history add column {name} {kind}")
+
+
 def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     """Create what the specs declare and is missing. Safe to run on every sync."""
     for spec in entities:

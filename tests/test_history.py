@@ -286,24 +286,312 @@ def test_status_and_the_history_charts_agree_with_the_queries(company, tmp_path)
     assert any(r["share"] and r["share"] < 1 for r in funnel) and durations
 
 
-def test_a_changelog_that_keeps_failing_stops_history_not_the_sync(company, tmp_path):
+def changelog_asks(fake: FakePipedrive, deal_id: int | None = None) -> int:
+    """Changelog requests the fake served (of one deal, or of all)."""
+    end = f"/v1/deals/{deal_id}/changelog" if deal_id is not None else "/changelog"
+    return sum(1 for r in fake.requests if r["path"].endswith(end))
+
+
+def test_a_deal_whose_changelog_keeps_failing_is_passed_over_then_given_up(
+    company, tmp_path, capsys
+):
     from helpers import FAST_CLIENT
+
+    from pdsync.backfill import MAX_FAILURES
+    from pdsync.cli_text import report
 
     fake, server = company
     path = str(tmp_path / "p.db")
     first_open = next(d["id"] for d in fake.records("deals") if d["status"] == "open")
-    fake.inject(f"/v1/deals/{first_open}/changelog", "500", times=1000)
-    result = sync(path, fake, server, 100_000, client_options=FAST_CLIENT)  # the core is whole
+    fake.inject(f"/v1/deals/{first_open}/changelog", "500", times=100_000)
+    for run in range(1, MAX_FAILURES + 2):
+        fake.reset_log()
+        result = sync(path, fake, server, 100_000, client_options=FAST_CLIENT)  # the core is whole
+        db = sqlite_utils.Database(path)
+        read_at, failures, error = db.execute(
+            "select read_at, failures, last_error from _pdsync_history where deal_id = ?",
+            [first_open],
+        ).fetchone()
+        assert read_at is None  # never said read
+        if run == 1:
+            # One deal failing does not hold up the others: every other deal is read.
+            assert result.history.status == "done"
+            unread = db.execute(
+                "select d.id from deals d left join _pdsync_history h on h.deal_id = d.id"
+                " where h.read_at is null"
+            ).fetchall()
+            assert unread == [(first_open,)]
+            assert db.execute("select count(*) from deals").fetchone()[0] == fake.count("deals")
+        if run == MAX_FAILURES:  # what the CLI says of it (a sync that did not fail)
+            capsys.readouterr()
+            report(result, quiet=False, tty=False)
+            said = (
+                f"deal history: 1 deals' changelogs failed (the last: deal {first_open} (given up)"
+            )
+            assert said in capsys.readouterr().err
+        if run <= MAX_FAILURES:
+            assert changelog_asks(fake, first_open) > 0  # tried again, after the others
+            assert result.history.failed == 1 and "500" in result.history.error
+            assert failures == run and "500" in error
+        else:  # given up: asked no more, and said so
+            assert changelog_asks(fake, first_open) == 0
+            assert result.history.failed == 0 and result.history.status == "done"
+            assert failures == MAX_FAILURES
+            assert error.startswith(f"given up after {MAX_FAILURES} failures") and "500" in error
+        db.close()
+    db = sqlite_utils.Database(path)
+    assert progress(db)["pending"] == 0
+    names = field_names(db)
+    for deal in fake.records("deals")[:20]:
+        if deal["id"] != first_open:
+            assert stored_rows(db, deal["id"]) == expected_rows(fake, deal["id"], names)
+
+
+def test_pipedrive_failing_every_changelog_stops_history_not_the_sync(company, tmp_path):
+    from helpers import FAST_CLIENT
+
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    sync(path, fake, server, 0)
+    for deal in fake.records("deals"):
+        fake.inject(f"/v1/deals/{deal['id']}/changelog", "500", times=100_000)
+    fake.reset_log()
+    result = sync(path, fake, server, 100_000, client_options=FAST_CLIENT)
     assert result.history.status == "failed" and "500" in result.history.error
     db = sqlite_utils.Database(path)
-    assert db.execute("select count(*) from deals").fetchone()[0] == fake.count("deals")
-    read = {r[0] for r in db.execute("select deal_id from _pdsync_history").fetchall()}
-    assert first_open not in read  # still to read: the next run tries again
-    assert db.execute("select last_error from sync_history").fetchone()[0]
+    failed = db.execute("select count(*) from _pdsync_history where failures > 0").fetchone()[0]
+    assert failed == result.history.failed < 12  # a few deals in a row, not the whole account
     fake.clear_faults()
-    again = pdsync.sync(
-        path, token=fake.token, base_url=server.url, auth_path=None, history_budget=100_000
-    )
+    again = sync(path, fake, server, 100_000)
     assert again.history.status == "done" and progress(db)["pending"] == 0
+
+
+def test_a_database_error_in_history_fails_history_not_the_sync(company, tmp_path):
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    sync(path, fake, server, 0)
+    db = sqlite_utils.Database(path)
+    # What a write of history meets when the file is locked: an error from SQLite itself.
+    with db.conn:
+        db.conn.execute(
+            "create trigger refuse before insert on deal_changes when new.source = 'changelog'"
+            " begin select raise(abort, 'database is locked'); end"
+        )
+    deal = next(d for d in fake.records("deals") if d["status"] == "open")
+    fake.advance(30)
+    fake.update_deal(deal["id"], title="Changed before the run")
+    fake.advance(30)
+    result = sync(path, fake, server, 100_000)  # does not raise
+    assert result.ok
+    assert result.history.status == "failed" and "database is locked" in result.history.error
+    title = db.execute("select title from deals where id = ?", [deal["id"]]).fetchone()[0]
+    assert title == "Changed before the run"  # the core entities are committed
+    assert db.execute("select last_error from sync_history").fetchone()[0] == result.history.error
+    assert not db.execute("select 1 from deal_changes where source = 'changelog'").fetchall()
+    with db.conn:
+        db.conn.execute("drop trigger refuse")
+    again = sync(path, fake, server, 100_000)
+    assert again.history.status == "done" and progress(db)["pending"] == 0
+
+
+def one_entry_a_page(monkeypatch) -> None:
+    """Changelogs of one entry a page (for Backfill alone: the core asks with the real limit).
+    Changelog entries have no id, so the client's repeated-page guard would take three full
+    pages for one page come back (a separate bug: a deal with 1,500 changes fails): off."""
+    monkeypatch.setattr("pdsync.client.PAGE_LIMIT", 1)
+    monkeypatch.setattr("pdsync.client._Repeats.check", lambda self, data: None)
+
+
+def long_changelogs(fake: FakePipedrive) -> None:
+    """The first open deals (read first) changed 12 times each: at one entry a page, their
+    changelogs are many pages long."""
+    open_deals = [d["id"] for d in fake.records("deals") if d["status"] == "open"]
+    for deal_id in sorted(open_deals)[:12]:
+        for n in range(12):
+            fake.advance(1)
+            fake.update_deal(deal_id, value=100 + n)
+    fake.advance(1)
+    assert all(len(fake.changelog(d)) >= 12 for d in sorted(open_deals)[:12])
+
+
+def test_a_stop_ends_history_at_the_next_page(company, tmp_path, monkeypatch):
+    import threading
+
+    from pdsync.backfill import Backfill
+    from pdsync.client import PipedriveClient
+
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    long_changelogs(fake)
+    sync(path, fake, server, 0)
+    one_entry_a_page(monkeypatch)
+    fake.reset_log()
+    fake.latency = 0.02
+    stop = threading.Event()
+    at_stop: list[int] = []
+
+    def stopper() -> None:
+        deadline = time.monotonic() + 30
+        while changelog_asks(fake) < 10 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        at_stop.append(changelog_asks(fake))
+        stop.set()
+
+    db = sqlite_utils.Database(path)
+    with PipedriveClient(fake.token, server.url) as client:
+        thread = threading.Thread(target=stopper)
+        thread.start()
+        result = Backfill(db, client, 100_000, stop=stop).run()
+        stopped_at = time.monotonic()
+        thread.join()
+        time.sleep(0.3)  # a worker still asking would show here
+    assert time.monotonic() - stopped_at < 1
+    assert result.status == "stopped"
+    assert changelog_asks(fake) - at_stop[0] <= 4  # at most the page each worker had asked
     names = field_names(db)
-    assert stored_rows(db, first_open) == expected_rows(fake, first_open, names)
+    for (deal_id,) in db.execute("select deal_id from _pdsync_history where read_at is not null"):
+        assert stored_rows(db, deal_id) == expected_rows(fake, deal_id, names)
+
+
+def test_history_spends_no_more_than_its_budget_on_long_changelogs(company, tmp_path, monkeypatch):
+    from pdsync.backfill import Backfill
+    from pdsync.client import PipedriveClient
+
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    long_changelogs(fake)
+    sync(path, fake, server, 0)
+    one_entry_a_page(monkeypatch)
+    fake.reset_log()
+    budget = 20 * 10  # less than one of the long changelogs: none of them can be read
+    db = sqlite_utils.Database(path)
+    with PipedriveClient(fake.token, server.url) as client:
+        result = Backfill(db, client, budget).run()
+    assert result.status == "budget"
+    assert spent_tokens(db) == changelog_asks(fake) * 20 <= budget
+    assert result.deals == 0  # a deal the budget cut short is not said read
+    assert not db.execute(
+        "select 1 from _pdsync_history where read_at is not null and deal_id"
+        " not in (select id from deals where update_time = add_time)"
+    ).fetchall()
+
+
+def spent_tokens(db: sqlite_utils.Database) -> int:
+    row = db.execute("select sum(tokens) from sync_tokens where purpose = 'history'").fetchone()
+    return row[0] or 0
+
+
+def test_a_change_observed_while_its_changelog_is_read_is_kept(company, tmp_path):
+    from pdsync import timestamps
+    from pdsync.backfill import Backfill
+    from pdsync.client import PipedriveClient
+    from pdsync.history import COMPARED, Observer
+    from pdsync.transaction import write_transaction
+
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    sync(path, fake, server, 0)
+    deal_id = min(d["id"] for d in fake.records("deals") if d["status"] == "open")
+
+    def webhook() -> None:
+        """A change of the deal, applied as the webhook applier does, on its own connection."""
+        fake.advance(30)
+        fake.update_deal(deal_id, value=4321)
+        upstream = next(d for d in fake.records("deals") if d["id"] == deal_id)
+        applier = sqlite_utils.Database(path)
+        found = applier.execute(f"select {', '.join(COMPARED)} from deals where id = ?", [deal_id])
+        stored = dict(zip(COMPARED, found.fetchone(), strict=True))
+        row = {
+            **stored,
+            "value": 4321,
+            "update_time": timestamps.normalize(upstream["update_time"]),
+        }
+        with write_transaction(applier):
+            Observer(applier).observe([row])
+            applier["deals"].update(deal_id, {"value": 4321, "update_time": row["update_time"]})
+        applier.close()
+
+    class WebhookMidRead(PipedriveClient):
+        def iter_v2(self, path, *args, **kwargs):
+            for page in super().iter_v2(path, *args, **kwargs):
+                if path == f"/v1/deals/{deal_id}/changelog" and not page.next_cursor:
+                    webhook()  # the changelog is read; it is not saved yet
+                yield page
+
+    db = sqlite_utils.Database(path)
+    with WebhookMidRead(fake.token, server.url) as client:
+        result = Backfill(db, client, 100_000).run()
+    assert result.status == "done"
+    names = field_names(db)
+    # The change the changelog could not have is there, once: the deal's whole story.
+    got = stored_rows(db, deal_id)
+    assert [r[:4] for r in got] == [r[:4] for r in expected_rows(fake, deal_id, names)]
+    assert got[-1][:3] == ("value", got[-1][1], "4321")
+    sources = db.execute(
+        "select source from deal_changes where deal_id = ? order by time, id", [deal_id]
+    ).fetchall()
+    assert sources[-1] == ("observed",) and sources.count(("observed",)) == 1
+
+
+def test_a_long_lived_observer_sees_custom_fields_and_stages_a_sync_added(company, tmp_path):
+    from pdsync.history import COMPARED, Observer
+    from pdsync.transaction import write_transaction
+
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    sync(path, fake, server, 0)
+    db = sqlite_utils.Database(path)
+    now = [1000.0]
+    observer = Observer(db, clock=lambda: now[0])  # as the webhook applier keeps one
+    deal_id = min(d["id"] for d in fake.records("deals") if d["status"] == "open")
+
+    def observe(update_time: str, **changes) -> None:
+        found = db.execute(f"select {', '.join(COMPARED)} from deals where id = ?", [deal_id])
+        row = {**dict(zip(COMPARED, found.fetchone(), strict=True)), **changes}
+        row["update_time"] = update_time
+        with write_transaction(db):
+            observer.observe([row])
+            db["deals"].update(deal_id, {**changes, "update_time": update_time})
+
+    observe("2030-01-01T00:00:00Z", title="First")  # the names are read now
+    code = "ab" * 20  # a custom field a later sync brings, and its column
+    with write_transaction(db):
+        db["deal_fields"].insert(
+            {"id": 999_999, "field_code": code, "column_name": "signed_by"}, alter=True
+        )
+    now[0] += Observer.CACHE_SECONDS + 1
+    observe("2030-01-01T00:01:00Z", custom_fields=f'{{"{code}": "Ann"}}')
+    keys = db.execute(
+        "select field_key from deal_changes where deal_id = ? and new_value = 'Ann'", [deal_id]
+    ).fetchall()
+    assert keys == [("signed_by",)]  # named, not the hash of a field it never heard of
+
+
+def test_a_spent_day_pauses_history_until_pipedrives_reset(company, tmp_path):
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    sync(path, fake, server, 0)
+    before = fake.tokens_spent
+    sync(path, fake, server, 0)
+    per_run = fake.tokens_spent - before  # an incremental run of the core entities
+    fake.daily_budget = fake.tokens_spent + per_run + 20 * 10  # then 10 changelogs
+    fake.budget_reset = 3 * 3600  # Pipedrive's budget resets in 3 hours (not at midnight)
+    asked = time.time()
+    result = sync(path, fake, server, 100_000)
+    assert result.history.status == "paused" and result.history.deals == 10
+    db = sqlite_utils.Database(path)
+    until = db.execute("select paused_until from sync_history").fetchone()[0]
+    until_s = datetime.fromisoformat(until[:-1]).replace(tzinfo=timezone.utc).timestamp()
+    assert asked + 3 * 3600 - 5 <= until_s <= time.time() + 3 * 3600 + 5
+
+
+def test_a_scheduled_run_reads_history_for_at_most_half_its_interval(company, tmp_path):
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    sync(path, fake, server, 0)
+    fake.latency = 0.05  # 160 changelogs, 4 at a time: about 2 seconds
+    started = time.monotonic()
+    result = sync(path, fake, server, 100_000, every=1.0)
+    assert result.history.status == "stopped" and "ran 0.5s" in result.history.error
+    assert 0 < result.history.deals < fake.count("deals")
+    assert result.history.seconds < 1.0 and time.monotonic() - started < 5

@@ -131,6 +131,7 @@ class Front:
         self.rate_limited = 0
         # Pipedrive's daily token budget (None: unlimited); every answered GET spends its cost.
         self.daily_budget: int | None = None
+        self.budget_reset: int | None = None  # seconds to its reset; None: UTC midnight
         self.tokens_spent = 0
         self._lock = threading.Lock()  # faults, burst windows, log
         self._faults: list[_Injected] = []
@@ -154,7 +155,7 @@ class Front:
         cost = self.cost(path)
         with self._lock:
             if self.daily_budget is not None and self.tokens_spent + cost > self.daily_budget:
-                until_midnight = 86400 - int(time.time()) % 86400
+                until_midnight = self.budget_reset or 86400 - int(time.time()) % 86400
                 headers = [
                     ("x-ratelimit-limit", str(self.daily_budget)),
                     ("x-ratelimit-remaining", "0"),
