@@ -459,6 +459,10 @@ class Sync:
                     while steps and time.monotonic() - started < pacing.BATCH:
                         steps.popleft()()
                 yield
+            if spec.name in self._paced and spec.name not in self._errors:
+                if paced.complete(self.store, spec):
+                    self._confirm_unseen(spec, entity)  # requests: outside a transaction
+                    yield
             if spec.name not in self._errors:
                 with self.pacer.transaction():
                     if spec.dependent:
@@ -480,6 +484,36 @@ class Sync:
         entity.error = self._errors.get(spec.name)
         self._record(spec, entity)
         self._report(entity, spec, done=True)
+
+    def _confirm_unseen(self, spec: EntitySpec, entity: EntityResult) -> None:
+        """A complete paced pass of several streams: ask Pipedrive about each id it did not
+        see (paced.to_confirm). One still there (archived mid-pass, or brought back) is
+        written and counts as seen; one not found (404) is left to be flagged as gone."""
+        records: list[dict] = []
+        try:
+            for id_ in paced.to_confirm(self.store, spec):
+                if self.stop.is_set():
+                    raise PipedriveError(self._fatal or "interrupted")
+                path = str(spec.record_path).format(id=id_)
+                try:
+                    body = self.client.get(path, tally=self._tallies[spec.name])
+                except PipedriveError as exc:
+                    if type(exc) is PipedriveError and "HTTP 404" in str(exc):
+                        continue  # not there: gone
+                    raise
+                record = body.get("data")
+                if isinstance(record, dict) and record.get(spec.pk) == id_:
+                    records.append(record)
+        except PipedriveError as exc:
+            self._fail(spec, exc)
+            return
+        rows, _, refused = self._rows(spec, records, entity)
+        with self.pacer.transaction():
+            self.store.upsert(spec, rows)
+            self.store.mark_seen(spec, [row[spec.pk] for row in rows] + refused)
+            counted = self._count_spend(spec)
+        self._spend_counted[spec.name] = counted
+        entity.records += len(rows)
 
     def _reconcile(self, spec: EntitySpec, entity: EntityResult) -> None:
         """End of a full pass: flag what it did not see, then forget what it saw."""

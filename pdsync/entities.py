@@ -101,6 +101,10 @@ class EntitySpec:
     refresh: timedelta | None = None
     # v1 leads send the custom fields (fields_table's) as top-level keys named by their hash.
     custom_at_top: bool = False
+    # GET of one record by id ("/api/v2/projects/{id}"), for a whole list of several streams:
+    # a paced pass asks it about each id no stream listed before taking the id for gone (a
+    # record that moved between streams mid-pass may have been missed by both cursors).
+    record_path: str | None = None
 
     @property
     def dependent(self) -> bool:

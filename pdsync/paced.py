@@ -6,7 +6,11 @@ rotation such a list is read at most the pages its run has room for; the v2 curs
 stopped is kept (``sync_streams``, under the stream's key plus ``#cursor``; ``""`` once the
 stream reached its end) and the next run carries on from it. Ids seen are kept on disk
 (``_pdsync_seen``), and only a pass that read every stream to its end flags what it did not
-see as gone. A failed pass starts again from the beginning.
+see as gone. Of several streams (active and archived projects), a record may move from one to
+the other between the runs of a pass and be missed by both cursors: what a complete pass did
+not see is asked about by id first (``EntitySpec.record_path``, a token each; usually the few
+records deleted or moved since the last pass), and only what is not there, or says it is
+deleted, is flagged. A failed pass starts again from the beginning.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ DONE = ""  # the stream reached its end in this pass
 
 
 def capable(spec: EntitySpec, fields_tables: set[str]) -> bool:
-    """A whole list on a refresh interval, cursor-paged (v2), keyed by integer ids."""
+    """A whole list on a refresh interval, cursor-paged (v2), keyed by integer ids; of
+    several streams, only with a GET of one record to confirm what no stream listed."""
     return (
         spec.refresh is not None
         and not spec.incremental
@@ -26,7 +31,18 @@ def capable(spec: EntitySpec, fields_tables: set[str]) -> bool:
         and spec.name not in fields_tables
         and spec.columns.get(spec.pk) is int
         and all(not stream.is_v1 for stream in spec.streams)
+        and (len(spec.streams) == 1 or spec.record_path is not None)
     )
+
+
+def to_confirm(store: Store, spec: EntitySpec) -> list[int]:
+    """Ids a complete pass did not see, to ask about one by one before flagging them: a
+    record that moved from one stream to another mid-pass (a project archived, or brought
+    back) can be behind the cursor of the stream it left and of the one it joined. One
+    stream in id order misses nothing that stayed listed: then none is asked about."""
+    if len(spec.streams) == 1 or spec.record_path is None:
+        return []
+    return store.unseen(spec)
 
 
 def cursor_key(stream_key: str) -> str:

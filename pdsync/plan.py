@@ -36,43 +36,68 @@ def due_now(
     """The specs this run fetches, in their order, and the pages a paced pass of each may
     read (paced.py). Lists on a refresh interval (reference lists, the field definitions of
     all but deals, users, projects and tasks) are spread over runs: those due go most overdue
-    first (a paced pass in progress before all) while the run stays within RUN_REQUESTS and
-    RUN_TOKENS; the rest wait for the next run, first in line. A whole v2 list bigger than
-    the room left is read a part at a time; the most overdue list always goes."""
+    first while the run stays within RUN_REQUESTS and RUN_TOKENS; the rest wait for the next
+    run, first in line. The most overdue list always goes. A whole v2 list bigger than the
+    room left is read a part at a time. A paced pass in progress goes on every run with at
+    least a page per stream, but after the others due: it has the room they leave (a pass of
+    50,000 tasks takes a day of runs, and users or field definitions must not wait for it)."""
     fields_tables = {s.fields_table for s in specs if s.fields_table}
     chosen: list[EntitySpec] = []
     waiting: list[tuple[str, int, EntitySpec]] = []
+    passes: list[EntitySpec] = []  # paced passes in progress
     for i, spec in enumerate(specs):
         meta = store.metadata(spec.name)
         if spec.refresh is None or full or spec.name in only or not meta.get("last_success_time"):
             chosen.append(spec)
         elif paced.capable(spec, fields_tables) and paced.in_progress(store, spec):
-            waiting.append(("", i, spec))
+            passes.append(spec)
         elif due(store, spec, full, only):
             waiting.append((meta.get("last_success_time") or "", i, spec))
     requests = sum(len(s.streams) for s in chosen if not s.dependent)
     tokens = sum(token_cost(st.path) for s in chosen if not s.dependent for st in s.streams)
+    # What the passes in progress read at least (a page per stream), kept for them.
+    reserved = sum(len(s.streams) for s in passes)
+    reserved_tokens = sum(token_cost(st.path) for s in passes for st in s.streams)
     pages: dict[str, int] = {}
     for n, (_, _, spec) in enumerate(sorted(waiting, key=lambda w: (w[0], w[1]))):
         more_requests, more_tokens = expected_cost(store, spec)
         if paced.capable(spec, fields_tables):
-            # As many pages as there is room for (a page per stream at least).
-            streams = len(spec.streams)
-            room = max(streams, RUN_REQUESTS - requests)
-            per_page = more_tokens / max(more_requests, 1)
-            room = min(room, max(streams, int((RUN_TOKENS - tokens) // max(per_page, 1))))
-            more_requests, more_tokens = (
-                min(more_requests, room),
-                min(more_tokens, int(room * per_page)),
+            more_requests, more_tokens = _paced_share(
+                store, spec, pages, requests + reserved, tokens + reserved_tokens
             )
-            pages[spec.name] = max(1, room // streams)
-        fits = requests + more_requests <= RUN_REQUESTS and tokens + more_tokens <= RUN_TOKENS
+        fits = (
+            requests + reserved + more_requests <= RUN_REQUESTS
+            and tokens + reserved_tokens + more_tokens <= RUN_TOKENS
+        )
         if n == 0 or fits:
             chosen.append(spec)
             requests, tokens = requests + more_requests, tokens + more_tokens
         else:
             pages.pop(spec.name, None)
+    for spec in passes:
+        reserved -= len(spec.streams)
+        reserved_tokens -= sum(token_cost(st.path) for st in spec.streams)
+        more_requests, more_tokens = _paced_share(
+            store, spec, pages, requests + reserved, tokens + reserved_tokens
+        )
+        chosen.append(spec)
+        requests, tokens = requests + more_requests, tokens + more_tokens
     return [spec for spec in specs if spec in chosen], pages
+
+
+def _paced_share(
+    store: Store, spec: EntitySpec, pages: dict[str, int], requests: int, tokens: int
+) -> tuple[int, int]:
+    """A paced pass of ``spec`` given as many pages as the run has room for beside
+    ``requests`` and ``tokens`` (a page per stream at least): its pages per stream go in
+    ``pages``; returns the requests and tokens it may spend."""
+    more_requests, more_tokens = expected_cost(store, spec)
+    streams = len(spec.streams)
+    room = max(streams, RUN_REQUESTS - requests)
+    per_page = more_tokens / max(more_requests, 1)
+    room = min(room, max(streams, int((RUN_TOKENS - tokens) // max(per_page, 1))))
+    pages[spec.name] = max(1, room // streams)
+    return min(more_requests, room), min(more_tokens, int(room * per_page))
 
 
 def expected_cost(store: Store, spec: EntitySpec) -> tuple[int, int]:

@@ -71,6 +71,7 @@ def projects() -> EntitySpec:
         ),
         indexes=(("deal_id",), ("owner_id",), ("update_time",)),
         fields_table="project_fields",
+        record_path="/api/v2/projects/{id}",  # archived or not; a deleted one says so
         transform=_projects_transform,
         refresh=PROJECTS_REFRESH,
         description="Projects (delivery after a won deal), archived ones flagged is_archived.",

@@ -92,6 +92,17 @@ class Store:
         )
         return cursor.rowcount
 
+    def unseen(self, spec: EntitySpec) -> list[Any]:
+        """Ids of the rows ``mark_gone`` (without ``keep_ids``) would flag now."""
+        differs = " or ".join(f"[{c}] is not ?" for c in spec.when_gone)
+        rows = self.db.execute(
+            f"select [{spec.pk}] from [{spec.name}] where [{spec.pk}] not in"
+            " (select id from _pdsync_seen where entity_type = ?)"
+            f" and ({differs}) order by [{spec.pk}]",
+            [spec.name, *spec.when_gone.values()],
+        )
+        return [row[0] for row in rows]
+
     def _keep(self, ids: list[Any]) -> str:
         """SQL selecting ``ids``, held in a temporary table (a list can be long)."""
         self.db.execute("create temp table if not exists _pdsync_keep (id primary key)")

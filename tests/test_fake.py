@@ -294,6 +294,32 @@ def test_v2_lists_match_the_spec(client, specs, path, spec_path, params):
         checker.check(page)
 
 
+def test_single_project_and_task_match_the_spec(live, specs):
+    """GET /api/v2/projects/{id} finds a project wherever it is listed (archived, deleted:
+    by its status); GET /api/v2/tasks/{id} a live task; both cost a token; else 404."""
+    fake, client = live.fake, live.client
+    projects, tasks = Checker(specs["v2"], "/projects/{id}"), Checker(specs["v2"], "/tasks/{id}")
+    listed = fake.records("projects")
+    archived = next(p for p in listed if p["archive_time"])
+    for project in (listed[0], archived):
+        body = client.get(f"/api/v2/projects/{project['id']}").json()
+        projects.check(body)
+        assert body["data"] == project
+    gone = fake.delete_project(listed[0]["id"])
+    body = client.get(f"/api/v2/projects/{gone['id']}").json()
+    projects.check(body)
+    assert body["data"]["status"] == "deleted"
+    task = fake.records("tasks")[-1]
+    body = client.get(f"/api/v2/tasks/{task['id']}").json()
+    tasks.check(body)
+    assert body["data"] == task
+    fake.delete_task(task["id"])
+    spent = fake.tokens_spent
+    assert client.get(f"/api/v2/tasks/{task['id']}").status_code == 404
+    assert client.get("/api/v2/projects/999999").status_code == 404
+    assert fake.tokens_spent - spent == 2  # a token each, as the spec's table says
+
+
 def test_webhooks_endpoints_match_the_spec(live, specs):
     hook = {
         "subscription_url": "https://example.org/-/pdsync/webhook",

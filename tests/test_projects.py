@@ -121,3 +121,42 @@ def test_fake_filters_projects_and_tasks(fake, server):
         user = tasks[0]["assignee_ids"][0]
         assert all(user in t["assignee_ids"] for t in listed("/api/v2/tasks", assignee_id=user))
         assert json.dumps(tasks[0])  # plain JSON
+
+
+def test_a_project_archived_mid_pass_is_not_taken_for_deleted(fake, run_sync, db_path):
+    """A paced pass reads the active and the archived projects over several runs. A project
+    archived after the archived stream was done, ahead of the active cursor, is listed by
+    neither cursor: before flagging it, the pass asks GET /api/v2/projects/{id}."""
+    owner = fake.records("projects")[0]["owner_id"]
+    for i in range(1100):  # three pages of 500 active projects: a pass over two runs
+        fake.add_project(f"Fit-out {i}", owner_id=owner)
+    assert run_sync().ok
+    age_last_success(db_path, ["projects"])
+    db = sqlite_utils.Database(db_path)
+    first = run_sync()
+    assert first.ok and "projects" in first.entities, first.errors
+    cursors = dict(
+        db.execute(
+            "select stream, watermark from sync_streams"
+            " where entity_type = 'projects' and stream like '%#cursor'"
+        ).fetchall()
+    )
+    assert cursors.get("/api/v2/projects/archived#cursor") == ""  # the archived stream is done
+    assert cursors.get("/api/v2/projects#cursor"), "the active stream should be half-way"
+    active = [p["id"] for p in fake.records("projects") if not p["archive_time"]]
+    moved, deleted = active[-1], active[-2]  # both ahead of the active cursor
+    fake.archive_project(moved)
+    fake.delete_project(deleted)
+    runs = 0
+    while db.execute(
+        "select count(*) from sync_streams"
+        " where entity_type = 'projects' and stream like '%#cursor'"
+    ).fetchone()[0]:
+        runs += 1
+        assert runs <= 5, "the pass never finished"
+        assert run_sync().ok
+    rows = _rows(db_path, "projects")
+    assert (rows[moved]["is_archived"], rows[moved]["is_deleted"]) == (1, 0)
+    assert rows[deleted]["is_deleted"] == 1
+    assert differences(db, fake, ["projects"]) == []
+    assert gone_but_not_flagged(db, fake, "projects") == []

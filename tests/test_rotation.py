@@ -108,3 +108,27 @@ def test_a_list_too_big_for_one_run_is_read_over_several(fake, run_sync, db_path
     assert db["tasks"].get(doomed)["is_deleted"] == 1
     assert db["tasks"].get(late["id"])["title"] == "Late addition"
     assert not set(run_sync().entities) & {"tasks"}  # done: not due for an hour
+
+
+def test_a_pass_in_progress_leaves_room_for_the_lists_due(fake, run_sync, db_path):
+    """A long paced pass (tasks of a large account) goes on every run, but after the other
+    hourly lists due: users overdue are refreshed in the next run, not when the pass ends."""
+    project = fake.records("projects")[0]["id"]
+    for i in range(2600):  # six pages of 500: more than a run has room for
+        fake.add_task(project, f"Step {i}")
+    assert run_sync().ok
+    age_last_success(db_path, ["tasks"])
+    first = run_sync()  # the pass begins; not at its end yet
+    assert "tasks" in first.entities
+    db = sqlite_utils.Database(db_path)
+    assert db.execute("select count(*) from sync_streams where stream like '%#cursor'").fetchone()[
+        0
+    ], "the pass should still be in progress"
+    age_last_success(db_path, ["users"], hours=3)
+    result = run_sync()
+    assert result.ok
+    assert {"users", "tasks"} <= set(result.entities), sorted(result.entities)
+    users = result.entities["users"]
+    assert users.status == "success" and users.requests == 1  # /v1/users was read
+    assert result.entities["tasks"].requests >= 1  # the pass went on too
+    assert result.requests <= plan.RUN_REQUESTS and result.tokens <= plan.RUN_TOKENS

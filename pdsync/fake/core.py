@@ -17,7 +17,7 @@ from typing import Any
 from . import endpoints, generators
 from .churn import Churn
 from .company import COMPANY
-from .entities import BY_PATH, ENTITIES, entity
+from .entities import BY_PATH, ENTITIES, entity, record_route
 from .front import FAULT_KINDS, Front
 from .history import CHANGELOG_TOKENS, History, deal_id_of
 from .records import prune
@@ -146,6 +146,8 @@ class FakePipedrive(Front, Churn):
         if deal_id_of(path) is not None:
             return CHANGELOG_TOKENS
         found = BY_PATH.get(path.rstrip("/"))
+        if found is None and (record := record_route(path)) is not None:
+            return record[1].tokens
         return found[1].tokens if found else 0
 
     def deal_alive(self, deal_id: int) -> bool:

@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from . import params as p
-from .entities import BY_PATH, Entity, Route
+from .entities import BY_PATH, Entity, Route, record_route
 from .history import History, deal_id_of
 from .params import BadRequest, NotFound, Params
 from .store import Store
@@ -301,6 +301,16 @@ def users_me(source: Source, params: Params) -> bytes:
     return dumps({"success": True, "data": source.me()})
 
 
+def one_record(source: Source, entity: Entity, route: Route, id_: int) -> bytes:
+    """``GET /api/v2/projects/{id}``: the record in ``data``, or NotFound (404)."""
+    where, args = _scope(entity, route)
+    sql = f"SELECT json FROM {entity.table.name} WHERE id = ? AND {' AND '.join(where)}"
+    rows = source.store.query(sql, [id_, *args])
+    if not rows:
+        raise NotFound(f"{entity.singular} {id_} not found")
+    return b'{"success":true,"data":' + rows[0][0] + b"}"
+
+
 # -- routing ----------------------------------------------------------------------------------
 
 PAGING = {"cursor": cursor_page, "offset": offset_page, "all": all_page}
@@ -317,6 +327,8 @@ def answer(source: Source, method: str, path: str, params: Params) -> bytes:
     deal_id = deal_id_of(path)
     if method == "GET" and deal_id is not None:  # /v1/deals/{id}/changelog
         return _page(*source.history.page(deal_id, params, source.deal_alive(deal_id)))
+    if method == "GET" and endpoint is None and (found := record_route(path)) is not None:
+        return one_record(source, *found)
     if method != "GET" or endpoint is None:
         raise NotFound(path)
     return endpoint(source, params)

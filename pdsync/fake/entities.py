@@ -125,6 +125,9 @@ class Entity:
     # v1 offset lists put start/limit/more_items_in_collection under additional_data's
     # "pagination"; the leads lists put them straight in additional_data (their spec says so).
     pagination_key: str | None = "pagination"
+    # GET of one record by id (``/api/v2/projects/{id}``): its path, token cost and ``scope``,
+    # the stored rows it finds (None: the live ones; others are 404).
+    record: Route | None = None
 
     def alive(self, now_ms: int) -> tuple[str, list[Any]]:
         """SQL and arguments for the records that exist upstream (what records() returns)."""
@@ -578,6 +581,8 @@ PROJECTS = Entity(
         Route("/api/v2/projects/archived", 10, scope="archived = 1"),
     ),
     live="status != 'deleted'",
+    # A deleted project is still there by id, with its status (as status=deleted lists it).
+    record=Route("/api/v2/projects/{id}", 1, scope="1"),
     sorts={},
     filters={"phase_id": "phase_id"},
     narrow=(
@@ -616,6 +621,7 @@ TASKS = Entity(
     ),
     routes=(Route("/api/v2/tasks", 10),),
     live="deleted_at IS NULL",
+    record=Route("/api/v2/tasks/{id}", 1),  # a deleted task: 404
     sorts={},
     filters={"project_id": "project_id"},
     narrow=(
@@ -667,8 +673,21 @@ BY_NAME: dict[str, Entity] = {e.name: e for e in ENTITIES_DECLARED}
 BY_PATH: dict[str, tuple[Entity, Route]] = {
     r.path: (e, r) for e in ENTITIES_DECLARED for r in e.routes
 }
+# The path before ``{id}`` of each single-record GET.
+BY_RECORD_PREFIX: dict[str, tuple[Entity, Route]] = {
+    e.record.path.removesuffix("{id}"): (e, e.record) for e in ENTITIES_DECLARED if e.record
+}
 TABLES: dict[str, Table] = {e.table.name: e.table for e in ENTITIES_DECLARED}
 FIELD_KINDS = {e.name: e.kind for e in ENTITIES_DECLARED if e.kind is not None}
+
+
+def record_route(path: str) -> tuple[Entity, Route, int] | None:
+    """The entity, route and id of a single-record GET (``/api/v2/projects/8``), or None."""
+    prefix, _, id_ = path.rstrip("/").rpartition("/")
+    found = BY_RECORD_PREFIX.get(prefix + "/")
+    if found is None or not id_.isdigit():
+        return None
+    return found[0], found[1], int(id_)
 
 
 def entity(name: str) -> Entity:
