@@ -15,6 +15,7 @@ periodic sync found (changes no webhook announced).
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sqlite3
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from . import access, timestamps
+
+log = logging.getLogger("pdsync.webhooks")
 
 SUFFIX = ".webhooks.db"
 KEEP_APPLIED_DAYS = 7  # applied deliveries kept this long, for the status page and debugging
@@ -284,22 +287,37 @@ class GroupCommit:
 
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            deliveries = [(item, done) for item, done in batch if done is not None]
-            refused = tuple(item for item, done in batch if done is None)
             try:
-                self.inbox.add_many([item for item, _ in deliveries], refused)
-            except Exception as exc:  # each waiting request answers 503; Pipedrive retries
-                for _, done in deliveries:
-                    done.set_exception(exc)
-            else:
-                for _, done in deliveries:
-                    done.set_result(None)
+                self._commit_next()
+            except Exception:  # never dies: every later delivery would wait for nothing
+                log.exception("webhook inbox %s", self.inbox.path)
+
+    def _commit_next(self) -> None:
+        batch = [self._queue.get()]
+        while len(batch) < self.MAX_BATCH:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        # A request that stopped waiting (its answer's deadline passed: it answered 503 and
+        # Pipedrive sends the delivery again) cancelled its future: not stored, not resolved.
+        # The others are running from here on, so they can no longer be cancelled.
+        deliveries = [
+            (item, done)
+            for item, done in batch
+            if done is not None and done.set_running_or_notify_cancel()
+        ]
+        refused = tuple(item for item, done in batch if done is None)
+        if not deliveries and not refused:
+            return
+        try:
+            self.inbox.add_many([item for item, _ in deliveries], refused)
+        except Exception as exc:  # each waiting request answers 503; Pipedrive retries
+            for _, done in deliveries:
+                done.set_exception(exc)
+        else:
+            for _, done in deliveries:
+                done.set_result(None)
 
 
 def _text(value: Any) -> str | None:

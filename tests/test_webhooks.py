@@ -492,3 +492,47 @@ def test_csrf_is_skipped_for_exactly_the_webhook_route(tmp_path):
     for other in ("/-/pdsync/sync", "/-/pdsync/webhook/", "/-/pdsync/webhooks", "/-/login"):
         assert not hooks.skip_csrf(ds, scope(other)), other
     assert not hooks.skip_csrf(ds, scope("/-/pdsync/webhook", "websocket"))
+
+
+def deal_body(fake, title):
+    deal = fake.records("deals")[0]
+    return deal["id"], json.dumps(delivery(deal["id"], title, "2030-01-01T00:00:00Z"))
+
+
+def test_a_commit_slower_than_the_answer_leaves_the_receiver_working(
+    run_sync, db_path, fake, monkeypatch
+):
+    from pdsync.datasette_plugin import webhook
+    from pdsync.webhook_inbox import Inbox, inbox_path
+
+    assert run_sync().ok
+    user, password = webhook_setup.new_credentials(access.secrets_path(db_path))
+    monkeypatch.setattr(webhook, "ANSWER_WITHIN", 0.3)  # Pipedrive's deadline, scaled
+    add_many = Inbox.add_many
+    slow = [True]
+
+    def first_one_slow(self, *args, **kwargs):
+        if slow and args[0]:
+            slow.clear()
+            time.sleep(0.8)  # an fsync stuck longer than the answer may wait
+        return add_many(self, *args, **kwargs)
+
+    monkeypatch.setattr(Inbox, "add_many", first_one_slow)
+    _, first = deal_body(fake, "First")
+    _, second = deal_body(fake, "Second")
+
+    auth = basic(user, password)
+
+    async def check(ds):
+        import asyncio
+
+        late = await ds.client.post("/-/pdsync/webhook", content=first, headers=auth)
+        assert late.status_code == 503 and "again" in late.json()["error"]
+        await asyncio.sleep(0.8)  # the slow commit ends
+        ok = await ds.client.post("/-/pdsync/webhook", content=second, headers=auth)
+        assert ok.status_code == 200, ok.text
+
+    in_process(check, immutables=[db_path])  # nothing applied: the inbox shows what came
+    inbox = Inbox(inbox_path(db_path))
+    bodies = [json.loads(body)["data"]["title"] for _, body in inbox.pending()]
+    assert bodies[-1] == "Second"
