@@ -536,3 +536,25 @@ def test_a_commit_slower_than_the_answer_leaves_the_receiver_working(
     inbox = Inbox(inbox_path(db_path))
     bodies = [json.loads(body)["data"]["title"] for _, body in inbox.pending()]
     assert bodies[-1] == "Second"
+
+
+def test_a_full_disk_answers_503_for_an_ignored_delivery_too(run_sync, db_path, monkeypatch):
+    from pdsync.webhook_inbox import Inbox
+
+    assert run_sync().ok
+    user, password = webhook_setup.new_credentials(access.secrets_path(db_path))
+
+    def full(self, *args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Inbox, "add_many", full)
+    board = json.dumps({"meta": {"action": "create", "entity": "board", "entity_id": "1"}})
+
+    async def check(ds):
+        answer = await ds.client.post(
+            "/-/pdsync/webhook", content=board, headers=basic(user, password)
+        )
+        assert answer.status_code == 503, answer.text
+        assert answer.json() == {"ok": False, "error": "not stored: send it again"}
+
+    in_process(check, files=[db_path])

@@ -208,7 +208,11 @@ async def _receive(request, db) -> Response:
     if meta.get("entity") not in ENTITIES:
         # Acknowledged, so that Pipedrive never bans the hook over an object pdsync ignores.
         log.info("webhook for %r ignored: pdsync does not sync it", meta.get("entity"))
-        await asyncio.wrap_future(committer.submit(body, meta, "ignored", "not synced"))
+        try:
+            await asyncio.wrap_future(committer.submit(body, meta, "ignored", "not synced"))
+        except Exception as exc:  # a full disk: not stored, so not acknowledged
+            log.error("webhook delivery for %s not stored: %s", db.name, exc)
+            return _one_line(503, "not stored: send it again")
         return Response.json({"ok": True, "ignored": True})
     try:
         await asyncio.wrap_future(committer.submit(body, meta))
