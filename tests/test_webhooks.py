@@ -558,3 +558,23 @@ def test_a_full_disk_answers_503_for_an_ignored_delivery_too(run_sync, db_path, 
         assert answer.json() == {"ok": False, "error": "not stored: send it again"}
 
     in_process(check, files=[db_path])
+
+
+def test_plain_datasette_finds_the_configured_secrets_file(
+    run_sync, db_path, tmp_path, monkeypatch, fake
+):
+    from pdsync.datasette_plugin.access import SECRETS_ENV
+
+    assert run_sync().ok
+    monkeypatch.delenv(SECRETS_ENV, raising=False)
+    secrets = tmp_path / "conf" / "crm.secrets.json"
+    user, password = webhook_setup.new_credentials(secrets)
+    _, body = deal_body(fake, "Configured")
+
+    async def check(ds):
+        ok = await ds.client.post("/-/pdsync/webhook", content=body, headers=basic(user, password))
+        assert ok.status_code == 200, ok.text
+
+    metadata = {"plugins": {"pdsync": {"secrets_file": str(secrets)}}}
+    in_process(check, files=[db_path], metadata=metadata)
+    assert not access.secrets_path(db_path).exists()  # nothing made beside the database

@@ -32,6 +32,7 @@ from pdsync.webhook_apply import ENTITIES, GAP_SLACK_S, Applier, DatabaseBusy
 from pdsync.webhook_inbox import GroupCommit, Inbox, inbox_for_secrets, inbox_path
 
 from .access import SECRETS_ENV
+from .config import plugin_config
 
 log = logging.getLogger("pdsync.webhooks")
 
@@ -54,14 +55,23 @@ def skip_csrf(datasette, scope) -> bool:
 # -- where things are -----------------------------------------------------------------------
 
 
-def secrets_file(db_path: str) -> Path:
-    env = os.environ.get(SECRETS_ENV)
-    return Path(env) if env else access.secrets_path(db_path)
+def configured_secrets(datasette) -> str | None:
+    """The secrets file ``pdsync serve`` passed, or ``plugins: pdsync: secrets_file`` (the
+    same choice as the sign-in's, access.secrets_file); None: the one beside the database."""
+    path = os.environ.get(SECRETS_ENV)
+    if not path and datasette is not None:
+        path = plugin_config(datasette).get("secrets_file")
+    return os.path.expanduser(str(path)) if path else None
 
 
-def inbox_file(db_path: str) -> Path:
-    env = os.environ.get(SECRETS_ENV)
-    return inbox_for_secrets(env) if env else inbox_path(db_path)
+def secrets_file(db_path: str, datasette=None) -> Path:
+    configured = configured_secrets(datasette)
+    return Path(configured) if configured else access.secrets_path(db_path)
+
+
+def inbox_file(db_path: str, datasette=None) -> Path:
+    configured = configured_secrets(datasette)
+    return inbox_for_secrets(configured) if configured else inbox_path(db_path)
 
 
 _inboxes: dict[str, Inbox] = {}
@@ -70,18 +80,22 @@ _secrets: dict[str, access.Cached] = {}
 _inboxes_lock = threading.Lock()
 
 
-def inbox_for(db_path: str) -> Inbox:
-    path = str(inbox_file(db_path))
+def inbox_for(db_path: str, datasette=None) -> Inbox:
+    return inbox_at(inbox_file(db_path, datasette))
+
+
+def inbox_at(path: str | Path) -> Inbox:
+    path = str(path)
     with _inboxes_lock:
         if path not in _inboxes:
             _inboxes[path] = Inbox(path)
         return _inboxes[path]
 
 
-def committer_for(db_path: str) -> GroupCommit:
+def committer_for(db_path: str, datasette=None) -> GroupCommit:
     found = _committers.get(db_path)  # by the database's path: no path work per delivery
     if found is None:
-        inbox = inbox_for(db_path)
+        inbox = inbox_for(db_path, datasette)
         with _inboxes_lock:
             found = _committers.get(db_path)
             if found is None:
@@ -89,12 +103,13 @@ def committer_for(db_path: str) -> GroupCommit:
     return found
 
 
-def secrets_for(db_path: str) -> dict:
+def secrets_for(db_path: str, datasette=None) -> dict:
     """The secrets file's content, re-read only when it changed (one stat a delivery)."""
     cached = _secrets.get(db_path)
     if cached is None:
+        path = secrets_file(db_path, datasette)
         with _inboxes_lock:
-            cached = _secrets.setdefault(db_path, access.Cached(secrets_file(db_path)))
+            cached = _secrets.setdefault(db_path, access.Cached(path))
     return cached.data()
 
 
@@ -160,7 +175,7 @@ async def receive(request, datasette) -> Response:
     if db is None:
         return _one_line(404, "no single pdsync database here: add ?database=NAME")
     try:
-        return await asyncio.wait_for(_receive(request, db), ANSWER_WITHIN)
+        return await asyncio.wait_for(_receive(request, db, datasette), ANSWER_WITHIN)
     except asyncio.TimeoutError:
         log.warning("webhook delivery not stored in %.0f s: Pipedrive retries", ANSWER_WITHIN)
         return _one_line(503, "busy: not stored, send it again")
@@ -176,15 +191,15 @@ async def asgi(datasette, scope, receive_message, send) -> None:
     await response.asgi_send(send)
 
 
-async def _receive(request, db) -> Response:
+async def _receive(request, db, datasette) -> Response:
     try:
-        committer = committer_for(db.path)
+        committer = committer_for(db.path, datasette)
     except Exception as exc:  # a read-only directory, a full disk
         log.error("webhook inbox for %s cannot be opened: %s", db.name, exc)
         return _one_line(503, "cannot store deliveries here; see the server's log")
     given = _basic(request.headers.get("authorization", ""))
     try:
-        data = secrets_for(db.path)
+        data = secrets_for(db.path, datasette)
     except access.SecretsError as exc:
         log.error("%s", exc)
         data = {}
@@ -219,7 +234,7 @@ async def _receive(request, db) -> Response:
     except Exception as exc:  # a full disk: not stored, so not acknowledged
         log.error("webhook delivery for %s not stored: %s", db.name, exc)
         return _one_line(503, "not stored: send it again")
-    wake(db.path, db.is_mutable)
+    wake(db.path, db.is_mutable, committer.inbox.path)
     return Response.json({"ok": True})
 
 
@@ -229,8 +244,9 @@ async def _receive(request, db) -> Response:
 class ApplierThread:
     """Applies one database's inbox, woken by each delivery and at least every second."""
 
-    def __init__(self, db_path: str) -> None:
+    def __init__(self, db_path: str, inbox: str | Path) -> None:
         self.db_path = db_path
+        self.inbox = inbox
         self.wake = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="pdsync-webhooks", daemon=True)
@@ -242,7 +258,7 @@ class ApplierThread:
         while not self.stop.is_set():
             try:
                 if applier is None:
-                    applier = Applier(self.db_path, inbox_for(self.db_path))
+                    applier = Applier(self.db_path, inbox_at(self.inbox))
                 while applier.apply_pending():
                     pass
                 applier.check_gaps(float(os.environ.get(SLACK_ENV) or GAP_SLACK_S))
@@ -269,7 +285,7 @@ _appliers: dict[str, ApplierThread] = {}
 _appliers_lock = threading.Lock()
 
 
-def wake(db_path: str, writable: bool = True) -> None:
+def wake(db_path: str, writable: bool, inbox: str | Path) -> None:
     if not writable:
         return  # a snapshot is not written; its deliveries wait in the inbox
     thread = _appliers.get(db_path)
@@ -277,7 +293,7 @@ def wake(db_path: str, writable: bool = True) -> None:
         with _appliers_lock:
             thread = _appliers.get(db_path)
             if thread is None:
-                thread = _appliers[db_path] = ApplierThread(db_path)
+                thread = _appliers[db_path] = ApplierThread(db_path, inbox)
                 thread.thread.start()
     thread.wake.set()
 
@@ -287,8 +303,9 @@ def start_appliers(datasette) -> None:
     for name, db in list(datasette.databases.items()):
         if name == "_internal" or not db.path or not db.is_mutable:
             continue
-        if inbox_file(db.path).exists():
-            wake(db.path)
+        inbox = inbox_file(db.path, datasette)
+        if inbox.exists():
+            wake(db.path, True, inbox)
 
 
 def stop_appliers() -> None:
@@ -307,10 +324,10 @@ def stop_appliers() -> None:
 
 def status_for(db) -> dict | None:
     """What the status page shows of a database's deliveries; None when none ever came."""
-    if not db.path or not inbox_file(db.path).exists():
+    if not db.path or not inbox_file(db.path, db.ds).exists():
         return None
     try:
-        summary = inbox_for(db.path).summary()
+        summary = inbox_for(db.path, db.ds).summary()
     except Exception as exc:  # the page must show, whatever the inbox's state
         log.warning("webhook inbox of %s: %s", db.name, exc)
         return {"error": str(exc)}
