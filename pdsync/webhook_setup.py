@@ -45,9 +45,16 @@ def check_credentials(data: dict, user: str, password: str) -> bool:
     compared, in constant time, so timing says nothing about which one or how close."""
     given = _digest(user, password)
     right = False
-    for entry in data.get(KEY, {}).get("credentials", []):
+    for entry in _credentials(data):
         right |= hmac.compare_digest(given, str(entry.get("digest", "")))
     return right
+
+
+def _credentials(data: Any) -> list[dict]:
+    """The stored credentials; none when a hand-edited file holds something else there."""
+    hooks = data.get(KEY) if isinstance(data, dict) else None
+    entries = hooks.get("credentials") if isinstance(hooks, dict) else None
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
 
 
 def new_credentials(secrets_file: Path) -> tuple[str, str]:
@@ -55,7 +62,11 @@ def new_credentials(secrets_file: Path) -> tuple[str, str]:
     password = secrets.token_urlsafe(32)
     with access._editing(secrets_file) as data:  # noqa: SLF001 - the file's one writer
         hooks = data.setdefault(KEY, {})
-        hooks.setdefault("credentials", []).append(
+        if not isinstance(hooks, dict) or not isinstance(hooks.setdefault("credentials", []), list):
+            raise access.SecretsError(
+                f"{secrets_file}: {KEY!r} is not what pdsync wrote there: remove it"
+            )
+        hooks["credentials"].append(
             {"user": user, "digest": _digest(user, password), "created": access._now()}  # noqa: SLF001
         )
     return user, password
@@ -67,7 +78,7 @@ def forget_credentials(secrets_file: Path) -> None:
 
 
 def known_users(secrets_file: Path) -> set[str]:
-    return {c.get("user") for c in access.load(secrets_file).get(KEY, {}).get("credentials", [])}
+    return {str(c["user"]) for c in _credentials(access.load(secrets_file)) if c.get("user")}
 
 
 def subscription_url(public_url: str, database: str | None = None) -> str:

@@ -578,3 +578,26 @@ def test_plain_datasette_finds_the_configured_secrets_file(
     metadata = {"plugins": {"pdsync": {"secrets_file": str(secrets)}}}
     in_process(check, files=[db_path], metadata=metadata)
     assert not access.secrets_path(db_path).exists()  # nothing made beside the database
+
+
+@pytest.mark.parametrize("hooks", [["not", "a", "dict"], "x", {"credentials": {"user": "a"}}])
+def test_a_hand_edited_webhooks_entry_means_no_credentials(run_sync, db_path, fake, hooks):
+    assert run_sync().ok
+    user, password = webhook_setup.new_credentials(access.secrets_path(db_path))
+    secrets = access.secrets_path(db_path)
+    data = json.loads(secrets.read_text())
+    data["webhooks"] = hooks
+    secrets.write_text(json.dumps(data))
+    os.chmod(secrets, 0o600)
+    assert webhook_setup.known_users(secrets) == set()
+    _, body = deal_body(fake, "Edited")
+
+    async def check(ds):
+        answer = await ds.client.post(
+            "/-/pdsync/webhook", content=body, headers=basic(user, password)
+        )
+        assert answer.status_code == 401, answer.text
+
+    in_process(check, files=[db_path])
+    with pytest.raises(access.SecretsError, match="not what pdsync wrote"):
+        webhook_setup.new_credentials(secrets)
