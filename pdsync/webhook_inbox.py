@@ -90,8 +90,14 @@ class Inbox:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             # Deliveries carry customer data: 0600 from the start (SQLite gives its -wal and
-            # -shm files the database file's mode).
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            # -shm files the database file's mode). Only a file not there yet: closing any
+            # descriptor of a file drops every POSIX lock this process holds on it, SQLite's
+            # included, and another process closing its last connection would then take the
+            # WAL away from under this one's ("disk I/O error").
+            try:
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             conn.execute("pragma journal_mode = wal")
             conn.execute("pragma synchronous = full")  # committed means on disk

@@ -6,6 +6,10 @@ again creates nothing. Credentials are generated (a user name and 32 random byte
 to Pipedrive once; the secrets file keeps only their sha256 digest (like API tokens,
 ``pdsync.access``), so the file never holds a usable password. A rerun that has to create a
 webhook makes new credentials for it; the older ones stay valid for the webhooks that use them.
+
+``install`` also makes the webhook inbox (``pdsync.webhook_inbox``) beside the secrets file:
+the receiver accepts deliveries only where one exists, so a replica given a copy of the
+secrets file (and not of the inbox) refuses them instead of applying them to a copy.
 Requests and tokens are counted in ``sync_tokens`` under the purpose ``webhooks``.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ from . import access
 from .errors import AuthError, PipedriveError
 from .redact import Redactor, bad_header_value
 from .webhook_apply import ENTITIES
+from .webhook_inbox import Inbox, inbox_for_secrets
 
 PURPOSE = "webhooks"
 KEY = "webhooks"  # in the secrets file
@@ -57,6 +63,18 @@ def _credentials(data: Any) -> list[dict]:
     return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
 
 
+def make_inbox(secrets_file: Path) -> Path:
+    """The inbox beside ``secrets_file``, made now if missing: where it exists, deliveries
+    are received (see the module's docstring)."""
+    path = inbox_for_secrets(secrets_file)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as the secrets file's is
+        Inbox(path).close()
+    except (OSError, sqlite3.Error) as exc:
+        raise access.SecretsError(f"cannot make the webhook inbox {path}: {exc}") from None
+    return path
+
+
 def new_credentials(secrets_file: Path) -> tuple[str, str]:
     user = "pdsync-" + secrets.token_hex(4)
     password = secrets.token_urlsafe(32)
@@ -69,6 +87,7 @@ def new_credentials(secrets_file: Path) -> tuple[str, str]:
         hooks["credentials"].append(
             {"user": user, "digest": _digest(user, password), "created": access._now()}  # noqa: SLF001
         )
+    make_inbox(secrets_file)
     return user, password
 
 
@@ -205,6 +224,7 @@ def plan(hooks: list[dict], url: str, users: set[str]) -> dict[str, Any]:
 def install(api: Api, secrets_file: Path, url: str) -> dict[str, list]:
     """Create the missing webhooks; remove our own that no longer match (another URL, a
     duplicate). Returns {"created": [...], "kept": [...], "removed": [...]}."""
+    make_inbox(secrets_file)  # before any webhook exists: its deliveries find it
     users = known_users(secrets_file)
     state = plan(api.webhooks(), url, users)
     missing = [obj for obj, hook in state["wanted"].items() if hook is None]

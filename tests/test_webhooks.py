@@ -601,3 +601,32 @@ def test_a_hand_edited_webhooks_entry_means_no_credentials(run_sync, db_path, fa
     in_process(check, files=[db_path])
     with pytest.raises(access.SecretsError, match="not what pdsync wrote"):
         webhook_setup.new_credentials(secrets)
+
+
+def test_a_replica_with_the_primarys_secrets_refuses_deliveries(run_sync, db_path, tmp_path, fake):
+    """A replica restores the database and gets the secrets file (for its users), not the
+    inbox: what it applied would be lost at its next restore, so it answers 503."""
+    import shutil
+
+    from pdsync.webhook_inbox import inbox_path
+
+    assert run_sync().ok
+    user, password = webhook_setup.new_credentials(access.secrets_path(db_path))
+    replica = tmp_path / "replica" / "pipedrive.db"
+    replica.parent.mkdir()
+    shutil.copy(db_path, replica)
+    shutil.copy(access.secrets_path(db_path), access.secrets_path(replica))
+    os.chmod(access.secrets_path(replica), 0o600)
+    deal_id, body = deal_body(fake, "On a replica")
+
+    async def check(ds):
+        refused = await ds.client.post(
+            "/-/pdsync/webhook", content=body, headers=basic(user, password)
+        )
+        assert refused.status_code == 503
+        assert "primary" in refused.json()["error"]
+
+    in_process(check, files=[str(replica)])
+    assert not inbox_path(replica).exists()
+    title = sqlite3.connect(replica).execute("select title from deals where id = ?", [deal_id])
+    assert title.fetchone()[0] != "On a replica"

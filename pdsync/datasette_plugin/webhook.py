@@ -9,6 +9,10 @@
   own that never waits on a sync, before the 2xx; one applier thread per database applies it
   after (``pdsync.webhook_apply``). A database served immutable (a snapshot) is not written:
   deliveries wait in the inbox until it is served writable.
+- Only the primary receives: the inbox is made by ``pdsync webhooks install`` (which runs
+  where the syncs write), never here. A server with no inbox (a replica restored from the
+  primary's copy, with the primary's secrets file) answers 503: what it applied would be
+  overwritten by its next restore, so Pipedrive must deliver to the primary instead.
 - Whatever happens it answers within Pipedrive's 10 s (8 s here): 503 when the inbox cannot
   take a delivery in time, so Pipedrive retries it.
 """
@@ -191,7 +195,20 @@ async def asgi(datasette, scope, receive_message, send) -> None:
     await response.asgi_send(send)
 
 
+_told_no_inbox: set[str] = set()
+
+
 async def _receive(request, db, datasette) -> Response:
+    if db.path not in _committers and not inbox_file(db.path, datasette).exists():
+        if db.path not in _told_no_inbox:  # once: Pipedrive retries, the log would flood
+            _told_no_inbox.add(db.path)
+            log.error(
+                "webhook deliveries for %s refused: no inbox here. Route %s to the primary"
+                " only (where `pdsync webhooks install` ran); a replica never receives.",
+                db.name,
+                PATH,
+            )
+        return _one_line(503, "this server does not receive webhooks: send them to the primary")
     try:
         committer = committer_for(db.path, datasette)
     except Exception as exc:  # a read-only directory, a full disk
