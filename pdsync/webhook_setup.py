@@ -7,6 +7,10 @@ to Pipedrive once; the secrets file keeps only their sha256 digest (like API tok
 ``pdsync.access``), so the file never holds a usable password. A rerun that has to create a
 webhook makes new credentials for it; the older ones stay valid for the webhooks that use them.
 
+A webhook is this database's only when its ``http_auth_user`` is one of this database's
+credentials: another pdsync instance on the same Pipedrive company names its webhooks the
+same way, and those are reported, never deleted.
+
 ``install`` also makes the webhook inbox (``pdsync.webhook_inbox``) beside the secrets file:
 the receiver accepts deliveries only where one exists, so a replica given a copy of the
 secrets file (and not of the inbox) refuses them instead of applying them to a copy.
@@ -198,13 +202,16 @@ def ours(hook: dict, url: str, users: set[str]) -> bool:
 
 
 def plan(hooks: list[dict], url: str, users: set[str]) -> dict[str, Any]:
-    """For each object: the matching live webhook, or None (missing); and what is ours but
-    wrong (another URL, v1, inactive) or duplicated."""
+    """For each object: the matching live webhook, or None (missing); what is ours but
+    wrong (another URL, v1, inactive) or duplicated; and what is named like ours but has
+    other credentials (``others``: another pdsync instance's, never touched)."""
     wanted: dict[str, dict | None] = dict.fromkeys(OBJECTS)
     extra: list[dict] = []
+    others: list[dict] = []
     for hook in hooks:
-        mine = hook.get("http_auth_user") in users or str(hook.get("name", "")).startswith(NAME)
-        if not mine:
+        if hook.get("http_auth_user") not in users:
+            if str(hook.get("name", "")).startswith(NAME):
+                others.append(hook)
             continue
         obj = hook.get("event_object")
         good = (
@@ -218,12 +225,13 @@ def plan(hooks: list[dict], url: str, users: set[str]) -> dict[str, Any]:
             wanted[obj] = hook
         else:
             extra.append(hook)
-    return {"wanted": wanted, "extra": extra}
+    return {"wanted": wanted, "extra": extra, "others": others}
 
 
 def install(api: Api, secrets_file: Path, url: str) -> dict[str, list]:
     """Create the missing webhooks; remove our own that no longer match (another URL, a
-    duplicate). Returns {"created": [...], "kept": [...], "removed": [...]}."""
+    duplicate). Returns {"created": [...], "kept": [...], "removed": [...], "others": [...]}
+    (others: named like ours, another instance's credentials: left alone)."""
     make_inbox(secrets_file)  # before any webhook exists: its deliveries find it
     users = known_users(secrets_file)
     state = plan(api.webhooks(), url, users)
@@ -237,19 +245,23 @@ def install(api: Api, secrets_file: Path, url: str) -> dict[str, list]:
         api.delete(hook["id"])
         removed.append(hook)
     kept = [hook for hook in state["wanted"].values() if hook is not None]
-    return {"created": created, "kept": kept, "removed": removed}
+    return {"created": created, "kept": kept, "removed": removed, "others": state["others"]}
 
 
-def remove(api: Api, secrets_file: Path) -> list[dict]:
-    """Delete every webhook pdsync made (by its credentials' user or its name)."""
+def remove(api: Api, secrets_file: Path) -> dict[str, list]:
+    """Delete every webhook made for this database (by its credentials' user), and forget
+    the credentials. Returns {"removed": [...], "others": [...]} (others: named like ours,
+    another instance's: left alone)."""
     users = known_users(secrets_file)
-    removed = []
+    removed, others = [], []
     for hook in api.webhooks():
-        if hook.get("http_auth_user") in users or str(hook.get("name", "")).startswith(NAME):
+        if hook.get("http_auth_user") in users:
             api.delete(hook["id"])
             removed.append(hook)
+        elif str(hook.get("name", "")).startswith(NAME):
+            others.append(hook)
     forget_credentials(secrets_file)
-    return removed
+    return {"removed": removed, "others": others}
 
 
 def count_spend(db_path: str, spend: Spend) -> None:

@@ -630,3 +630,25 @@ def test_a_replica_with_the_primarys_secrets_refuses_deliveries(run_sync, db_pat
     assert not inbox_path(replica).exists()
     title = sqlite3.connect(replica).execute("select title from deals where id = ?", [deal_id])
     assert title.fetchone()[0] != "On a replica"
+
+
+def test_two_databases_on_one_company_never_remove_each_others_webhooks(fake, server, tmp_path):
+    env = {"PIPEDRIVE_API_TOKEN": fake.token, "PIPEDRIVE_BASE_URL": server.url}
+
+    def run(*args, db):
+        auth = ["-a", str(tmp_path / "none.json")]
+        return CliRunner().invoke(cli.cli, ["webhooks", *args, str(db), *auth], env=env)
+
+    first, second = tmp_path / "a" / "one.db", tmp_path / "b" / "two.db"
+    assert run("install", "--url", "https://one.example.com", db=first).exit_code == 0
+    theirs = set(fake.webhooks().hooks)
+    assert len(theirs) == len(webhook_setup.OBJECTS)
+    installed = run("install", "--url", "https://two.example.com", db=second)
+    assert installed.exit_code == 0, installed.output
+    assert f"{len(webhook_setup.OBJECTS)} created" in installed.output
+    assert theirs <= set(fake.webhooks().hooks)  # the first instance's are all still there
+    assert "another pdsync's: left alone" in installed.output
+    removed = run("remove", db=second)
+    assert removed.exit_code == 0, removed.output
+    assert set(fake.webhooks().hooks) == theirs
+    assert f"{len(webhook_setup.OBJECTS)} removed" in removed.output
