@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import time
 from datetime import datetime, timezone
@@ -54,6 +55,7 @@ ENTITIES = {
 ACTIONS = ("create", "change", "delete")
 BATCH = 500  # deliveries per transaction
 GAP_SLACK_S = 300.0  # a change this close to a sync's start may still be on its way
+LATEST_VERSION = 253402300799.0  # 9999-12-31T23:59:59Z: anything later is not a time
 
 
 class DatabaseBusy(Exception):
@@ -62,19 +64,31 @@ class DatabaseBusy(Exception):
 
 def version_of(value: Any) -> float | None:
     """Seconds since the epoch from an ``update_time`` or a ``meta.timestamp`` (epoch seconds,
-    epoch milliseconds or RFC 3339 text); None when it is none of these."""
+    epoch milliseconds or RFC 3339 text); None when it is none of these, or out of range
+    (before 1970, after 9999, not finite)."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
-        return value / 1000 if value > 1e11 else float(value)
+        try:
+            seconds = value / 1000 if value > 1e11 else float(value)
+        except OverflowError:  # an int too large for a float
+            return None
+        return seconds if math.isfinite(seconds) and 0 <= seconds <= LATEST_VERSION else None
     if isinstance(value, str):
-        moment = timestamps.parse_timestamp(value)  # v1's "2019-01-22 08:55:59" too
-        return moment.timestamp() if moment else None
+        try:
+            moment = timestamps.parse_timestamp(value)  # v1's "2019-01-22 08:55:59" too
+            seconds = moment.timestamp() if moment else None
+        except (ValueError, OverflowError, OSError):
+            return None
+        return seconds if seconds is not None and 0 <= seconds <= LATEST_VERSION else None
     return None
 
 
 def _stamp(version: float) -> str:
-    return timestamps.format(datetime.fromtimestamp(int(version), tz=timezone.utc))
+    try:
+        return timestamps.format(datetime.fromtimestamp(int(version), tz=timezone.utc))
+    except (ValueError, OverflowError, OSError):
+        raise BadRecord(f"{version!r} is not a time") from None
 
 
 class Applier:
@@ -134,21 +148,49 @@ class Applier:
         known = self._known_versions(events)
         outcomes: list[tuple[int, str, str | None]] = []
         newer: list[tuple[str, str, float]] = []
+        refused: list[str] = []
         try:
             with db.atomic():
                 for seq, body in events:
-                    state, note, version = self._apply(body, tables, known)
+                    state, note, version = self._apply_one(body, tables, known)
                     outcomes.append((seq, state, note))
+                    if state == "failed":
+                        refused.append("not applicable")
                     if version is not None:
                         newer.append(version)
         except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
+            if _busy(exc):
                 raise DatabaseBusy(str(exc)) from None
             self.close()  # a fresh connection next time (the file may have been replaced)
             raise
         # After the database's commit: a crash here applies the batch again, harmlessly.
-        self.inbox.settle(outcomes, newer)
+        self.inbox.settle(outcomes, newer, tuple(refused))
         return len(outcomes)
+
+    def _apply_one(
+        self, body: dict | None, tables: set[str], known: dict[tuple, float]
+    ) -> tuple[str, str | None, tuple[str, str, float] | None]:
+        """One delivery in a savepoint of its own: one that cannot be applied, whatever the
+        reason, is undone alone and marked failed; the batch goes on without it (else the
+        batch would roll back and be retried for ever). Only a locked database stops it."""
+        db = self._db
+        db.execute("savepoint delivery")
+        try:
+            outcome = self._apply(body, tables, known)
+        except Exception as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _busy(exc):
+                raise
+            db.execute("rollback to delivery")
+            db.execute("release delivery")
+            text = str(exc) if isinstance(exc, BadRecord) else f"{type(exc).__name__}: {exc}"
+            reason = " ".join(text.split())[:300]  # one line, whatever the exception says
+            log.warning("webhook delivery not applicable: %s", reason)
+            return "failed", reason, None
+        db.execute("release delivery")
+        if outcome[2] is not None:
+            entity, key, version = outcome[2]
+            known[(entity, key)] = max(version, known.get((entity, key), version))
+        return outcome
 
     def _known_versions(self, events: list[tuple[int, dict | None]]) -> dict[tuple, float]:
         ids: dict[str, set[str]] = {}
@@ -175,9 +217,9 @@ class Applier:
         if action not in ACTIONS:
             return "ignored", f"action {action!r}", None
         data = body.get("data") if isinstance(body.get("data"), dict) else None
-        version = version_of((data or {}).get("update_time")) if action != "delete" else None
+        version = _version((data or {}).get("update_time")) if action != "delete" else None
         if version is None:
-            version = version_of(meta.get("timestamp"))
+            version = _version(meta.get("timestamp"))
         record_key = str(meta.get("entity_id") if meta.get("entity_id") is not None else "")
         if not record_key and data is not None:
             record_key = str(data.get(spec.pk, ""))
@@ -195,7 +237,6 @@ class Applier:
             return "failed", str(exc), None
         if version is None:
             return "applied", note, None
-        known[(entity, record_key)] = max(version, seen or version)
         return "applied", note, (entity, record_key, version)
 
     # -- creates and changes ------------------------------------------------------------------
@@ -381,6 +422,20 @@ class Applier:
         self.inbox.set_gaps(gaps, run_id)
         self.inbox.set_state("gaps_run", run_id)
         return gaps
+
+
+def _version(value: Any) -> float | None:
+    """``version_of``, refusing a number that is no time (a timestamp in the year 10^290
+    would fail later, in the middle of a batch)."""
+    version = version_of(value)
+    if version is None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        shown = repr(value) if len(repr(value)) <= 30 else repr(value)[:27] + "..."
+        raise BadRecord(f"timestamp {shown} is out of range")
+    return version
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def _decode(body: bytes) -> dict | None:

@@ -169,9 +169,11 @@ class Inbox:
         self,
         outcomes: list[tuple[int, str, str | None]],
         versions: list[tuple[str, str, float]] = (),
+        refused: tuple[str, ...] = (),
     ) -> None:
-        """Mark deliveries (seq, state, note) done and keep the versions applied (entity, id,
-        version), in one commit (one fsync: row by row, 500 rows took a second)."""
+        """Mark deliveries (seq, state, note) done, keep the versions applied (entity, id,
+        version) and count those refused by reason, in one commit (one fsync: row by row,
+        500 rows took a second)."""
         now = timestamps.now()
         conn = self.conn()
         with conn:
@@ -185,6 +187,12 @@ class Inbox:
                 " on conflict (entity, entity_id) do update set version = excluded.version"
                 " where excluded.version > versions.version",
                 versions,
+            )
+            conn.executemany(
+                "insert into refused (reason, count, last_at) values (?, 1, ?)"
+                " on conflict (reason) do update set count = count + 1,"
+                " last_at = excluded.last_at",
+                [(reason, now) for reason in refused],
             )
 
     def versions(self, entity: str, ids: list[str]) -> dict[str, float]:

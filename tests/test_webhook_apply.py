@@ -186,3 +186,55 @@ def test_a_stage_move_by_webhook_is_deal_history(synced, fake):
         "select field_key from deal_changes where deal_id = ? and time = ?", [deal["id"], moved]
     ).fetchall()
     assert fields == [("stage_id",)]
+
+
+def test_a_delivery_that_cannot_be_applied_is_refused_and_the_next_ones_are_applied(synced, fake):
+    """Whatever goes wrong with one delivery undoes it alone: the batch is not retried for
+    ever behind it."""
+    db, inbox, applier = synced
+    deal, person = fake.records("deals")[4], fake.records("persons")[4]
+    bad = [
+        # update_time as a number, the stored one text: not comparable.
+        (
+            {"action": "change", "entity": "deal", "entity_id": str(deal["id"])},
+            {"id": deal["id"], "title": "Numeric time", "update_time": 1893456000.0},
+        ),
+        # A timestamp in the year 10^290.
+        (
+            {
+                "action": "delete",
+                "entity": "person",
+                "entity_id": str(person["id"]),
+                "timestamp": 10**300,
+            },
+            None,
+        ),
+    ]
+    for meta, data in bad:
+        inbox.add(json.dumps({"meta": meta, "data": data}).encode(), meta)
+    meta = {"action": "change", "entity": "deal", "entity_id": str(deal["id"])}
+    good = {"id": deal["id"], "title": "After the bad ones", "update_time": "2030-01-01T00:00:00Z"}
+    inbox.add(json.dumps({"meta": meta, "data": good}).encode(), meta)
+
+    assert applier.apply_pending() == 3
+    states = inbox.conn().execute("select state, note from deliveries order by seq").fetchall()
+    assert [s for s, _ in states] == ["failed", "failed", "applied"]
+    assert "TypeError" in states[0][1] and "out of range" in states[1][1]
+    assert db.execute("select title from deals where id = ?", [deal["id"]]).fetchone() == (
+        "After the bad ones",
+    )
+    assert db.execute("select is_deleted from persons where id = ?", [person["id"]]).fetchone() == (
+        0,
+    )
+    refused = {r["reason"]: r["count"] for r in inbox.summary()["refused"]}
+    assert refused == {"not applicable": 2}
+    assert inbox.pending() == []
+
+
+def test_version_of_refuses_what_is_no_time():
+    from pdsync.webhook_apply import version_of
+
+    assert version_of(1_700_000_000) == 1_700_000_000.0
+    assert version_of(1_700_000_000_500) == 1_700_000_000.5
+    for value in (10**300, 1e300, float("inf"), float("nan"), -5, "99999-01-01T00:00:00Z"):
+        assert version_of(value) is None, value
