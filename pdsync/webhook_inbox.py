@@ -120,14 +120,16 @@ class Inbox:
         self, items: list[tuple[bytes, dict, str, str | None]], refused: tuple[str, ...] = ()
     ) -> None:
         """Store deliveries, and count refused ones by reason, in one commit (one fsync),
-        committed before this returns."""
+        committed before this returns. One stored already settled (ignored) gets its
+        ``applied_at`` now, so that ``prune`` removes it in time."""
         now = timestamps.now()
         conn = self.conn()
         with conn:
             conn.execute("begin immediate")
             conn.executemany(
                 "insert into deliveries (received_at, meta_id, webhook_id, entity, action,"
-                " entity_id, body, state, note) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " entity_id, body, state, note, applied_at)"
+                " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         now,
@@ -139,6 +141,7 @@ class Inbox:
                         body,
                         state,
                         note,
+                        None if state == "pending" else now,
                     )
                     for body, meta, state, note in items
                 ],
@@ -213,7 +216,9 @@ class Inbox:
         return (
             self.conn()
             .execute(
-                "delete from deliveries where state != 'pending' and applied_at < strftime("
+                # coalesce: ignored deliveries stored before they got an applied_at.
+                "delete from deliveries where state != 'pending'"
+                " and coalesce(applied_at, received_at) < strftime("
                 f"'%Y-%m-%dT%H:%M:%SZ', 'now', '-{KEEP_APPLIED_DAYS} days')"
             )
             .rowcount

@@ -238,3 +238,18 @@ def test_version_of_refuses_what_is_no_time():
     assert version_of(1_700_000_000_500) == 1_700_000_000.5
     for value in (10**300, 1e300, float("inf"), float("nan"), -5, "99999-01-01T00:00:00Z"):
         assert version_of(value) is None, value
+
+
+def test_ignored_deliveries_are_pruned_in_time(tmp_path):
+    inbox = Inbox(tmp_path / "x.webhooks.db")
+    inbox.add(b"{}", {"entity": "board"}, "ignored", "not synced")
+    applied_at = inbox.conn().execute("select applied_at from deliveries").fetchone()[0]
+    assert applied_at is not None
+    # One stored by an older pdsync, without applied_at, received long ago.
+    inbox.add(b"{}", {"entity": "board"}, "ignored", "not synced")
+    inbox.conn().execute(
+        "update deliveries set applied_at = null, received_at = '2020-01-01T00:00:00Z'"
+        " where seq = 2"
+    )
+    assert inbox.prune() == 1
+    assert [r[0] for r in inbox.conn().execute("select seq from deliveries")] == [1]

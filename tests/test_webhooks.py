@@ -580,29 +580,6 @@ def test_plain_datasette_finds_the_configured_secrets_file(
     assert not access.secrets_path(db_path).exists()  # nothing made beside the database
 
 
-@pytest.mark.parametrize("hooks", [["not", "a", "dict"], "x", {"credentials": {"user": "a"}}])
-def test_a_hand_edited_webhooks_entry_means_no_credentials(run_sync, db_path, fake, hooks):
-    assert run_sync().ok
-    user, password = webhook_setup.new_credentials(access.secrets_path(db_path))
-    secrets = access.secrets_path(db_path)
-    data = json.loads(secrets.read_text())
-    data["webhooks"] = hooks
-    secrets.write_text(json.dumps(data))
-    os.chmod(secrets, 0o600)
-    assert webhook_setup.known_users(secrets) == set()
-    _, body = deal_body(fake, "Edited")
-
-    async def check(ds):
-        answer = await ds.client.post(
-            "/-/pdsync/webhook", content=body, headers=basic(user, password)
-        )
-        assert answer.status_code == 401, answer.text
-
-    in_process(check, files=[db_path])
-    with pytest.raises(access.SecretsError, match="not what pdsync wrote"):
-        webhook_setup.new_credentials(secrets)
-
-
 def test_a_replica_with_the_primarys_secrets_refuses_deliveries(run_sync, db_path, tmp_path, fake):
     """A replica restores the database and gets the secrets file (for its users), not the
     inbox: what it applied would be lost at its next restore, so it answers 503."""
@@ -630,6 +607,29 @@ def test_a_replica_with_the_primarys_secrets_refuses_deliveries(run_sync, db_pat
     assert not inbox_path(replica).exists()
     title = sqlite3.connect(replica).execute("select title from deals where id = ?", [deal_id])
     assert title.fetchone()[0] != "On a replica"
+
+
+@pytest.mark.parametrize("hooks", [["not", "a", "dict"], "x", {"credentials": {"user": "a"}}])
+def test_a_hand_edited_webhooks_entry_means_no_credentials(run_sync, db_path, fake, hooks):
+    assert run_sync().ok
+    user, password = webhook_setup.new_credentials(access.secrets_path(db_path))
+    secrets = access.secrets_path(db_path)
+    data = json.loads(secrets.read_text())
+    data["webhooks"] = hooks
+    secrets.write_text(json.dumps(data))
+    os.chmod(secrets, 0o600)
+    assert webhook_setup.known_users(secrets) == set()
+    _, body = deal_body(fake, "Edited")
+
+    async def check(ds):
+        answer = await ds.client.post(
+            "/-/pdsync/webhook", content=body, headers=basic(user, password)
+        )
+        assert answer.status_code == 401, answer.text
+
+    in_process(check, files=[db_path])
+    with pytest.raises(access.SecretsError, match="not what pdsync wrote"):
+        webhook_setup.new_credentials(secrets)
 
 
 def test_two_databases_on_one_company_never_remove_each_others_webhooks(fake, server, tmp_path):
