@@ -391,8 +391,16 @@ class Applier:
         if run is None or first is None or str(run[0]) == self.inbox.get_state("gaps_run"):
             return None
         run_id, started_at = run
-        upper = version_of(started_at) - slack
-        lower = version_of(self.inbox.get_state("gaps_upper") or first)
+        started, lower = (
+            version_of(started_at),
+            version_of(self.inbox.get_state("gaps_upper") or first),
+        )
+        if started is None or lower is None:
+            # A run with no usable start time (hand-edited, an old pdsync's): nothing to
+            # compare with, and this run is not asked about again.
+            self.inbox.set_state("gaps_run", run_id)
+            return None
+        upper = started - slack
         gaps: dict[str, tuple[int, str]] = {}
         if upper > lower:
             watched = [

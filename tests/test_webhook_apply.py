@@ -240,6 +240,19 @@ def test_version_of_refuses_what_is_no_time():
         assert version_of(value) is None, value
 
 
+def test_a_run_without_a_usable_start_is_not_checked_for_gaps(synced):
+    db, inbox, applier = synced
+    inbox.add(b"{}", {"entity": "deal"})
+    for started in (None, "not a time"):
+        db.execute(
+            "update sync_runs set started_at = ? where id = (select max(id) from sync_runs)",
+            [started],
+        )
+        inbox.set_state("gaps_run", None)
+        assert applier.check_gaps(0) is None
+        assert applier.check_gaps(0) is None  # and not asked again
+
+
 def test_ignored_deliveries_are_pruned_in_time(tmp_path):
     inbox = Inbox(tmp_path / "x.webhooks.db")
     inbox.add(b"{}", {"entity": "board"}, "ignored", "not synced")
