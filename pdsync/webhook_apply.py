@@ -13,9 +13,10 @@ same as a full pass's reconciliation: persons, organizations, activities, notes 
 deleted upstream show without ``--full``. A merge arrives as a delete (``meta.merged_to_id``)
 and a change of the survivor: each is applied as such.
 
-Order: an older version never overwrites a newer one. The database keeps whole seconds; the
-inbox keeps each record's last applied version to the millisecond, so two changes in one
-second delivered out of order still end on the later.
+Order: an older version never overwrites a newer one. A version is the record's
+``update_time``, then the event's ``meta.timestamp``: Pipedrive's ``update_time`` has whole
+seconds, the event's time milliseconds, so two changes in one second delivered out of order
+still end on the later. The inbox keeps each record's last applied version.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ class Applier:
         events = [(seq, _decode(body)) for seq, body in batch]
         known = self._known_versions(events)
         outcomes: list[tuple[int, str, str | None]] = []
-        newer: list[tuple[str, str, float]] = []
+        newer: list[tuple[str, str, float, float]] = []
         refused: list[str] = []
         try:
             with db.atomic():
@@ -157,7 +158,8 @@ class Applier:
                     if state == "failed":
                         refused.append("not applicable")
                     if version is not None:
-                        newer.append(version)
+                        entity, key, (seconds, tiebreak) = version
+                        newer.append((entity, key, seconds, tiebreak))
         except sqlite3.OperationalError as exc:
             if _busy(exc):
                 raise DatabaseBusy(str(exc)) from None
@@ -168,8 +170,8 @@ class Applier:
         return len(outcomes)
 
     def _apply_one(
-        self, body: dict | None, tables: set[str], known: dict[tuple, float]
-    ) -> tuple[str, str | None, tuple[str, str, float] | None]:
+        self, body: dict | None, tables: set[str], known: dict[tuple, tuple]
+    ) -> tuple[str, str | None, tuple[str, str, tuple[float, float]] | None]:
         """One delivery in a savepoint of its own: one that cannot be applied, whatever the
         reason, is undone alone and marked failed; the batch goes on without it (else the
         batch would roll back and be retried for ever). Only a locked database stops it."""
@@ -192,21 +194,21 @@ class Applier:
             known[(entity, key)] = max(version, known.get((entity, key), version))
         return outcome
 
-    def _known_versions(self, events: list[tuple[int, dict | None]]) -> dict[tuple, float]:
+    def _known_versions(self, events: list[tuple[int, dict | None]]) -> dict[tuple, tuple]:
         ids: dict[str, set[str]] = {}
         for _, body in events:
             if body is not None:
                 meta = body["meta"]
                 ids.setdefault(str(meta.get("entity")), set()).add(str(meta.get("entity_id")))
-        known: dict[tuple, float] = {}
+        known: dict[tuple, tuple] = {}
         for entity, keys in ids.items():
             for key, version in self.inbox.versions(entity, sorted(keys)).items():
                 known[(entity, key)] = version
         return known
 
     def _apply(
-        self, body: dict | None, tables: set[str], known: dict[tuple, float]
-    ) -> tuple[str, str | None, tuple[str, str, float] | None]:
+        self, body: dict | None, tables: set[str], known: dict[tuple, tuple]
+    ) -> tuple[str, str | None, tuple[str, str, tuple[float, float]] | None]:
         if body is None:
             return "failed", "not a JSON object with a meta object", None
         meta = body["meta"]
@@ -217,14 +219,16 @@ class Applier:
         if action not in ACTIONS:
             return "ignored", f"action {action!r}", None
         data = body.get("data") if isinstance(body.get("data"), dict) else None
+        stamp = _version(meta.get("timestamp"))
         version = _version((data or {}).get("update_time")) if action != "delete" else None
         if version is None:
-            version = _version(meta.get("timestamp"))
+            version = stamp
+        order = None if version is None else (version, stamp if stamp is not None else 0.0)
         record_key = str(meta.get("entity_id") if meta.get("entity_id") is not None else "")
         if not record_key and data is not None:
             record_key = str(data.get(spec.pk, ""))
         seen = known.get((entity, record_key))
-        if version is not None and seen is not None and version < seen:
+        if order is not None and seen is not None and order < seen:
             return "applied", "older than what was applied: skipped", None
         try:
             if action == "delete":
@@ -237,7 +241,7 @@ class Applier:
             return "failed", str(exc), None
         if version is None:
             return "applied", note, None
-        return "applied", note, (entity, record_key, version)
+        return "applied", note, (entity, record_key, order)
 
     # -- creates and changes ------------------------------------------------------------------
 
@@ -422,7 +426,7 @@ class Applier:
                 missed = [
                     str(k)
                     for k, ut in rows
-                    if known.get(str(k)) is None or known[str(k)] + 1 < (version_of(ut) or 0)
+                    if known.get(str(k)) is None or known[str(k)][0] + 1 < (version_of(ut) or 0)
                 ]
                 if missed:
                     gaps[entity] = (len(missed), missed[0])

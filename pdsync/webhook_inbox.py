@@ -52,6 +52,7 @@ create table if not exists refused (
 );
 create table if not exists versions (
     entity text not null, entity_id text not null, version real not null,
+    tiebreak real not null default 0,  -- the event's meta.timestamp: within one update_time
     primary key (entity, entity_id)
 ) without rowid;
 create table if not exists gaps (
@@ -85,6 +86,9 @@ class Inbox:
         conn = self.conn()  # makes the file and its tables now, so a problem shows at once
         with conn:
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("pragma table_info(versions)")}
+            if "tiebreak" not in columns:  # an inbox made by an older pdsync
+                conn.execute("alter table versions add column tiebreak real not null default 0")
 
     def conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -171,12 +175,12 @@ class Inbox:
     def settle(
         self,
         outcomes: list[tuple[int, str, str | None]],
-        versions: list[tuple[str, str, float]] = (),
+        versions: list[tuple[str, str, float, float]] = (),
         refused: tuple[str, ...] = (),
     ) -> None:
         """Mark deliveries (seq, state, note) done, keep the versions applied (entity, id,
-        version) and count those refused by reason, in one commit (one fsync: row by row,
-        500 rows took a second)."""
+        version, tiebreak: compared in that order) and count those refused by reason, in
+        one commit (one fsync: row by row, 500 rows took a second)."""
         now = timestamps.now()
         conn = self.conn()
         with conn:
@@ -186,9 +190,11 @@ class Inbox:
                 [(state, note, now, seq) for seq, state, note in outcomes],
             )
             conn.executemany(
-                "insert into versions (entity, entity_id, version) values (?, ?, ?)"
-                " on conflict (entity, entity_id) do update set version = excluded.version"
-                " where excluded.version > versions.version",
+                "insert into versions (entity, entity_id, version, tiebreak) values (?, ?, ?, ?)"
+                " on conflict (entity, entity_id) do update set version = excluded.version,"
+                " tiebreak = excluded.tiebreak"
+                " where (excluded.version, excluded.tiebreak)"
+                " > (versions.version, versions.tiebreak)",
                 versions,
             )
             conn.executemany(
@@ -198,18 +204,18 @@ class Inbox:
                 [(reason, now) for reason in refused],
             )
 
-    def versions(self, entity: str, ids: list[str]) -> dict[str, float]:
-        found: dict[str, float] = {}
+    def versions(self, entity: str, ids: list[str]) -> dict[str, tuple[float, float]]:
+        """The last version applied of each record: (version, tiebreak)."""
+        found: dict[str, tuple[float, float]] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" for _ in chunk)
-            found.update(
-                self.conn().execute(
-                    f"select entity_id, version from versions where entity = ?"
-                    f" and entity_id in ({marks})",
-                    [entity, *chunk],
-                )
-            )
+            for key, version, tiebreak in self.conn().execute(
+                f"select entity_id, version, tiebreak from versions where entity = ?"
+                f" and entity_id in ({marks})",
+                [entity, *chunk],
+            ):
+                found[key] = (version, tiebreak)
         return found
 
     def prune(self) -> int:

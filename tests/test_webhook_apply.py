@@ -266,3 +266,32 @@ def test_ignored_deliveries_are_pruned_in_time(tmp_path):
     )
     assert inbox.prune() == 1
     assert [r[0] for r in inbox.conn().execute("select seq from deliveries")] == [1]
+
+
+def test_two_changes_in_one_second_end_on_the_later_event(synced, fake):
+    """Pipedrive's update_time has whole seconds: the event's own timestamp (milliseconds)
+    decides between two changes made in the same second and delivered out of order."""
+    db, inbox, applier = synced
+    deal = fake.records("deals")[5]
+    second = "2030-01-01T00:00:00Z"
+    later = {"id": deal["id"], "title": "Later", "update_time": second}
+    earlier = {"id": deal["id"], "title": "Earlier", "update_time": second}
+    deliver(inbox, applier, "deal", "change", deal["id"], later, at=1893456000900)
+    deliver(inbox, applier, "deal", "change", deal["id"], earlier, at=1893456000100)
+    assert db.execute("select title from deals where id = ?", [deal["id"]]).fetchone() == ("Later",)
+
+
+def test_an_inbox_from_before_the_tiebreak_is_upgraded(tmp_path):
+    path = tmp_path / "old.webhooks.db"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "create table versions (entity text not null, entity_id text not null,"
+        " version real not null, primary key (entity, entity_id)) without rowid"
+    )
+    conn.execute("insert into versions values ('deal', '1', 5.0)")
+    conn.commit()
+    conn.close()
+    inbox = Inbox(path)
+    assert inbox.versions("deal", ["1"]) == {"1": (5.0, 0.0)}
+    inbox.settle([], [("deal", "1", 5.0, 7.0)])
+    assert inbox.versions("deal", ["1"]) == {"1": (5.0, 7.0)}
