@@ -652,3 +652,37 @@ def test_two_databases_on_one_company_never_remove_each_others_webhooks(fake, se
     assert removed.exit_code == 0, removed.output
     assert set(fake.webhooks().hooks) == theirs
     assert f"{len(webhook_setup.OBJECTS)} removed" in removed.output
+
+
+def test_a_held_database_is_tried_ever_more_rarely(tmp_path, monkeypatch):
+    """Each try reads and decodes up to 500 deliveries: not every few milliseconds for the
+    minutes a sync's index build holds the database."""
+    from pdsync.datasette_plugin import webhook
+    from pdsync.webhook_apply import DatabaseBusy
+
+    tries = []
+
+    class Held:
+        def __init__(self, db_path, inbox):
+            self.inbox = inbox
+
+        def apply_pending(self):
+            tries.append(time.monotonic())
+            raise DatabaseBusy("database is locked")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(webhook, "Applier", Held)
+    thread = webhook.ApplierThread(str(tmp_path / "x.db"), tmp_path / "x.webhooks.db")
+    thread.thread.start()
+    try:
+        time.sleep(1.5)
+    finally:
+        thread.stop.set()
+        thread.wake.set()
+        thread.thread.join(5)
+    assert not thread.thread.is_alive()
+    assert 3 <= len(tries) <= 15, len(tries)
+    gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+    assert gaps[-1] > 0.2 and gaps[0] < 0.1  # soon at first, then ever more rarely

@@ -44,6 +44,7 @@ PATH = "/-/pdsync/webhook"
 MAX_BODY = 1024 * 1024  # a delivery is a record: a few KB; anything near this is not one
 ANSWER_WITHIN = 8.0  # seconds; Pipedrive waits 10
 IDLE_WAIT = 1.0  # the applier looks at the inbox at least this often
+BUSY_WAIT = (0.005, 1.0)  # while a sync holds the database: first retry, longest wait
 # How close to a sync's start a change may be and still be on its way as a webhook (seconds;
 # tests shorten it).
 SLACK_ENV = "PDSYNC_WEBHOOK_SLACK"
@@ -271,6 +272,7 @@ class ApplierThread:
     def _loop(self) -> None:
         applier = None
         backoff = IDLE_WAIT
+        busy = BUSY_WAIT[0]
         next_prune = 0.0
         while not self.stop.is_set():
             try:
@@ -282,12 +284,14 @@ class ApplierThread:
                 if time.monotonic() > next_prune:
                     applier.inbox.prune()  # applied deliveries older than a week
                     next_prune = time.monotonic() + 3600
-                backoff = IDLE_WAIT
+                backoff, busy = IDLE_WAIT, BUSY_WAIT[0]
             except DatabaseBusy:
                 # A sync holds the database. SQLite's own busy wait polls ever more rarely
-                # (every 100 ms after the first 300): a short one, tried again every few
-                # milliseconds, lands in the gaps between a sync's page commits sooner.
-                backoff = 0.005
+                # (every 100 ms after the first 300): a short one, tried again after a few
+                # milliseconds, lands in the gaps between a sync's page commits sooner. Each
+                # try reads and decodes the batch again: the waits double up to a second,
+                # so a lock held for minutes (an index build) costs a try a second.
+                backoff, busy = busy, min(busy * 2, BUSY_WAIT[1])
             except Exception:
                 log.exception("applying webhook deliveries to %s", self.db_path)
                 backoff = min(backoff * 2, 30.0)
