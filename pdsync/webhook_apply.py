@@ -122,6 +122,8 @@ class Applier:
         if self._db is not None:
             self._db.close()
             self._db = None
+            self._observer = None  # bound to the connection closed
+            self._history = None
 
     def _database(self) -> sqlite_utils.Database:
         if self._db is None:
@@ -180,8 +182,8 @@ class Applier:
         try:
             outcome = self._apply(body, tables, known)
         except Exception as exc:
-            if isinstance(exc, sqlite3.OperationalError) and _busy(exc):
-                raise
+            if isinstance(exc, sqlite3.OperationalError) and _database_level(exc):
+                raise  # not this delivery's fault: the batch waits, nothing is marked
             db.execute("rollback to delivery")
             db.execute("release delivery")
             text = str(exc) if isinstance(exc, BadRecord) else f"{type(exc).__name__}: {exc}"
@@ -448,6 +450,16 @@ def _version(value: Any) -> float | None:
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
+
+
+# The database itself cannot be written now (a file replaced or made read-only, a full
+# disk): every delivery would fail alike, so none is marked; the batch is tried again.
+_DATABASE_PROBLEMS = ("readonly", "disk i/o", "unable to open", "disk is full", "no such table")
+
+
+def _database_level(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return _busy(exc) or any(problem in text for problem in _DATABASE_PROBLEMS)
 
 
 def _decode(body: bytes) -> dict | None:

@@ -295,3 +295,27 @@ def test_an_inbox_from_before_the_tiebreak_is_upgraded(tmp_path):
     assert inbox.versions("deal", ["1"]) == {"1": (5.0, 0.0)}
     inbox.settle([], [("deal", "1", 5.0, 7.0)])
     assert inbox.versions("deal", ["1"]) == {"1": (5.0, 7.0)}
+
+
+def test_a_database_that_cannot_be_written_marks_no_delivery(synced, fake, db_path):
+    """Only a delivery's own problem fails it: a read-only database fails them all alike,
+    so they wait for it to be writable again."""
+    from pdsync.store import Store
+
+    db, inbox, applier = synced
+    deal = fake.records("deals")[6]
+    meta = {"action": "change", "entity": "deal", "entity_id": str(deal["id"])}
+    body = {"meta": meta, "data": {"id": deal["id"], "title": "Waits for a writable file"}}
+    inbox.add(json.dumps(body).encode(), meta)
+    applier.close()
+    read_only = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
+    applier._db = sqlite_utils.Database(read_only)  # as a file made read-only would be
+    applier._store = Store(applier._db)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        applier.apply_pending()
+    assert len(inbox.pending()) == 1
+    applier.close()
+    assert applier.apply_pending() == 1
+    assert db.execute("select title from deals where id = ?", [deal["id"]]).fetchone() == (
+        "Waits for a writable file",
+    )
