@@ -90,6 +90,7 @@ def install(
         click.echo(
             f"removed  {hook.get('id')}  {hook.get('event_object')}  {hook.get('subscription_url')}"
         )
+    _say_others(done["others"])
     click.echo(
         f"{len(done['created'])} created, {len(done['kept'])} already there,"
         f" {len(done['removed'])} removed. Credentials: {secrets} (0600).",
@@ -134,6 +135,7 @@ def list_(
             f"EXTRA    {hook.get('id')}  {hook.get('event_object')}  {hook.get('subscription_url')}"
             f"  version {hook.get('version')}"
         )
+    _say_others(state["others"])
     missing = sum(1 for hook in state["wanted"].values() if hook is None)
     if missing or state["extra"]:
         click.echo(
@@ -154,10 +156,21 @@ def remove(db_path: str, base_url: str | None, auth_path: str, config_dir: str |
 
     secrets = access.secrets_path(db_path, config_dir)
     with _api(db_path, auth_path, base_url) as api:
-        removed = webhook_setup.remove(api, secrets)
-    for hook in removed:
+        done = webhook_setup.remove(api, secrets)
+    for hook in done["removed"]:
         click.echo(f"removed  {hook.get('id')}  {hook.get('event_object')}")
-    click.echo(f"{len(removed)} removed.", err=True)
+    _say_others(done["others"])
+    click.echo(f"{len(done['removed'])} removed.", err=True)
+
+
+def _say_others(hooks: list[dict]) -> None:
+    """Webhooks named like pdsync's with credentials this database does not know: another
+    pdsync instance's on the same company (or credentials forgotten here). Never touched."""
+    for hook in hooks:
+        click.echo(
+            f"other    {hook.get('id')}  {hook.get('event_object')}  {hook.get('subscription_url')}"
+            "  (another pdsync's: left alone)"
+        )
 
 
 def register_demo(token: str, fake_url: str, db_path: str, served_url: str) -> int:

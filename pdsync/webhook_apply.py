@@ -13,15 +13,17 @@ same as a full pass's reconciliation: persons, organizations, activities, notes 
 deleted upstream show without ``--full``. A merge arrives as a delete (``meta.merged_to_id``)
 and a change of the survivor: each is applied as such.
 
-Order: an older version never overwrites a newer one. The database keeps whole seconds; the
-inbox keeps each record's last applied version to the millisecond, so two changes in one
-second delivered out of order still end on the later.
+Order: an older version never overwrites a newer one. A version is the record's
+``update_time``, then the event's ``meta.timestamp``: Pipedrive's ``update_time`` has whole
+seconds, the event's time milliseconds, so two changes in one second delivered out of order
+still end on the later. The inbox keeps each record's last applied version.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import time
 from datetime import datetime, timezone
@@ -54,6 +56,7 @@ ENTITIES = {
 ACTIONS = ("create", "change", "delete")
 BATCH = 500  # deliveries per transaction
 GAP_SLACK_S = 300.0  # a change this close to a sync's start may still be on its way
+LATEST_VERSION = 253402300799.0  # 9999-12-31T23:59:59Z: anything later is not a time
 
 
 class DatabaseBusy(Exception):
@@ -62,19 +65,31 @@ class DatabaseBusy(Exception):
 
 def version_of(value: Any) -> float | None:
     """Seconds since the epoch from an ``update_time`` or a ``meta.timestamp`` (epoch seconds,
-    epoch milliseconds or RFC 3339 text); None when it is none of these."""
+    epoch milliseconds or RFC 3339 text); None when it is none of these, or out of range
+    (before 1970, after 9999, not finite)."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
-        return value / 1000 if value > 1e11 else float(value)
+        try:
+            seconds = value / 1000 if value > 1e11 else float(value)
+        except OverflowError:  # an int too large for a float
+            return None
+        return seconds if math.isfinite(seconds) and 0 <= seconds <= LATEST_VERSION else None
     if isinstance(value, str):
-        moment = timestamps.parse_timestamp(value)  # v1's "2019-01-22 08:55:59" too
-        return moment.timestamp() if moment else None
+        try:
+            moment = timestamps.parse_timestamp(value)  # v1's "2019-01-22 08:55:59" too
+            seconds = moment.timestamp() if moment else None
+        except (ValueError, OverflowError, OSError):
+            return None
+        return seconds if seconds is not None and 0 <= seconds <= LATEST_VERSION else None
     return None
 
 
 def _stamp(version: float) -> str:
-    return timestamps.format(datetime.fromtimestamp(int(version), tz=timezone.utc))
+    try:
+        return timestamps.format(datetime.fromtimestamp(int(version), tz=timezone.utc))
+    except (ValueError, OverflowError, OSError):
+        raise BadRecord(f"{version!r} is not a time") from None
 
 
 class Applier:
@@ -107,6 +122,8 @@ class Applier:
         if self._db is not None:
             self._db.close()
             self._db = None
+            self._observer = None  # bound to the connection closed
+            self._history = None
 
     def _database(self) -> sqlite_utils.Database:
         if self._db is None:
@@ -133,38 +150,67 @@ class Applier:
         events = [(seq, _decode(body)) for seq, body in batch]
         known = self._known_versions(events)
         outcomes: list[tuple[int, str, str | None]] = []
-        newer: list[tuple[str, str, float]] = []
+        newer: list[tuple[str, str, float, float]] = []
+        refused: list[str] = []
         try:
             with db.atomic():
                 for seq, body in events:
-                    state, note, version = self._apply(body, tables, known)
+                    state, note, version = self._apply_one(body, tables, known)
                     outcomes.append((seq, state, note))
+                    if state == "failed":
+                        refused.append("not applicable")
                     if version is not None:
-                        newer.append(version)
+                        entity, key, (seconds, tiebreak) = version
+                        newer.append((entity, key, seconds, tiebreak))
         except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
+            if _busy(exc):
                 raise DatabaseBusy(str(exc)) from None
             self.close()  # a fresh connection next time (the file may have been replaced)
             raise
         # After the database's commit: a crash here applies the batch again, harmlessly.
-        self.inbox.settle(outcomes, newer)
+        self.inbox.settle(outcomes, newer, tuple(refused))
         return len(outcomes)
 
-    def _known_versions(self, events: list[tuple[int, dict | None]]) -> dict[tuple, float]:
+    def _apply_one(
+        self, body: dict | None, tables: set[str], known: dict[tuple, tuple]
+    ) -> tuple[str, str | None, tuple[str, str, tuple[float, float]] | None]:
+        """One delivery in a savepoint of its own: one that cannot be applied, whatever the
+        reason, is undone alone and marked failed; the batch goes on without it (else the
+        batch would roll back and be retried for ever). Only a locked database stops it."""
+        db = self._db
+        db.execute("savepoint delivery")
+        try:
+            outcome = self._apply(body, tables, known)
+        except Exception as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _database_level(exc):
+                raise  # not this delivery's fault: the batch waits, nothing is marked
+            db.execute("rollback to delivery")
+            db.execute("release delivery")
+            text = str(exc) if isinstance(exc, BadRecord) else f"{type(exc).__name__}: {exc}"
+            reason = " ".join(text.split())[:300]  # one line, whatever the exception says
+            log.warning("webhook delivery not applicable: %s", reason)
+            return "failed", reason, None
+        db.execute("release delivery")
+        if outcome[2] is not None:
+            entity, key, version = outcome[2]
+            known[(entity, key)] = max(version, known.get((entity, key), version))
+        return outcome
+
+    def _known_versions(self, events: list[tuple[int, dict | None]]) -> dict[tuple, tuple]:
         ids: dict[str, set[str]] = {}
         for _, body in events:
             if body is not None:
                 meta = body["meta"]
                 ids.setdefault(str(meta.get("entity")), set()).add(str(meta.get("entity_id")))
-        known: dict[tuple, float] = {}
+        known: dict[tuple, tuple] = {}
         for entity, keys in ids.items():
             for key, version in self.inbox.versions(entity, sorted(keys)).items():
                 known[(entity, key)] = version
         return known
 
     def _apply(
-        self, body: dict | None, tables: set[str], known: dict[tuple, float]
-    ) -> tuple[str, str | None, tuple[str, str, float] | None]:
+        self, body: dict | None, tables: set[str], known: dict[tuple, tuple]
+    ) -> tuple[str, str | None, tuple[str, str, tuple[float, float]] | None]:
         if body is None:
             return "failed", "not a JSON object with a meta object", None
         meta = body["meta"]
@@ -175,14 +221,16 @@ class Applier:
         if action not in ACTIONS:
             return "ignored", f"action {action!r}", None
         data = body.get("data") if isinstance(body.get("data"), dict) else None
-        version = version_of((data or {}).get("update_time")) if action != "delete" else None
+        stamp = _version(meta.get("timestamp"))
+        version = _version((data or {}).get("update_time")) if action != "delete" else None
         if version is None:
-            version = version_of(meta.get("timestamp"))
+            version = stamp
+        order = None if version is None else (version, stamp if stamp is not None else 0.0)
         record_key = str(meta.get("entity_id") if meta.get("entity_id") is not None else "")
         if not record_key and data is not None:
             record_key = str(data.get(spec.pk, ""))
         seen = known.get((entity, record_key))
-        if version is not None and seen is not None and version < seen:
+        if order is not None and seen is not None and order < seen:
             return "applied", "older than what was applied: skipped", None
         try:
             if action == "delete":
@@ -195,8 +243,7 @@ class Applier:
             return "failed", str(exc), None
         if version is None:
             return "applied", note, None
-        known[(entity, record_key)] = max(version, seen or version)
-        return "applied", note, (entity, record_key, version)
+        return "applied", note, (entity, record_key, order)
 
     # -- creates and changes ------------------------------------------------------------------
 
@@ -350,8 +397,16 @@ class Applier:
         if run is None or first is None or str(run[0]) == self.inbox.get_state("gaps_run"):
             return None
         run_id, started_at = run
-        upper = version_of(started_at) - slack
-        lower = version_of(self.inbox.get_state("gaps_upper") or first)
+        started, lower = (
+            version_of(started_at),
+            version_of(self.inbox.get_state("gaps_upper") or first),
+        )
+        if started is None or lower is None:
+            # A run with no usable start time (hand-edited, an old pdsync's): nothing to
+            # compare with, and this run is not asked about again.
+            self.inbox.set_state("gaps_run", run_id)
+            return None
+        upper = started - slack
         gaps: dict[str, tuple[int, str]] = {}
         if upper > lower:
             watched = [
@@ -373,7 +428,7 @@ class Applier:
                 missed = [
                     str(k)
                     for k, ut in rows
-                    if known.get(str(k)) is None or known[str(k)] + 1 < (version_of(ut) or 0)
+                    if known.get(str(k)) is None or known[str(k)][0] + 1 < (version_of(ut) or 0)
                 ]
                 if missed:
                     gaps[entity] = (len(missed), missed[0])
@@ -381,6 +436,30 @@ class Applier:
         self.inbox.set_gaps(gaps, run_id)
         self.inbox.set_state("gaps_run", run_id)
         return gaps
+
+
+def _version(value: Any) -> float | None:
+    """``version_of``, refusing a number that is no time (a timestamp in the year 10^290
+    would fail later, in the middle of a batch)."""
+    version = version_of(value)
+    if version is None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        shown = repr(value) if len(repr(value)) <= 30 else repr(value)[:27] + "..."
+        raise BadRecord(f"timestamp {shown} is out of range")
+    return version
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+# The database itself cannot be written now (a file replaced or made read-only, a full
+# disk): every delivery would fail alike, so none is marked; the batch is tried again.
+_DATABASE_PROBLEMS = ("readonly", "disk i/o", "unable to open", "disk is full", "no such table")
+
+
+def _database_level(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return _busy(exc) or any(problem in text for problem in _DATABASE_PROBLEMS)
 
 
 def _decode(body: bytes) -> dict | None:

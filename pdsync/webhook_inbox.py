@@ -15,6 +15,7 @@ periodic sync found (changes no webhook announced).
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sqlite3
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from . import access, timestamps
+
+log = logging.getLogger("pdsync.webhooks")
 
 SUFFIX = ".webhooks.db"
 KEEP_APPLIED_DAYS = 7  # applied deliveries kept this long, for the status page and debugging
@@ -49,6 +52,7 @@ create table if not exists refused (
 );
 create table if not exists versions (
     entity text not null, entity_id text not null, version real not null,
+    tiebreak real not null default 0,  -- the event's meta.timestamp: within one update_time
     primary key (entity, entity_id)
 ) without rowid;
 create table if not exists gaps (
@@ -82,13 +86,22 @@ class Inbox:
         conn = self.conn()  # makes the file and its tables now, so a problem shows at once
         with conn:
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("pragma table_info(versions)")}
+            if "tiebreak" not in columns:  # an inbox made by an older pdsync
+                conn.execute("alter table versions add column tiebreak real not null default 0")
 
     def conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             # Deliveries carry customer data: 0600 from the start (SQLite gives its -wal and
-            # -shm files the database file's mode).
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            # -shm files the database file's mode). Only a file not there yet: closing any
+            # descriptor of a file drops every POSIX lock this process holds on it, SQLite's
+            # included, and another process closing its last connection would then take the
+            # WAL away from under this one's ("disk I/O error").
+            try:
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             conn.execute("pragma journal_mode = wal")
             conn.execute("pragma synchronous = full")  # committed means on disk
@@ -111,14 +124,16 @@ class Inbox:
         self, items: list[tuple[bytes, dict, str, str | None]], refused: tuple[str, ...] = ()
     ) -> None:
         """Store deliveries, and count refused ones by reason, in one commit (one fsync),
-        committed before this returns."""
+        committed before this returns. One stored already settled (ignored) gets its
+        ``applied_at`` now, so that ``prune`` removes it in time."""
         now = timestamps.now()
         conn = self.conn()
         with conn:
             conn.execute("begin immediate")
             conn.executemany(
                 "insert into deliveries (received_at, meta_id, webhook_id, entity, action,"
-                " entity_id, body, state, note) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " entity_id, body, state, note, applied_at)"
+                " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         now,
@@ -130,6 +145,7 @@ class Inbox:
                         body,
                         state,
                         note,
+                        None if state == "pending" else now,
                     )
                     for body, meta, state, note in items
                 ],
@@ -159,10 +175,12 @@ class Inbox:
     def settle(
         self,
         outcomes: list[tuple[int, str, str | None]],
-        versions: list[tuple[str, str, float]] = (),
+        versions: list[tuple[str, str, float, float]] = (),
+        refused: tuple[str, ...] = (),
     ) -> None:
-        """Mark deliveries (seq, state, note) done and keep the versions applied (entity, id,
-        version), in one commit (one fsync: row by row, 500 rows took a second)."""
+        """Mark deliveries (seq, state, note) done, keep the versions applied (entity, id,
+        version, tiebreak: compared in that order) and count those refused by reason, in
+        one commit (one fsync: row by row, 500 rows took a second)."""
         now = timestamps.now()
         conn = self.conn()
         with conn:
@@ -172,31 +190,41 @@ class Inbox:
                 [(state, note, now, seq) for seq, state, note in outcomes],
             )
             conn.executemany(
-                "insert into versions (entity, entity_id, version) values (?, ?, ?)"
-                " on conflict (entity, entity_id) do update set version = excluded.version"
-                " where excluded.version > versions.version",
+                "insert into versions (entity, entity_id, version, tiebreak) values (?, ?, ?, ?)"
+                " on conflict (entity, entity_id) do update set version = excluded.version,"
+                " tiebreak = excluded.tiebreak"
+                " where (excluded.version, excluded.tiebreak)"
+                " > (versions.version, versions.tiebreak)",
                 versions,
             )
+            conn.executemany(
+                "insert into refused (reason, count, last_at) values (?, 1, ?)"
+                " on conflict (reason) do update set count = count + 1,"
+                " last_at = excluded.last_at",
+                [(reason, now) for reason in refused],
+            )
 
-    def versions(self, entity: str, ids: list[str]) -> dict[str, float]:
-        found: dict[str, float] = {}
+    def versions(self, entity: str, ids: list[str]) -> dict[str, tuple[float, float]]:
+        """The last version applied of each record: (version, tiebreak)."""
+        found: dict[str, tuple[float, float]] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" for _ in chunk)
-            found.update(
-                self.conn().execute(
-                    f"select entity_id, version from versions where entity = ?"
-                    f" and entity_id in ({marks})",
-                    [entity, *chunk],
-                )
-            )
+            for key, version, tiebreak in self.conn().execute(
+                f"select entity_id, version, tiebreak from versions where entity = ?"
+                f" and entity_id in ({marks})",
+                [entity, *chunk],
+            ):
+                found[key] = (version, tiebreak)
         return found
 
     def prune(self) -> int:
         return (
             self.conn()
             .execute(
-                "delete from deliveries where state != 'pending' and applied_at < strftime("
+                # coalesce: ignored deliveries stored before they got an applied_at.
+                "delete from deliveries where state != 'pending'"
+                " and coalesce(applied_at, received_at) < strftime("
                 f"'%Y-%m-%dT%H:%M:%SZ', 'now', '-{KEEP_APPLIED_DAYS} days')"
             )
             .rowcount
@@ -284,22 +312,37 @@ class GroupCommit:
 
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            deliveries = [(item, done) for item, done in batch if done is not None]
-            refused = tuple(item for item, done in batch if done is None)
             try:
-                self.inbox.add_many([item for item, _ in deliveries], refused)
-            except Exception as exc:  # each waiting request answers 503; Pipedrive retries
-                for _, done in deliveries:
-                    done.set_exception(exc)
-            else:
-                for _, done in deliveries:
-                    done.set_result(None)
+                self._commit_next()
+            except Exception:  # never dies: every later delivery would wait for nothing
+                log.exception("webhook inbox %s", self.inbox.path)
+
+    def _commit_next(self) -> None:
+        batch = [self._queue.get()]
+        while len(batch) < self.MAX_BATCH:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        # A request that stopped waiting (its answer's deadline passed: it answered 503 and
+        # Pipedrive sends the delivery again) cancelled its future: not stored, not resolved.
+        # The others are running from here on, so they can no longer be cancelled.
+        deliveries = [
+            (item, done)
+            for item, done in batch
+            if done is not None and done.set_running_or_notify_cancel()
+        ]
+        refused = tuple(item for item, done in batch if done is None)
+        if not deliveries and not refused:
+            return
+        try:
+            self.inbox.add_many([item for item, _ in deliveries], refused)
+        except Exception as exc:  # each waiting request answers 503; Pipedrive retries
+            for _, done in deliveries:
+                done.set_exception(exc)
+        else:
+            for _, done in deliveries:
+                done.set_result(None)
 
 
 def _text(value: Any) -> str | None:

@@ -6,6 +6,14 @@ again creates nothing. Credentials are generated (a user name and 32 random byte
 to Pipedrive once; the secrets file keeps only their sha256 digest (like API tokens,
 ``pdsync.access``), so the file never holds a usable password. A rerun that has to create a
 webhook makes new credentials for it; the older ones stay valid for the webhooks that use them.
+
+A webhook is this database's only when its ``http_auth_user`` is one of this database's
+credentials: another pdsync instance on the same Pipedrive company names its webhooks the
+same way, and those are reported, never deleted.
+
+``install`` also makes the webhook inbox (``pdsync.webhook_inbox``) beside the secrets file:
+the receiver accepts deliveries only where one exists, so a replica given a copy of the
+secrets file (and not of the inbox) refuses them instead of applying them to a copy.
 Requests and tokens are counted in ``sync_tokens`` under the purpose ``webhooks``.
 """
 
@@ -14,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +34,7 @@ from . import access
 from .errors import AuthError, PipedriveError
 from .redact import Redactor, bad_header_value
 from .webhook_apply import ENTITIES
+from .webhook_inbox import Inbox, inbox_for_secrets
 
 PURPOSE = "webhooks"
 KEY = "webhooks"  # in the secrets file
@@ -45,9 +55,28 @@ def check_credentials(data: dict, user: str, password: str) -> bool:
     compared, in constant time, so timing says nothing about which one or how close."""
     given = _digest(user, password)
     right = False
-    for entry in data.get(KEY, {}).get("credentials", []):
+    for entry in _credentials(data):
         right |= hmac.compare_digest(given, str(entry.get("digest", "")))
     return right
+
+
+def _credentials(data: Any) -> list[dict]:
+    """The stored credentials; none when a hand-edited file holds something else there."""
+    hooks = data.get(KEY) if isinstance(data, dict) else None
+    entries = hooks.get("credentials") if isinstance(hooks, dict) else None
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+def make_inbox(secrets_file: Path) -> Path:
+    """The inbox beside ``secrets_file``, made now if missing: where it exists, deliveries
+    are received (see the module's docstring)."""
+    path = inbox_for_secrets(secrets_file)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as the secrets file's is
+        Inbox(path).close()
+    except (OSError, sqlite3.Error) as exc:
+        raise access.SecretsError(f"cannot make the webhook inbox {path}: {exc}") from None
+    return path
 
 
 def new_credentials(secrets_file: Path) -> tuple[str, str]:
@@ -55,9 +84,14 @@ def new_credentials(secrets_file: Path) -> tuple[str, str]:
     password = secrets.token_urlsafe(32)
     with access._editing(secrets_file) as data:  # noqa: SLF001 - the file's one writer
         hooks = data.setdefault(KEY, {})
-        hooks.setdefault("credentials", []).append(
+        if not isinstance(hooks, dict) or not isinstance(hooks.setdefault("credentials", []), list):
+            raise access.SecretsError(
+                f"{secrets_file}: {KEY!r} is not what pdsync wrote there: remove it"
+            )
+        hooks["credentials"].append(
             {"user": user, "digest": _digest(user, password), "created": access._now()}  # noqa: SLF001
         )
+    make_inbox(secrets_file)
     return user, password
 
 
@@ -67,7 +101,7 @@ def forget_credentials(secrets_file: Path) -> None:
 
 
 def known_users(secrets_file: Path) -> set[str]:
-    return {c.get("user") for c in access.load(secrets_file).get(KEY, {}).get("credentials", [])}
+    return {str(c["user"]) for c in _credentials(access.load(secrets_file)) if c.get("user")}
 
 
 def subscription_url(public_url: str, database: str | None = None) -> str:
@@ -168,13 +202,16 @@ def ours(hook: dict, url: str, users: set[str]) -> bool:
 
 
 def plan(hooks: list[dict], url: str, users: set[str]) -> dict[str, Any]:
-    """For each object: the matching live webhook, or None (missing); and what is ours but
-    wrong (another URL, v1, inactive) or duplicated."""
+    """For each object: the matching live webhook, or None (missing); what is ours but
+    wrong (another URL, v1, inactive) or duplicated; and what is named like ours but has
+    other credentials (``others``: another pdsync instance's, never touched)."""
     wanted: dict[str, dict | None] = dict.fromkeys(OBJECTS)
     extra: list[dict] = []
+    others: list[dict] = []
     for hook in hooks:
-        mine = hook.get("http_auth_user") in users or str(hook.get("name", "")).startswith(NAME)
-        if not mine:
+        if hook.get("http_auth_user") not in users:
+            if str(hook.get("name", "")).startswith(NAME):
+                others.append(hook)
             continue
         obj = hook.get("event_object")
         good = (
@@ -188,12 +225,14 @@ def plan(hooks: list[dict], url: str, users: set[str]) -> dict[str, Any]:
             wanted[obj] = hook
         else:
             extra.append(hook)
-    return {"wanted": wanted, "extra": extra}
+    return {"wanted": wanted, "extra": extra, "others": others}
 
 
 def install(api: Api, secrets_file: Path, url: str) -> dict[str, list]:
     """Create the missing webhooks; remove our own that no longer match (another URL, a
-    duplicate). Returns {"created": [...], "kept": [...], "removed": [...]}."""
+    duplicate). Returns {"created": [...], "kept": [...], "removed": [...], "others": [...]}
+    (others: named like ours, another instance's credentials: left alone)."""
+    make_inbox(secrets_file)  # before any webhook exists: its deliveries find it
     users = known_users(secrets_file)
     state = plan(api.webhooks(), url, users)
     missing = [obj for obj, hook in state["wanted"].items() if hook is None]
@@ -206,19 +245,23 @@ def install(api: Api, secrets_file: Path, url: str) -> dict[str, list]:
         api.delete(hook["id"])
         removed.append(hook)
     kept = [hook for hook in state["wanted"].values() if hook is not None]
-    return {"created": created, "kept": kept, "removed": removed}
+    return {"created": created, "kept": kept, "removed": removed, "others": state["others"]}
 
 
-def remove(api: Api, secrets_file: Path) -> list[dict]:
-    """Delete every webhook pdsync made (by its credentials' user or its name)."""
+def remove(api: Api, secrets_file: Path) -> dict[str, list]:
+    """Delete every webhook made for this database (by its credentials' user), and forget
+    the credentials. Returns {"removed": [...], "others": [...]} (others: named like ours,
+    another instance's: left alone)."""
     users = known_users(secrets_file)
-    removed = []
+    removed, others = [], []
     for hook in api.webhooks():
-        if hook.get("http_auth_user") in users or str(hook.get("name", "")).startswith(NAME):
+        if hook.get("http_auth_user") in users:
             api.delete(hook["id"])
             removed.append(hook)
+        elif str(hook.get("name", "")).startswith(NAME):
+            others.append(hook)
     forget_credentials(secrets_file)
-    return removed
+    return {"removed": removed, "others": others}
 
 
 def count_spend(db_path: str, spend: Spend) -> None:

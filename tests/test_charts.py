@@ -91,3 +91,39 @@ def test_optional_parts_become_plain_sql():
         "select 1 where a = 1 and (:pipeline = '' or (pipeline = :pipeline)) group by 1"
     )
     assert charts.canned_sql("select 1") == "select 1"
+
+
+def test_a_slug_needing_percent_encoding_is_checked_as_the_dashboard_reads_it():
+    """datasette-dashboards unquotes the slugs: so does the check, and a dashboard or chart
+    it cannot find is refused rather than let through unchecked."""
+    from types import SimpleNamespace
+
+    from datasette.utils.asgi import Forbidden
+
+    config = {
+        "team deals": {"charts": {"by owner": {"db": "acme", "query": "select 1"}}},
+    }
+
+    class Datasette:
+        def plugin_config(self, name):
+            return config
+
+        async def permission_allowed(self, actor, action, resource=None, default=None):
+            return False  # neither execute-sql nor view-query of any chart
+
+    async def check(slug, chart_slug=None):
+        url_vars = {"slug": slug, **({"chart_slug": chart_slug} if chart_slug else {})}
+        request = SimpleNamespace(actor={"id": "reader"}, url_vars=url_vars)
+        await charts.check_charts_permission(request, Datasette(), "acme")
+
+    for args in (
+        ("team%20deals",),
+        ("team%20deals", "by%20owner"),
+        ("no%20such",),
+        ("team%20deals", "no%20such"),
+    ):
+        try:
+            asyncio.run(check(*args))
+        except Forbidden:
+            continue
+        raise AssertionError(f"{args} let through")

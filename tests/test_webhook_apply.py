@@ -186,3 +186,136 @@ def test_a_stage_move_by_webhook_is_deal_history(synced, fake):
         "select field_key from deal_changes where deal_id = ? and time = ?", [deal["id"], moved]
     ).fetchall()
     assert fields == [("stage_id",)]
+
+
+def test_a_delivery_that_cannot_be_applied_is_refused_and_the_next_ones_are_applied(synced, fake):
+    """Whatever goes wrong with one delivery undoes it alone: the batch is not retried for
+    ever behind it."""
+    db, inbox, applier = synced
+    deal, person = fake.records("deals")[4], fake.records("persons")[4]
+    bad = [
+        # update_time as a number, the stored one text: not comparable.
+        (
+            {"action": "change", "entity": "deal", "entity_id": str(deal["id"])},
+            {"id": deal["id"], "title": "Numeric time", "update_time": 1893456000.0},
+        ),
+        # A timestamp in the year 10^290.
+        (
+            {
+                "action": "delete",
+                "entity": "person",
+                "entity_id": str(person["id"]),
+                "timestamp": 10**300,
+            },
+            None,
+        ),
+    ]
+    for meta, data in bad:
+        inbox.add(json.dumps({"meta": meta, "data": data}).encode(), meta)
+    meta = {"action": "change", "entity": "deal", "entity_id": str(deal["id"])}
+    good = {"id": deal["id"], "title": "After the bad ones", "update_time": "2030-01-01T00:00:00Z"}
+    inbox.add(json.dumps({"meta": meta, "data": good}).encode(), meta)
+
+    assert applier.apply_pending() == 3
+    states = inbox.conn().execute("select state, note from deliveries order by seq").fetchall()
+    assert [s for s, _ in states] == ["failed", "failed", "applied"]
+    assert "TypeError" in states[0][1] and "out of range" in states[1][1]
+    assert db.execute("select title from deals where id = ?", [deal["id"]]).fetchone() == (
+        "After the bad ones",
+    )
+    assert db.execute("select is_deleted from persons where id = ?", [person["id"]]).fetchone() == (
+        0,
+    )
+    refused = {r["reason"]: r["count"] for r in inbox.summary()["refused"]}
+    assert refused == {"not applicable": 2}
+    assert inbox.pending() == []
+
+
+def test_version_of_refuses_what_is_no_time():
+    from pdsync.webhook_apply import version_of
+
+    assert version_of(1_700_000_000) == 1_700_000_000.0
+    assert version_of(1_700_000_000_500) == 1_700_000_000.5
+    for value in (10**300, 1e300, float("inf"), float("nan"), -5, "99999-01-01T00:00:00Z"):
+        assert version_of(value) is None, value
+
+
+def test_a_run_without_a_usable_start_is_not_checked_for_gaps(synced):
+    db, inbox, applier = synced
+    inbox.add(b"{}", {"entity": "deal"})
+    for started in (None, "not a time"):
+        db.execute(
+            "update sync_runs set started_at = ? where id = (select max(id) from sync_runs)",
+            [started],
+        )
+        inbox.set_state("gaps_run", None)
+        assert applier.check_gaps(0) is None
+        assert applier.check_gaps(0) is None  # and not asked again
+
+
+def test_ignored_deliveries_are_pruned_in_time(tmp_path):
+    inbox = Inbox(tmp_path / "x.webhooks.db")
+    inbox.add(b"{}", {"entity": "board"}, "ignored", "not synced")
+    applied_at = inbox.conn().execute("select applied_at from deliveries").fetchone()[0]
+    assert applied_at is not None
+    # One stored by an older pdsync, without applied_at, received long ago.
+    inbox.add(b"{}", {"entity": "board"}, "ignored", "not synced")
+    inbox.conn().execute(
+        "update deliveries set applied_at = null, received_at = '2020-01-01T00:00:00Z'"
+        " where seq = 2"
+    )
+    assert inbox.prune() == 1
+    assert [r[0] for r in inbox.conn().execute("select seq from deliveries")] == [1]
+
+
+def test_two_changes_in_one_second_end_on_the_later_event(synced, fake):
+    """Pipedrive's update_time has whole seconds: the event's own timestamp (milliseconds)
+    decides between two changes made in the same second and delivered out of order."""
+    db, inbox, applier = synced
+    deal = fake.records("deals")[5]
+    second = "2030-01-01T00:00:00Z"
+    later = {"id": deal["id"], "title": "Later", "update_time": second}
+    earlier = {"id": deal["id"], "title": "Earlier", "update_time": second}
+    deliver(inbox, applier, "deal", "change", deal["id"], later, at=1893456000900)
+    deliver(inbox, applier, "deal", "change", deal["id"], earlier, at=1893456000100)
+    assert db.execute("select title from deals where id = ?", [deal["id"]]).fetchone() == ("Later",)
+
+
+def test_an_inbox_from_before_the_tiebreak_is_upgraded(tmp_path):
+    path = tmp_path / "old.webhooks.db"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "create table versions (entity text not null, entity_id text not null,"
+        " version real not null, primary key (entity, entity_id)) without rowid"
+    )
+    conn.execute("insert into versions values ('deal', '1', 5.0)")
+    conn.commit()
+    conn.close()
+    inbox = Inbox(path)
+    assert inbox.versions("deal", ["1"]) == {"1": (5.0, 0.0)}
+    inbox.settle([], [("deal", "1", 5.0, 7.0)])
+    assert inbox.versions("deal", ["1"]) == {"1": (5.0, 7.0)}
+
+
+def test_a_database_that_cannot_be_written_marks_no_delivery(synced, fake, db_path):
+    """Only a delivery's own problem fails it: a read-only database fails them all alike,
+    so they wait for it to be writable again."""
+    from pdsync.store import Store
+
+    db, inbox, applier = synced
+    deal = fake.records("deals")[6]
+    meta = {"action": "change", "entity": "deal", "entity_id": str(deal["id"])}
+    body = {"meta": meta, "data": {"id": deal["id"], "title": "Waits for a writable file"}}
+    inbox.add(json.dumps(body).encode(), meta)
+    applier.close()
+    read_only = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
+    applier._db = sqlite_utils.Database(read_only)  # as a file made read-only would be
+    applier._store = Store(applier._db)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        applier.apply_pending()
+    assert len(inbox.pending()) == 1
+    applier.close()
+    assert applier.apply_pending() == 1
+    assert db.execute("select title from deals where id = ?", [deal["id"]]).fetchone() == (
+        "Waits for a writable file",
+    )

@@ -492,3 +492,197 @@ def test_csrf_is_skipped_for_exactly_the_webhook_route(tmp_path):
     for other in ("/-/pdsync/sync", "/-/pdsync/webhook/", "/-/pdsync/webhooks", "/-/login"):
         assert not hooks.skip_csrf(ds, scope(other)), other
     assert not hooks.skip_csrf(ds, scope("/-/pdsync/webhook", "websocket"))
+
+
+def deal_body(fake, title):
+    deal = fake.records("deals")[0]
+    return deal["id"], json.dumps(delivery(deal["id"], title, "2030-01-01T00:00:00Z"))
+
+
+def test_a_commit_slower_than_the_answer_leaves_the_receiver_working(
+    run_sync, db_path, fake, monkeypatch
+):
+    from pdsync.datasette_plugin import webhook
+    from pdsync.webhook_inbox import Inbox, inbox_path
+
+    assert run_sync().ok
+    user, password = webhook_setup.new_credentials(access.secrets_path(db_path))
+    monkeypatch.setattr(webhook, "ANSWER_WITHIN", 0.3)  # Pipedrive's deadline, scaled
+    add_many = Inbox.add_many
+    slow = [True]
+
+    def first_one_slow(self, *args, **kwargs):
+        if slow and args[0]:
+            slow.clear()
+            time.sleep(0.8)  # an fsync stuck longer than the answer may wait
+        return add_many(self, *args, **kwargs)
+
+    monkeypatch.setattr(Inbox, "add_many", first_one_slow)
+    _, first = deal_body(fake, "First")
+    _, second = deal_body(fake, "Second")
+
+    auth = basic(user, password)
+
+    async def check(ds):
+        import asyncio
+
+        late = await ds.client.post("/-/pdsync/webhook", content=first, headers=auth)
+        assert late.status_code == 503 and "again" in late.json()["error"]
+        await asyncio.sleep(0.8)  # the slow commit ends
+        ok = await ds.client.post("/-/pdsync/webhook", content=second, headers=auth)
+        assert ok.status_code == 200, ok.text
+
+    in_process(check, immutables=[db_path])  # nothing applied: the inbox shows what came
+    inbox = Inbox(inbox_path(db_path))
+    bodies = [json.loads(body)["data"]["title"] for _, body in inbox.pending()]
+    assert bodies[-1] == "Second"
+
+
+def test_a_full_disk_answers_503_for_an_ignored_delivery_too(run_sync, db_path, monkeypatch):
+    from pdsync.webhook_inbox import Inbox
+
+    assert run_sync().ok
+    user, password = webhook_setup.new_credentials(access.secrets_path(db_path))
+
+    def full(self, *args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Inbox, "add_many", full)
+    board = json.dumps({"meta": {"action": "create", "entity": "board", "entity_id": "1"}})
+
+    async def check(ds):
+        answer = await ds.client.post(
+            "/-/pdsync/webhook", content=board, headers=basic(user, password)
+        )
+        assert answer.status_code == 503, answer.text
+        assert answer.json() == {"ok": False, "error": "not stored: send it again"}
+
+    in_process(check, files=[db_path])
+
+
+def test_plain_datasette_finds_the_configured_secrets_file(
+    run_sync, db_path, tmp_path, monkeypatch, fake
+):
+    from pdsync.datasette_plugin.access import SECRETS_ENV
+
+    assert run_sync().ok
+    monkeypatch.delenv(SECRETS_ENV, raising=False)
+    secrets = tmp_path / "conf" / "crm.secrets.json"
+    user, password = webhook_setup.new_credentials(secrets)
+    _, body = deal_body(fake, "Configured")
+
+    async def check(ds):
+        ok = await ds.client.post("/-/pdsync/webhook", content=body, headers=basic(user, password))
+        assert ok.status_code == 200, ok.text
+
+    metadata = {"plugins": {"pdsync": {"secrets_file": str(secrets)}}}
+    in_process(check, files=[db_path], metadata=metadata)
+    assert not access.secrets_path(db_path).exists()  # nothing made beside the database
+
+
+def test_a_replica_with_the_primarys_secrets_refuses_deliveries(run_sync, db_path, tmp_path, fake):
+    """A replica restores the database and gets the secrets file (for its users), not the
+    inbox: what it applied would be lost at its next restore, so it answers 503."""
+    import shutil
+
+    from pdsync.webhook_inbox import inbox_path
+
+    assert run_sync().ok
+    user, password = webhook_setup.new_credentials(access.secrets_path(db_path))
+    replica = tmp_path / "replica" / "pipedrive.db"
+    replica.parent.mkdir()
+    shutil.copy(db_path, replica)
+    shutil.copy(access.secrets_path(db_path), access.secrets_path(replica))
+    os.chmod(access.secrets_path(replica), 0o600)
+    deal_id, body = deal_body(fake, "On a replica")
+
+    async def check(ds):
+        refused = await ds.client.post(
+            "/-/pdsync/webhook", content=body, headers=basic(user, password)
+        )
+        assert refused.status_code == 503
+        assert "primary" in refused.json()["error"]
+
+    in_process(check, files=[str(replica)])
+    assert not inbox_path(replica).exists()
+    title = sqlite3.connect(replica).execute("select title from deals where id = ?", [deal_id])
+    assert title.fetchone()[0] != "On a replica"
+
+
+@pytest.mark.parametrize("hooks", [["not", "a", "dict"], "x", {"credentials": {"user": "a"}}])
+def test_a_hand_edited_webhooks_entry_means_no_credentials(run_sync, db_path, fake, hooks):
+    assert run_sync().ok
+    user, password = webhook_setup.new_credentials(access.secrets_path(db_path))
+    secrets = access.secrets_path(db_path)
+    data = json.loads(secrets.read_text())
+    data["webhooks"] = hooks
+    secrets.write_text(json.dumps(data))
+    os.chmod(secrets, 0o600)
+    assert webhook_setup.known_users(secrets) == set()
+    _, body = deal_body(fake, "Edited")
+
+    async def check(ds):
+        answer = await ds.client.post(
+            "/-/pdsync/webhook", content=body, headers=basic(user, password)
+        )
+        assert answer.status_code == 401, answer.text
+
+    in_process(check, files=[db_path])
+    with pytest.raises(access.SecretsError, match="not what pdsync wrote"):
+        webhook_setup.new_credentials(secrets)
+
+
+def test_two_databases_on_one_company_never_remove_each_others_webhooks(fake, server, tmp_path):
+    env = {"PIPEDRIVE_API_TOKEN": fake.token, "PIPEDRIVE_BASE_URL": server.url}
+
+    def run(*args, db):
+        auth = ["-a", str(tmp_path / "none.json")]
+        return CliRunner().invoke(cli.cli, ["webhooks", *args, str(db), *auth], env=env)
+
+    first, second = tmp_path / "a" / "one.db", tmp_path / "b" / "two.db"
+    assert run("install", "--url", "https://one.example.com", db=first).exit_code == 0
+    theirs = set(fake.webhooks().hooks)
+    assert len(theirs) == len(webhook_setup.OBJECTS)
+    installed = run("install", "--url", "https://two.example.com", db=second)
+    assert installed.exit_code == 0, installed.output
+    assert f"{len(webhook_setup.OBJECTS)} created" in installed.output
+    assert theirs <= set(fake.webhooks().hooks)  # the first instance's are all still there
+    assert "another pdsync's: left alone" in installed.output
+    removed = run("remove", db=second)
+    assert removed.exit_code == 0, removed.output
+    assert set(fake.webhooks().hooks) == theirs
+    assert f"{len(webhook_setup.OBJECTS)} removed" in removed.output
+
+
+def test_a_held_database_is_tried_ever_more_rarely(tmp_path, monkeypatch):
+    """Each try reads and decodes up to 500 deliveries: not every few milliseconds for the
+    minutes a sync's index build holds the database."""
+    from pdsync.datasette_plugin import webhook
+    from pdsync.webhook_apply import DatabaseBusy
+
+    tries = []
+
+    class Held:
+        def __init__(self, db_path, inbox):
+            self.inbox = inbox
+
+        def apply_pending(self):
+            tries.append(time.monotonic())
+            raise DatabaseBusy("database is locked")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(webhook, "Applier", Held)
+    thread = webhook.ApplierThread(str(tmp_path / "x.db"), tmp_path / "x.webhooks.db")
+    thread.thread.start()
+    try:
+        time.sleep(1.5)
+    finally:
+        thread.stop.set()
+        thread.wake.set()
+        thread.thread.join(5)
+    assert not thread.thread.is_alive()
+    assert 3 <= len(tries) <= 15, len(tries)
+    gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+    assert gaps[-1] > 0.2 and gaps[0] < 0.1  # soon at first, then ever more rarely

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import unquote
 
 from datasette.utils.asgi import Forbidden, Response
 
@@ -106,9 +107,15 @@ async def check_charts_permission(request, datasette, database) -> None:
     allowed = await datasette.permission_allowed(actor, "execute-sql", database, default=None)
     if allowed is not False:
         return
-    slug = request.url_vars.get("slug")
-    charts = (dashboards_config(datasette).get(slug) or {}).get("charts") or {}
+    # As datasette-dashboards reads them: percent-decoded. A dashboard or chart not found
+    # here is refused, never waved through with nothing checked.
+    slug = unquote(request.url_vars.get("slug") or "")
+    dashboard = dashboards_config(datasette).get(slug)
+    charts = (dashboard or {}).get("charts") or {}
     only = request.url_vars.get("chart_slug")
+    only = None if only is None else unquote(only)
+    if dashboard is None or (only is not None and only not in charts):
+        raise Forbidden("execute-sql denied")
     wanted = [
         c for s, c in charts.items() if c.get("db") == database and (only is None or s == only)
     ]

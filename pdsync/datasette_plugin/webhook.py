@@ -9,6 +9,10 @@
   own that never waits on a sync, before the 2xx; one applier thread per database applies it
   after (``pdsync.webhook_apply``). A database served immutable (a snapshot) is not written:
   deliveries wait in the inbox until it is served writable.
+- Only the primary receives: the inbox is made by ``pdsync webhooks install`` (which runs
+  where the syncs write), never here. A server with no inbox (a replica restored from the
+  primary's copy, with the primary's secrets file) answers 503: what it applied would be
+  overwritten by its next restore, so Pipedrive must deliver to the primary instead.
 - Whatever happens it answers within Pipedrive's 10 s (8 s here): 503 when the inbox cannot
   take a delivery in time, so Pipedrive retries it.
 """
@@ -32,6 +36,7 @@ from pdsync.webhook_apply import ENTITIES, GAP_SLACK_S, Applier, DatabaseBusy
 from pdsync.webhook_inbox import GroupCommit, Inbox, inbox_for_secrets, inbox_path
 
 from .access import SECRETS_ENV
+from .config import plugin_config
 
 log = logging.getLogger("pdsync.webhooks")
 
@@ -39,6 +44,7 @@ PATH = "/-/pdsync/webhook"
 MAX_BODY = 1024 * 1024  # a delivery is a record: a few KB; anything near this is not one
 ANSWER_WITHIN = 8.0  # seconds; Pipedrive waits 10
 IDLE_WAIT = 1.0  # the applier looks at the inbox at least this often
+BUSY_WAIT = (0.005, 1.0)  # while a sync holds the database: first retry, longest wait
 # How close to a sync's start a change may be and still be on its way as a webhook (seconds;
 # tests shorten it).
 SLACK_ENV = "PDSYNC_WEBHOOK_SLACK"
@@ -54,14 +60,23 @@ def skip_csrf(datasette, scope) -> bool:
 # -- where things are -----------------------------------------------------------------------
 
 
-def secrets_file(db_path: str) -> Path:
-    env = os.environ.get(SECRETS_ENV)
-    return Path(env) if env else access.secrets_path(db_path)
+def configured_secrets(datasette) -> str | None:
+    """The secrets file ``pdsync serve`` passed, or ``plugins: pdsync: secrets_file`` (the
+    same choice as the sign-in's, access.secrets_file); None: the one beside the database."""
+    path = os.environ.get(SECRETS_ENV)
+    if not path and datasette is not None:
+        path = plugin_config(datasette).get("secrets_file")
+    return os.path.expanduser(str(path)) if path else None
 
 
-def inbox_file(db_path: str) -> Path:
-    env = os.environ.get(SECRETS_ENV)
-    return inbox_for_secrets(env) if env else inbox_path(db_path)
+def secrets_file(db_path: str, datasette=None) -> Path:
+    configured = configured_secrets(datasette)
+    return Path(configured) if configured else access.secrets_path(db_path)
+
+
+def inbox_file(db_path: str, datasette=None) -> Path:
+    configured = configured_secrets(datasette)
+    return inbox_for_secrets(configured) if configured else inbox_path(db_path)
 
 
 _inboxes: dict[str, Inbox] = {}
@@ -70,18 +85,22 @@ _secrets: dict[str, access.Cached] = {}
 _inboxes_lock = threading.Lock()
 
 
-def inbox_for(db_path: str) -> Inbox:
-    path = str(inbox_file(db_path))
+def inbox_for(db_path: str, datasette=None) -> Inbox:
+    return inbox_at(inbox_file(db_path, datasette))
+
+
+def inbox_at(path: str | Path) -> Inbox:
+    path = str(path)
     with _inboxes_lock:
         if path not in _inboxes:
             _inboxes[path] = Inbox(path)
         return _inboxes[path]
 
 
-def committer_for(db_path: str) -> GroupCommit:
+def committer_for(db_path: str, datasette=None) -> GroupCommit:
     found = _committers.get(db_path)  # by the database's path: no path work per delivery
     if found is None:
-        inbox = inbox_for(db_path)
+        inbox = inbox_for(db_path, datasette)
         with _inboxes_lock:
             found = _committers.get(db_path)
             if found is None:
@@ -89,12 +108,13 @@ def committer_for(db_path: str) -> GroupCommit:
     return found
 
 
-def secrets_for(db_path: str) -> dict:
+def secrets_for(db_path: str, datasette=None) -> dict:
     """The secrets file's content, re-read only when it changed (one stat a delivery)."""
     cached = _secrets.get(db_path)
     if cached is None:
+        path = secrets_file(db_path, datasette)
         with _inboxes_lock:
-            cached = _secrets.setdefault(db_path, access.Cached(secrets_file(db_path)))
+            cached = _secrets.setdefault(db_path, access.Cached(path))
     return cached.data()
 
 
@@ -160,7 +180,7 @@ async def receive(request, datasette) -> Response:
     if db is None:
         return _one_line(404, "no single pdsync database here: add ?database=NAME")
     try:
-        return await asyncio.wait_for(_receive(request, db), ANSWER_WITHIN)
+        return await asyncio.wait_for(_receive(request, db, datasette), ANSWER_WITHIN)
     except asyncio.TimeoutError:
         log.warning("webhook delivery not stored in %.0f s: Pipedrive retries", ANSWER_WITHIN)
         return _one_line(503, "busy: not stored, send it again")
@@ -176,15 +196,28 @@ async def asgi(datasette, scope, receive_message, send) -> None:
     await response.asgi_send(send)
 
 
-async def _receive(request, db) -> Response:
+_told_no_inbox: set[str] = set()
+
+
+async def _receive(request, db, datasette) -> Response:
+    if db.path not in _committers and not inbox_file(db.path, datasette).exists():
+        if db.path not in _told_no_inbox:  # once: Pipedrive retries, the log would flood
+            _told_no_inbox.add(db.path)
+            log.error(
+                "webhook deliveries for %s refused: no inbox here. Route %s to the primary"
+                " only (where `pdsync webhooks install` ran); a replica never receives.",
+                db.name,
+                PATH,
+            )
+        return _one_line(503, "this server does not receive webhooks: send them to the primary")
     try:
-        committer = committer_for(db.path)
+        committer = committer_for(db.path, datasette)
     except Exception as exc:  # a read-only directory, a full disk
         log.error("webhook inbox for %s cannot be opened: %s", db.name, exc)
         return _one_line(503, "cannot store deliveries here; see the server's log")
     given = _basic(request.headers.get("authorization", ""))
     try:
-        data = secrets_for(db.path)
+        data = secrets_for(db.path, datasette)
     except access.SecretsError as exc:
         log.error("%s", exc)
         data = {}
@@ -208,14 +241,18 @@ async def _receive(request, db) -> Response:
     if meta.get("entity") not in ENTITIES:
         # Acknowledged, so that Pipedrive never bans the hook over an object pdsync ignores.
         log.info("webhook for %r ignored: pdsync does not sync it", meta.get("entity"))
-        await asyncio.wrap_future(committer.submit(body, meta, "ignored", "not synced"))
+        try:
+            await asyncio.wrap_future(committer.submit(body, meta, "ignored", "not synced"))
+        except Exception as exc:  # a full disk: not stored, so not acknowledged
+            log.error("webhook delivery for %s not stored: %s", db.name, exc)
+            return _one_line(503, "not stored: send it again")
         return Response.json({"ok": True, "ignored": True})
     try:
         await asyncio.wrap_future(committer.submit(body, meta))
     except Exception as exc:  # a full disk: not stored, so not acknowledged
         log.error("webhook delivery for %s not stored: %s", db.name, exc)
         return _one_line(503, "not stored: send it again")
-    wake(db.path, db.is_mutable)
+    wake(db.path, db.is_mutable, committer.inbox.path)
     return Response.json({"ok": True})
 
 
@@ -225,8 +262,9 @@ async def _receive(request, db) -> Response:
 class ApplierThread:
     """Applies one database's inbox, woken by each delivery and at least every second."""
 
-    def __init__(self, db_path: str) -> None:
+    def __init__(self, db_path: str, inbox: str | Path) -> None:
         self.db_path = db_path
+        self.inbox = inbox
         self.wake = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="pdsync-webhooks", daemon=True)
@@ -234,23 +272,26 @@ class ApplierThread:
     def _loop(self) -> None:
         applier = None
         backoff = IDLE_WAIT
+        busy = BUSY_WAIT[0]
         next_prune = 0.0
         while not self.stop.is_set():
             try:
                 if applier is None:
-                    applier = Applier(self.db_path, inbox_for(self.db_path))
+                    applier = Applier(self.db_path, inbox_at(self.inbox))
                 while applier.apply_pending():
                     pass
                 applier.check_gaps(float(os.environ.get(SLACK_ENV) or GAP_SLACK_S))
                 if time.monotonic() > next_prune:
                     applier.inbox.prune()  # applied deliveries older than a week
                     next_prune = time.monotonic() + 3600
-                backoff = IDLE_WAIT
+                backoff, busy = IDLE_WAIT, BUSY_WAIT[0]
             except DatabaseBusy:
                 # A sync holds the database. SQLite's own busy wait polls ever more rarely
-                # (every 100 ms after the first 300): a short one, tried again every few
-                # milliseconds, lands in the gaps between a sync's page commits sooner.
-                backoff = 0.005
+                # (every 100 ms after the first 300): a short one, tried again after a few
+                # milliseconds, lands in the gaps between a sync's page commits sooner. Each
+                # try reads and decodes the batch again: the waits double up to a second,
+                # so a lock held for minutes (an index build) costs a try a second.
+                backoff, busy = busy, min(busy * 2, BUSY_WAIT[1])
             except Exception:
                 log.exception("applying webhook deliveries to %s", self.db_path)
                 backoff = min(backoff * 2, 30.0)
@@ -265,7 +306,7 @@ _appliers: dict[str, ApplierThread] = {}
 _appliers_lock = threading.Lock()
 
 
-def wake(db_path: str, writable: bool = True) -> None:
+def wake(db_path: str, writable: bool, inbox: str | Path) -> None:
     if not writable:
         return  # a snapshot is not written; its deliveries wait in the inbox
     thread = _appliers.get(db_path)
@@ -273,7 +314,7 @@ def wake(db_path: str, writable: bool = True) -> None:
         with _appliers_lock:
             thread = _appliers.get(db_path)
             if thread is None:
-                thread = _appliers[db_path] = ApplierThread(db_path)
+                thread = _appliers[db_path] = ApplierThread(db_path, inbox)
                 thread.thread.start()
     thread.wake.set()
 
@@ -283,8 +324,9 @@ def start_appliers(datasette) -> None:
     for name, db in list(datasette.databases.items()):
         if name == "_internal" or not db.path or not db.is_mutable:
             continue
-        if inbox_file(db.path).exists():
-            wake(db.path)
+        inbox = inbox_file(db.path, datasette)
+        if inbox.exists():
+            wake(db.path, True, inbox)
 
 
 def stop_appliers() -> None:
@@ -303,10 +345,10 @@ def stop_appliers() -> None:
 
 def status_for(db) -> dict | None:
     """What the status page shows of a database's deliveries; None when none ever came."""
-    if not db.path or not inbox_file(db.path).exists():
+    if not db.path or not inbox_file(db.path, db.ds).exists():
         return None
     try:
-        summary = inbox_for(db.path).summary()
+        summary = inbox_for(db.path, db.ds).summary()
     except Exception as exc:  # the page must show, whatever the inbox's state
         log.warning("webhook inbox of %s: %s", db.name, exc)
         return {"error": str(exc)}
