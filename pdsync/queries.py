@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from functools import lru_cache
@@ -115,6 +116,8 @@ def datasette(db: str | os.PathLike | sqlite_utils.Database, **kwargs: Any):
     datasette_plugin.register()
     return Datasette(
         [str(db)],
-        metadata=metadata(),
+        # A copy: Datasette adds the canned_queries hook's queries (the charts') to the
+        # metadata's queries in place, which would change metadata.yml for every later caller.
+        metadata=copy.deepcopy(metadata()),
         **{"settings": {"suggest_facets": False}, **kwargs},
     )
