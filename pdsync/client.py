@@ -422,7 +422,9 @@ class _Repeats:
         self.times = 0
 
     def check(self, data: list) -> None:
-        ids = [r.get("id") if isinstance(r, dict) else r for r in data]
+        # A record without an id (a changelog entry) is its own key: pages of id-less
+        # entries all look alike by id, and a deal with 1,500 changes would stop at page 3.
+        ids = [_key(r) for r in data]
         self.times = self.times + 1 if ids and ids == self.last else 1
         self.last = ids
         if self.times >= 3:
@@ -430,6 +432,13 @@ class _Repeats:
                 f"GET {self.path}: the same page came back {self.times} times in a row although"
                 " pdsync asked for the next; stopped so the stream cannot loop"
             )
+
+
+def _key(record: Any) -> Any:
+    if isinstance(record, dict):
+        key = record.get("id")
+        return record if key is None else key
+    return record
 
 
 def _list(body: dict) -> list:

@@ -231,6 +231,18 @@ def m016_history_failures(db: sqlite_utils.Database) -> None:
             db.execute(f"alter table _pdsync_history add column {name} {kind}")
 
 
+@migrations()
+def m017_history_long_changelogs(db: sqlite_utils.Database) -> None:
+    # The client took pages of id-less changelog entries for one page come back, so every
+    # deal with more than two pages of changes failed, then was given up on: try them again.
+    if "_pdsync_history" not in db.table_names():
+        return
+    db.execute(
+        "update _pdsync_history set failures = 0, failed_at = null, last_error = null"
+        " where last_error like '%the same page came back%'"
+    )
+
+
 def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     """Create what the specs declare and is missing. Safe to run on every sync."""
     for spec in entities:

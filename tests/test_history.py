@@ -347,6 +347,43 @@ def test_a_deal_whose_changelog_keeps_failing_is_passed_over_then_given_up(
             assert stored_rows(db, deal["id"]) == expected_rows(fake, deal["id"], names)
 
 
+def test_deals_given_up_for_their_long_changelogs_are_tried_again(company, tmp_path):
+    """A database where the old repeated-page guard gave up on long changelogs: the upgrade
+    reads them again, and leaves deals given up for another reason alone."""
+    from pdsync.backfill import MAX_FAILURES
+    from pdsync.schema import m017_history_long_changelogs
+
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    sync(path, fake, server, 0)
+    long_one, broken_one = [d["id"] for d in fake.records("deals")[:2]]
+    db = sqlite_utils.Database(path)
+    for deal_id, why in (
+        (long_one, "GET /v1/deals/1/changelog: the same page came back 3 times in a row"),
+        (broken_one, "Pipedrive answered 500"),
+    ):
+        db["_pdsync_history"].upsert(
+            {
+                "deal_id": deal_id,
+                "failures": MAX_FAILURES,
+                "failed_at": "2026-12-01T10:00:00Z",
+                "last_error": f"given up after {MAX_FAILURES} failures: {why}",
+            },
+            pk="deal_id",
+        )
+    m017_history_long_changelogs(db)
+    rows = {
+        r[0]: r[1:] for r in db.execute("select deal_id, failures, last_error from _pdsync_history")
+    }
+    assert rows[long_one] == (0, None)
+    assert rows[broken_one][0] == MAX_FAILURES
+    result = sync(path, fake, server, 100_000)
+    assert result.history.status == "done"
+    read = db.execute("select read_at from _pdsync_history where deal_id = ?", [long_one])
+    assert read.fetchone()[0] is not None
+    assert stored_rows(db, long_one) == expected_rows(fake, long_one, field_names(db))
+
+
 def test_pipedrive_failing_every_changelog_stops_history_not_the_sync(company, tmp_path):
     from helpers import FAST_CLIENT
 
@@ -396,10 +433,8 @@ def test_a_database_error_in_history_fails_history_not_the_sync(company, tmp_pat
 
 def one_entry_a_page(monkeypatch) -> None:
     """Changelogs of one entry a page (for Backfill alone: the core asks with the real limit).
-    Changelog entries have no id, so the client's repeated-page guard would take three full
-    pages for one page come back (a separate bug: a deal with 1,500 changes fails): off."""
+    Changelog entries have no id: twelve pages of them must not look like one page repeated."""
     monkeypatch.setattr("pdsync.client.PAGE_LIMIT", 1)
-    monkeypatch.setattr("pdsync.client._Repeats.check", lambda self, data: None)
 
 
 def long_changelogs(fake: FakePipedrive) -> None:

@@ -225,6 +225,23 @@ def test_a_v1_offset_that_does_not_move_on_stops_the_stream(
     converges(proxy, fake, db_path, only=[entity])
 
 
+def test_pages_of_records_without_ids_are_told_apart_by_their_content():
+    """Changelog entries have no id: a long changelog's pages differ, a stuck one's do not."""
+    from pdsync.client import LoopingStream, _Repeats
+
+    def entry(n: int) -> dict:
+        return {"field_key": "value", "old_value": n, "new_value": n + 1, "time": f"t{n}"}
+
+    moving = _Repeats("/v1/deals/1/changelog")
+    for page in range(5):
+        moving.check([entry(page * 2), entry(page * 2 + 1)])
+    stuck = _Repeats("/v1/deals/1/changelog")
+    stuck.check([entry(0), entry(1)])
+    stuck.check([entry(0), entry(1)])
+    with pytest.raises(LoopingStream, match="same page came back 3 times"):
+        stuck.check([entry(0), entry(1)])
+
+
 @pytest.mark.parametrize(
     "kind, no_proxy",
     [("trickle", False), ("trickle_headers", False), ("trickle_headers", True), ("stall", False)],

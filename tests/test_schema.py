@@ -65,6 +65,7 @@ def test_original_design_database_upgrades_in_place(fake, run_sync, db_path):
         "m011_deal_history",
         "m015_projects",
         "m016_history_failures",
+        "m017_history_long_changelogs",
     ]
 
 
