@@ -3,6 +3,7 @@ the result equal to the fake's changelog for every deal."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -382,6 +383,45 @@ def test_deals_given_up_for_their_long_changelogs_are_tried_again(company, tmp_p
     read = db.execute("select read_at from _pdsync_history where deal_id = ?", [long_one])
     assert read.fetchone()[0] is not None
     assert stored_rows(db, long_one) == expected_rows(fake, long_one, field_names(db))
+
+
+def test_deal_history_names_the_options_of_enum_and_set_fields(company, tmp_path):
+    """Pipedrive logs an enum or set custom field's change as option ids: deal_history names
+    them as the deal's own column does."""
+    import pdsync
+
+    fake, server = company
+    path = str(tmp_path / "p.db")
+    sync(path, fake, server, 0)
+    db = sqlite_utils.Database(path)
+    fields = {
+        kind: (code, column, {o["id"]: o["label"] for o in json.loads(options)})
+        for code, column, kind, options in db.execute(
+            "select field_code, column_name, field_type, options from deal_fields"
+            " where field_type in ('enum', 'set') and is_custom_field"
+        )
+    }
+    (enum_code, enum_column, enum_labels), (set_code, set_column, set_labels) = (
+        fields["enum"],
+        fields["set"],
+    )
+    deal = next(d for d in fake.records("deals") if d["status"] == "open")
+    was = deal["custom_fields"].get(enum_code)
+    now_enum = next(i for i in enum_labels if i != was)
+    now_set = sorted(set_labels)[:2][::-1]  # in the order given, not the options' order
+    fake.advance(60)
+    fake.update_deal(deal["id"], custom_fields={enum_code: now_enum, set_code: now_set})
+    fake.advance(60)
+    sync(path, fake, server, 100_000)
+    rows = {r["field_key"]: r for r in pdsync.query(path, "deal_history", deal_id=str(deal["id"]))}
+    stored = db["deals"].get(deal["id"])
+    assert rows[enum_column]["new_value"] == str(now_enum)
+    assert rows[enum_column]["new_label"] == enum_labels[now_enum] == stored[enum_column]
+    assert rows[enum_column]["old_label"] == enum_labels.get(was)
+    assert rows[set_column]["new_value"] == ",".join(map(str, now_set))
+    assert json.loads(rows[set_column]["new_label"]) == [set_labels[i] for i in now_set]
+    assert rows[set_column]["new_label"] == stored[set_column]
+    assert all(r["old_label"] is None for r in rows.values() if r["field_key"] == "title")
 
 
 def test_pipedrive_failing_every_changelog_stops_history_not_the_sync(company, tmp_path):
