@@ -319,3 +319,35 @@ def test_a_database_that_cannot_be_written_marks_no_delivery(synced, fake, db_pa
     assert db.execute("select title from deals where id = ?", [deal["id"]]).fetchone() == (
         "Waits for a writable file",
     )
+
+
+def test_a_record_a_webhook_creates_during_a_full_pass_is_not_taken_for_gone(
+    synced, run_sync, fake
+):
+    """The pass never saw it (created after its page was listed): its reconciliation must
+    not flag what was written at or after the pass started."""
+    from pdsync import timestamps
+
+    db, inbox, applier = synced
+    new_id = db.execute("select max(id) from persons").fetchone()[0] + 1000
+    gone = fake.records("persons")[0]["id"]
+    fake.delete_person(gone)  # no webhook registered: only the pass can find it out
+    delivered = []
+
+    def progress(event):
+        # After the pass's first page of persons is committed, before it reconciles.
+        if event.entity == "persons" and not event.done and not delivered:
+            now = timestamps.now()
+            data = {"id": new_id, "name": "Created mid-pass", "add_time": now, "update_time": now}
+            deliver(inbox, applier, "person", "create", new_id, data)
+            delivered.append(new_id)
+
+    result = run_sync(full=True, progress=progress)
+    assert result.ok and delivered
+    row = db.execute(
+        "select name, coalesce(is_deleted, 0) from persons where id = ?", [new_id]
+    ).fetchone()
+    assert row == ("Created mid-pass", 0)
+    # What the pass did not see and was last changed before it started is still flagged.
+    assert result.entities["persons"].flagged_gone == 1
+    assert db.execute("select is_deleted from persons where id = ?", [gone]).fetchone() == (1,)
