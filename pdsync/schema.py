@@ -237,10 +237,10 @@ def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) 
         table = db[spec.name]
         fks = [fk for fk in spec.foreign_keys if fk[1] in db.table_names() or fk[1] == spec.name]
         if not table.exists():
-            table.create(spec.columns, pk=spec.pk, foreign_keys=fks)
+            table.create(spec.table_columns, pk=spec.pk, foreign_keys=fks)
         else:
             existing = set(table.columns_dict)
-            for name, kind in spec.columns.items():
+            for name, kind in spec.table_columns.items():
                 if name not in existing:
                     table.add_column(name, kind)
             declared = {(fk.column, fk.other_table) for fk in table.foreign_keys}

@@ -351,3 +351,33 @@ def test_a_record_a_webhook_creates_during_a_full_pass_is_not_taken_for_gone(
     # What the pass did not see and was last changed before it started is still flagged.
     assert result.entities["persons"].flagged_gone == 1
     assert db.execute("select is_deleted from persons where id = ?", [gone]).fetchone() == (1,)
+
+
+def test_a_merged_record_names_the_one_it_went_into(synced, run_sync, fake):
+    """Pipedrive's merge: a delete whose meta says ``merged_to_id`` (a string), and a change
+    of the survivor. The deleted row keeps the survivor's id, and a later sync, which still
+    lists the deleted deal (status=deleted), leaves it there."""
+    db, inbox, applier = synced
+    merged, into = (d["id"] for d in fake.records("deals")[:2])
+    deleted_at = fake.delete_deal(merged)["update_time"]
+    meta = {
+        "action": "delete",
+        "entity": "deal",
+        "entity_id": str(merged),
+        "timestamp": deleted_at,
+        "merged_to_id": str(into),
+    }
+    inbox.add(json.dumps({"meta": meta, "data": None, "previous": {"id": merged}}).encode(), meta)
+    org = fake.records("organizations")[0]["id"]
+    deliver(inbox, applier, "organization", "delete", org, previous={"id": org})  # no merge
+    while applier.apply_pending():
+        pass
+    row = db.execute("select status, is_deleted, merged_to_id from deals where id = ?", [merged])
+    assert row.fetchone() == ("deleted", 1, into)
+    assert db.execute("select merged_to_id from deals where id = ?", [into]).fetchone() == (None,)
+    row = db.execute("select is_deleted, merged_to_id from organizations where id = ?", [org])
+    assert row.fetchone() == (1, None)
+
+    assert run_sync().ok
+    row = db.execute("select status, merged_to_id from deals where id = ?", [merged])
+    assert row.fetchone() == ("deleted", into)

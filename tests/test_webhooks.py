@@ -139,6 +139,7 @@ def test_a_change_a_delete_a_stage_move_and_a_merge_show_without_a_sync(live):
     moved = [d["id"] for d in fake.records("deals") if d.get("person_id") == merged]
     merge_persons(fake, merged, into)
     wait_until(lambda: served.row("persons", merged)["is_deleted"] == 1)
+    assert served.row("persons", merged)["merged_to_id"] == into  # meta.merged_to_id, kept
     for deal_id in moved:
         wait_until(lambda deal_id=deal_id: served.row("deals", deal_id)["person_id"] == into)
     assert served.row("persons", into)["is_deleted"] == 0
