@@ -432,7 +432,8 @@ def test_private_mode_lets_deliveries_through_to_their_own_check(
     monkeypatch.setenv(MODE_ENV, "private")
     monkeypatch.setenv(SECRETS_ENV, str(secrets))
     access.cookie_secret(secrets)
-    user, password = webhook_setup.new_credentials(secrets)
+    # As `pdsync webhooks install DB --config-dir elsewhere` keeps them: the database's own.
+    user, password = webhook_setup.new_credentials(access.secrets_path(db_path, secrets.parent))
     deal = fake.records("deals")[0]
     body = json.dumps(delivery(deal["id"], "Private", "2030-01-01T00:00:00Z"))
 
@@ -445,8 +446,9 @@ def test_private_mode_lets_deliveries_through_to_their_own_check(
         assert ok.status_code == 200, ok.text
 
     in_process(check, files=[db_path])
-    # The inbox lives beside the secrets file it was configured with.
-    assert (secrets.parent / "acme.webhooks.db").exists()
+    # The database's own inbox, in the configured secrets file's directory.
+    assert (secrets.parent / "pipedrive.db.webhooks.db").exists()
+    assert not (secrets.parent / "acme.webhooks.db").exists()
     wait_until(
         lambda: (
             sqlite3.connect(db_path)
@@ -569,7 +571,7 @@ def test_plain_datasette_finds_the_configured_secrets_file(
     assert run_sync().ok
     monkeypatch.delenv(SECRETS_ENV, raising=False)
     secrets = tmp_path / "conf" / "crm.secrets.json"
-    user, password = webhook_setup.new_credentials(secrets)
+    user, password = webhook_setup.new_credentials(access.secrets_path(db_path, secrets.parent))
     _, body = deal_body(fake, "Configured")
 
     async def check(ds):
@@ -687,3 +689,47 @@ def test_a_held_database_is_tried_ever_more_rarely(tmp_path, monkeypatch):
     assert 3 <= len(tries) <= 15, len(tries)
     gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]
     assert gaps[-1] > 0.2 and gaps[0] < 0.1  # soon at first, then ever more rarely
+
+
+def test_databases_sharing_a_secrets_file_keep_their_own_inbox_and_credentials(
+    run_sync, db_path, tmp_path, monkeypatch, fake
+):
+    """One server, two pdsync databases, one PDSYNC_SECRETS_FILE (`pdsync serve
+    --config-dir`'s, here the first database's): a delivery for one database is stored,
+    applied and authenticated as that database's only."""
+    from pdsync.datasette_plugin.access import SECRETS_ENV
+    from pdsync.webhook_inbox import Inbox, inbox_path
+
+    other = str(tmp_path / "other.db")
+    assert run_sync().ok and run_sync(db=other).ok
+    config = tmp_path / "config"
+    monkeypatch.setenv(SECRETS_ENV, str(access.secrets_path(db_path, config)))
+    mine = webhook_setup.new_credentials(access.secrets_path(db_path, config))
+    theirs = webhook_setup.new_credentials(access.secrets_path(other, config))
+    deal = fake.records("deals")[0]
+
+    def body(title):
+        return json.dumps(delivery(deal["id"], title, "2030-01-01T00:00:00Z"))
+
+    async def check(ds):
+        url = "/-/pdsync/webhook?database="
+        wrong = await ds.client.post(url + "other", content=body("Crossed"), headers=basic(*mine))
+        assert wrong.status_code == 401  # the first database's credentials are not the other's
+        ok = await ds.client.post(url + "other", content=body("Other's"), headers=basic(*theirs))
+        assert ok.status_code == 200, ok.text
+        ok = await ds.client.post(url + "pipedrive", content=body("Mine"), headers=basic(*mine))
+        assert ok.status_code == 200, ok.text
+
+    in_process(check, files=[db_path, other])
+
+    def title(path):
+        return sqlite3.connect(path).execute("select title from deals where id = ?", [deal["id"]])
+
+    wait_until(lambda: title(other).fetchone()[0] == "Other's")
+    wait_until(lambda: title(db_path).fetchone()[0] == "Mine")
+    for path, received in ((db_path, ["Mine"]), (other, ["Other's"])):
+        inbox = Inbox(inbox_path(path, config)).conn()
+        bodies = [
+            json.loads(b)["data"]["title"] for (b,) in inbox.execute("select body from deliveries")
+        ]
+        assert bodies == received
