@@ -293,6 +293,24 @@ def test_a_ban_loses_events_and_the_next_periodic_sync_recovers_them(live, tmp_p
     page = httpx.get(f"{served.base}/-/pdsync").text
     assert "no webhook announced" in page and "pdsync webhooks list" in page
 
+    # `pdsync status` says the same, from the same numbers.
+    shown = status()["webhooks"]
+    said = CliRunner().invoke(cli.cli, ["status", str(served.db_path)])
+    assert said.exit_code == 0, said.output
+    lines = said.output.splitlines()
+    assert f"Webhooks: last delivery received {shown['last_received']} (" in said.output
+    for entity in shown["entities"]:
+        counts = [f"{entity[k] or 0:,}" for k in ("received", "applied", "ignored", "failed")]
+        assert any(line.split()[:5] == [entity["entity"], *counts] for line in lines), entity
+    for reason in shown["refused"]:
+        assert f"{reason['count']:,} {reason['reason']} (last" in said.output
+    warning = next(line for line in lines if line.startswith("WARNING:"))
+    assert "changes no webhook announced" in warning
+    for gap in shown["gaps"]:
+        assert f"{gap['count']:,} {gap['entity']}" in warning and str(gap["example"]) in warning
+    assert f"pdsync webhooks list {served.db_path}" in warning
+    assert f"pdsync webhooks install {served.db_path} --url PUBLIC_URL" in warning
+
 
 def test_install_twice_makes_no_duplicates_and_list_and_remove_say_what_is_there(
     fake, server, run_sync, db_path
@@ -733,3 +751,17 @@ def test_databases_sharing_a_secrets_file_keep_their_own_inbox_and_credentials(
             json.loads(b)["data"]["title"] for (b,) in inbox.execute("select body from deliveries")
         ]
         assert bodies == received
+
+
+def test_status_says_whether_webhooks_are_installed(run_sync, db_path, tmp_path):
+    assert run_sync().ok
+    said = CliRunner().invoke(cli.cli, ["status", db_path])
+    assert said.exit_code == 0, said.output
+    assert f"Webhooks: not installed for this database (`pdsync webhooks install {db_path}" in (
+        said.output
+    )
+    config = tmp_path / "config"
+    webhook_setup.new_credentials(access.secrets_path(db_path, config))  # makes the inbox
+    said = CliRunner().invoke(cli.cli, ["status", db_path, "--config-dir", str(config)])
+    assert "Webhooks: installed; no delivery received yet." in said.output
+    assert not access.secrets_path(db_path).exists()  # status made nothing beside it

@@ -34,6 +34,7 @@ from pdsync import access, webhook_setup
 from pdsync.schema import is_pdsync
 from pdsync.webhook_apply import ENTITIES, GAP_SLACK_S, Applier, DatabaseBusy
 from pdsync.webhook_inbox import GroupCommit, Inbox, inbox_for_secrets
+from pdsync.webhook_inbox import status as inbox_status
 
 from .access import SECRETS_ENV
 from .config import plugin_config
@@ -351,13 +352,11 @@ def stop_appliers() -> None:
 
 
 def status_for(db) -> dict | None:
-    """What the status page shows of a database's deliveries; None when none ever came."""
-    if not db.path or not inbox_file(db.path, db.ds).exists():
+    """What the status page shows of a database's deliveries (``webhook_inbox.status``, as
+    ``pdsync status`` does); None when webhooks are not installed for it here."""
+    if not db.path:
         return None
-    try:
-        summary = inbox_for(db.path, db.ds).summary()
-    except Exception as exc:  # the page must show, whatever the inbox's state
-        log.warning("webhook inbox of %s: %s", db.name, exc)
-        return {"error": str(exc)}
-    summary["applied_here"] = bool(db.is_mutable)
-    return summary
+    found = inbox_status(inbox_file(db.path, db.ds))
+    if found is not None and "error" not in found:
+        found["applied_here"] = bool(db.is_mutable)
+    return found
