@@ -439,14 +439,23 @@ def demo(db_path: str, deals: int, seed: int, no_serve: bool, host: str, port: i
         fake.close()
 
 
+# Seconds between the demo's upstream changes (tests shorten it).
+DEMO_CHANGES_ENV = "PDSYNC_DEMO_CHANGE_EVERY"
+
+
 def _keep_changing(fake) -> None:
     """Make the demo company live: a few upstream changes a minute for Sync now to find."""
+    import os
     import random
     import time
 
+    try:
+        every = min(max(float(os.environ.get(DEMO_CHANGES_ENV) or 20), 0.1), 3600.0)
+    except ValueError:
+        every = 20.0
     rng = random.Random()
     while True:
-        time.sleep(20)
+        time.sleep(every)
         try:
             fake.random_mutations(3, rng)
         except Exception:  # the fake closed: the demo is over

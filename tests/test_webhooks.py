@@ -765,3 +765,58 @@ def test_status_says_whether_webhooks_are_installed(run_sync, db_path, tmp_path)
     said = CliRunner().invoke(cli.cli, ["status", db_path, "--config-dir", str(config)])
     assert "Webhooks: installed; no delivery received yet." in said.output
     assert not access.secrets_path(db_path).exists()  # status made nothing beside it
+
+
+def test_the_demo_shows_its_fakes_changes_without_a_sync(tmp_path):
+    """`pdsync demo` registers the served instance with its fake: a change the fake makes
+    reaches a row, seen through the JSON API, and no sync runs."""
+    from pdsync.cli import DEMO_CHANGES_ENV
+    from pdsync.timestamps import normalize
+    from pdsync.webhook_apply import ENTITIES
+    from pdsync.webhook_inbox import inbox_path
+
+    db_path = tmp_path / "demo.db"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, DEMO_CHANGES_ENV: "0.5"}
+    for name in ("PIPEDRIVE_API_TOKEN", "PIPEDRIVE_BASE_URL"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "pdsync", "demo", str(db_path), "--deals", "50"]
+    demo = subprocess.Popen(
+        [*command, "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_server(base, tries=600)  # builds the company and syncs it first
+
+        def row(table, key):
+            rows = httpx.get(f"{base}/demo/{table}/{key}.json?_shape=array", timeout=5).json()
+            return rows[0] if isinstance(rows, list) and rows else None
+
+        def a_change_shows():
+            if not inbox_path(db_path).exists():
+                return None  # no webhook registered
+            inbox = sqlite3.connect(f"file:{inbox_path(db_path)}?mode=ro", uri=True)
+            try:
+                applied = inbox.execute(
+                    "select body from deliveries where state = 'applied' and action != 'delete'"
+                    " order by seq desc"
+                ).fetchall()
+            finally:
+                inbox.close()
+            for (body,) in applied:
+                event = json.loads(body)
+                table, data = ENTITIES[event["meta"]["entity"]], event["data"]
+                found = row(table, event["meta"]["entity_id"])
+                if found and found.get("update_time") == normalize(data["update_time"]):
+                    return found
+            return None
+
+        wait_until(a_change_shows, timeout=60)
+        runs = httpx.get(f"{base}/demo/sync_runs.json?_shape=array", timeout=5).json()
+        assert len(runs) == 1  # the demo's first sync, and no other
+    finally:
+        demo.terminate()
+        demo.wait(15)
