@@ -209,9 +209,11 @@ def _one_line_errors(db_path: str) -> Iterator[None]:
     type=click.IntRange(1),
     help="The account's daily token budget (default: the least it can be, 30,000 x active users)",
 )
-def status(db_path: str, as_json: bool, budget: int | None) -> None:
-    """Show when each entity was last synced, how it went and how long it took, and the
-    day's Pipedrive tokens: spent today, projected for a day of this schedule, and budget."""
+@CONFIG_DIR_OPTION
+def status(db_path: str, as_json: bool, budget: int | None, config_dir: str | None) -> None:
+    """Show when each entity was last synced, how it went and how long it took, the day's
+    Pipedrive tokens (spent today, projected for a day of this schedule, and budget), and
+    the webhook deliveries received."""
     import json
     import os
     import sqlite3
@@ -222,6 +224,8 @@ def status(db_path: str, as_json: bool, budget: int | None) -> None:
     from .backfill import progress as history_progress
     from .budget import token_usage
     from .schema import connect_read_only, is_pdsync
+    from .webhook_inbox import inbox_path
+    from .webhook_inbox import status as webhook_status
 
     if not os.path.exists(db_path):
         raise click.ClickException(f"{db_path} does not exist; run `pdsync sync {db_path}` first")
@@ -256,14 +260,15 @@ def status(db_path: str, as_json: bool, budget: int | None) -> None:
                 (row.get("error_message") or row.get("warning_message") or "")[:100],
             )
         )
-    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
-    for r in table:
-        click.echo("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    for line in say.table_lines(table):
+        click.echo(line)
     click.echo()
     for line in say.token_lines(usage):
         click.echo(line)
     line = say.history_line(history)
     if line:
+        click.echo(line)
+    for line in say.webhook_lines(webhook_status(inbox_path(db_path, config_dir)), db_path):
         click.echo(line)
 
 
@@ -434,14 +439,23 @@ def demo(db_path: str, deals: int, seed: int, no_serve: bool, host: str, port: i
         fake.close()
 
 
+# Seconds between the demo's upstream changes (tests shorten it).
+DEMO_CHANGES_ENV = "PDSYNC_DEMO_CHANGE_EVERY"
+
+
 def _keep_changing(fake) -> None:
     """Make the demo company live: a few upstream changes a minute for Sync now to find."""
+    import os
     import random
     import time
 
+    try:
+        every = min(max(float(os.environ.get(DEMO_CHANGES_ENV) or 20), 0.1), 3600.0)
+    except ValueError:
+        every = 20.0
     rng = random.Random()
     while True:
-        time.sleep(20)
+        time.sleep(every)
         try:
             fake.random_mutations(3, rng)
         except Exception:  # the fake closed: the demo is over

@@ -147,6 +147,62 @@ def when(value: str | None) -> str:
     return f"{value} ({ago})" if ago else value
 
 
+def table_lines(table: list[tuple], indent: str = "") -> list[str]:
+    """Rows as aligned columns (the first row is the header)."""
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    return [
+        indent + "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
+
+
+_COUNTS = ("received", "applied", "ignored", "failed", "pending")
+
+
+def webhook_lines(found: dict | None, db_path: str) -> list[str]:
+    """The webhook deliveries (``webhook_inbox.status``), as the status page's Webhooks
+    section says them: the last received, counts per object, refused ones, and the warning
+    when a periodic sync found changes no webhook announced, with what to do."""
+    if found is None:
+        return [
+            f"Webhooks: not installed for this database (`pdsync webhooks install {db_path}"
+            " --url PUBLIC_URL` brings every change within seconds)."
+        ]
+    if "error" in found:
+        return [f"Webhooks: the inbox cannot be read: {found['error']}"]
+    if found["last_received"]:
+        line = f"Webhooks: last delivery received {when(found['last_received'])}"
+        if found["pending"]:
+            line += f"; {found['pending']:,} waiting to be applied"
+        lines = [line + "."]
+    else:
+        lines = ["Webhooks: installed; no delivery received yet."]
+    if found["entities"]:
+        header = ("object", "received", "applied", "ignored", "failed", "waiting")
+        rows = [(e["entity"], *(f"{e[k] or 0:,}" for k in _COUNTS)) for e in found["entities"]]
+        lines += table_lines([header, *rows], indent="  ")
+    if found["refused"]:
+        refused = ", ".join(
+            f"{r['count']:,} {r['reason']} (last {timestamps.ago(r['last_at']) or r['last_at']})"
+            for r in found["refused"]
+        )
+        lines.append(f"Refused: {refused}.")
+    if found["gaps"]:
+        missed = ", ".join(
+            f"{g['count']:,} {g['entity']}{'s' if g['count'] != 1 else ''} (e.g. id {g['example']})"
+            for g in found["gaps"]
+        )
+        lines.append(
+            f"WARNING: the last periodic sync found changes no webhook announced: {missed}."
+            " Pipedrive may have banned the webhooks for a while (10 failed deliveries in a"
+            " row: 30 minutes of events lost) or deleted them (3 days without a successful"
+            f" delivery). Run `pdsync webhooks list {db_path}` to see what Pipedrive has, and"
+            f" `pdsync webhooks install {db_path} --url PUBLIC_URL` to put back what is"
+            " missing. The sync already brought these changes."
+        )
+    return lines
+
+
 def database_problem(path: str, exc: sqlite3.DatabaseError) -> str:
     """One line that says what is wrong with the database file, in the user's words."""
     text = str(exc)

@@ -521,7 +521,9 @@ class Sync:
             entity.unreconciled = True
             log.warning("%s: refused records without ids; nothing flagged as gone", spec.name)
         elif self.store.seen_count(spec) or self.store.count(spec) == 0:
-            entity.flagged_gone = self.store.mark_gone(spec)
+            # A pass resumed from an interrupted run started with that run.
+            since = self.store.pass_started(spec.name) or self._started_at
+            entity.flagged_gone = self.store.mark_gone(spec, since=since)
         else:
             log.warning("%s: full pass saw no records; nothing flagged as gone", spec.name)
         self.store.clear_seen(spec)
@@ -542,7 +544,7 @@ class Sync:
             log.warning("%s: refused records without ids; nothing flagged as gone", spec.name)
         elif rows:
             seen = [row[spec.pk] for row in rows] + refused  # refused is not gone
-            entity.flagged_gone = self.store.mark_gone(spec, seen)
+            entity.flagged_gone = self.store.mark_gone(spec, seen, since=self._started_at)
         else:
             log.warning("%s: Pipedrive listed none; nothing flagged as gone", spec.name)
 

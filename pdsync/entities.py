@@ -93,6 +93,10 @@ class EntitySpec:
     fields_table: str | None = None
     # Values written to rows that are no longer visible upstream after a full pass.
     when_gone: dict[str, Any] = field(default_factory=lambda: {"is_deleted": 1})
+    # Columns pdsync fills itself, from no field of a record (the record a merged one went
+    # into, from a webhook): made with the table, and never in a sync's row, which gives
+    # every declared column a value and would clear them.
+    local_columns: dict[str, type] = field(default_factory=dict)
     # Last tweak of a stored row (after timestamps and JSON are handled).
     transform: Callable[[Row, dict], None] | None = None
     description: str = ""
@@ -107,12 +111,19 @@ class EntitySpec:
     record_path: str | None = None
 
     @property
+    def table_columns(self) -> dict[str, type]:
+        """Every column the table is made with: the records' and pdsync's own."""
+        return {**self.columns, **self.local_columns}
+
+    @property
     def dependent(self) -> bool:
         """Fetched per parent record, after the parents (see ``Children``)."""
         return any(stream.children for stream in self.streams)
 
 
 _TIMESTAMPS = ("add_time", "update_time")
+# Records Pipedrive merges: the deleted one's row names the survivor (webhook_apply.py).
+MERGED = {"merged_to_id": int}
 
 
 def _pipelines() -> EntitySpec:
@@ -333,6 +344,7 @@ def _deals() -> EntitySpec:
         },
         fields_table="deal_fields",
         when_gone={"is_deleted": 1, "status": "deleted"},
+        local_columns=MERGED,
         transform=_deals_transform,
         description="Deals: open, won, lost, and archived or deleted ones flagged.",
     )
@@ -362,6 +374,7 @@ def _organizations() -> EntitySpec:
         foreign_keys=(("owner_id", "users", "id"),),
         indexes=(("owner_id",), ("update_time",)),
         fields_table="organization_fields",
+        local_columns=MERGED,
         description="Organizations (companies) that deals and persons belong to.",
     )
 
@@ -391,6 +404,7 @@ def _persons() -> EntitySpec:
         foreign_keys=(("owner_id", "users", "id"), ("org_id", "organizations", "id")),
         indexes=(("org_id",), ("owner_id",), ("update_time",)),
         fields_table="person_fields",
+        local_columns=MERGED,
         description="Persons (contacts).",
     )
 

@@ -145,6 +145,7 @@ def begin_entity(db: sqlite_utils.Database, store: Store, spec: EntitySpec, full
             # A new full pass refetches from the beginning; a pending one resumes.
             store.clear_watermarks(spec.name)
             store.clear_seen(spec)
+            store.start_pass(spec.name)  # what changed since is not taken for gone
         store.update_metadata(
             spec.name, status="in_progress", error_message=None, full_pending=int(full_pass)
         )

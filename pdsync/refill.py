@@ -35,7 +35,7 @@ def write_definitions(
     target = targets[0]
     # Columns the previous definitions gave custom fields are theirs to keep, not clashes.
     previous = before.columns()
-    taken = set(target.columns) | (set(store.columns(target.name)) - set(previous))
+    taken = set(target.table_columns) | (set(store.columns(target.name)) - set(previous))
     assign_column_names(rows, taken)
     store.ensure_columns(target.name, CustomFieldMap.from_definitions(rows).columns())
     store.upsert(spec, rows)

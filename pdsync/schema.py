@@ -249,10 +249,10 @@ def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) 
         table = db[spec.name]
         fks = [fk for fk in spec.foreign_keys if fk[1] in db.table_names() or fk[1] == spec.name]
         if not table.exists():
-            table.create(spec.columns, pk=spec.pk, foreign_keys=fks)
+            table.create(spec.table_columns, pk=spec.pk, foreign_keys=fks)
         else:
             existing = set(table.columns_dict)
-            for name, kind in spec.columns.items():
+            for name, kind in spec.table_columns.items():
                 if name not in existing:
                     table.add_column(name, kind)
             declared = {(fk.column, fk.other_table) for fk in table.foreign_keys}
@@ -402,18 +402,19 @@ def read_only_uri(path: str, immutable: bool = False) -> str:
     return f"file:{quote(os.path.abspath(path))}?{mode}"
 
 
-def connect_read_only(path: str) -> sqlite3.Connection:
+def connect_read_only(path: str, timeout: float = 5.0) -> sqlite3.Connection:
     """A read-only connection to ``path``. In a directory SQLite cannot write, where it cannot
     make a WAL database's -shm file and ``mode=ro`` fails, the file is read as immutable: a
-    snapshot, which is all that can be read there."""
+    snapshot, which is all that can be read there. ``timeout``: how long a statement waits
+    for a writer's lock (0: not at all, "database is locked" at once)."""
     try:
-        conn = sqlite3.connect(read_only_uri(path), uri=True)
+        conn = sqlite3.connect(read_only_uri(path), uri=True, timeout=timeout)
         conn.execute("select count(*) from sqlite_master").fetchone()
         return conn
     except sqlite3.OperationalError:
         if not _in_read_only_directory(path):
             raise
-    return sqlite3.connect(read_only_uri(path, immutable=True), uri=True)
+    return sqlite3.connect(read_only_uri(path, immutable=True), uri=True, timeout=timeout)
 
 
 def readable_only_as_snapshot(path: str) -> bool:

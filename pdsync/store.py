@@ -22,6 +22,8 @@ from .timestamps import now as utc_now
 from .transaction import write_transaction
 
 _SQL_TYPES = {int: "INTEGER", float: "FLOAT", str: "TEXT", bytes: "BLOB"}
+# In sync_streams, beside an entity's streams: when its current full pass started.
+PASS_STARTED = "#pass_started"
 
 
 class Store:
@@ -70,11 +72,15 @@ class Store:
         values = map(itemgetter(*cols), rows) if width > 1 else ((row[cols[0]],) for row in rows)
         self.db.conn.executemany(sql, values)
 
-    def mark_gone(self, spec: EntitySpec, keep_ids: list[Any] | None = None) -> int:
+    def mark_gone(
+        self, spec: EntitySpec, keep_ids: list[Any] | None = None, since: str | None = None
+    ) -> int:
         """Flag rows not seen upstream (never delete them). Returns how many changed.
 
         ``keep_ids`` are the ids seen in a whole fetch; without it, ids seen in this entity's
-        full pass (``_pdsync_seen``) are kept.
+        full pass (``_pdsync_seen``) are kept. ``since``: when the fetch or pass started. A
+        row changed at or after it is kept too: a webhook wrote it while the pass ran, after
+        its page was listed (the next pass sees it, or a webhook its deletion).
         """
         assignments = ", ".join(f"[{c}] = ?" for c in spec.when_gone)
         differs = " or ".join(f"[{c}] is not ?" for c in spec.when_gone)
@@ -85,10 +91,13 @@ class Store:
         else:
             keep = self._keep(keep_ids)
             keep_params = []
+        older, older_params = "", []
+        if since and "update_time" in self.columns(spec.name):
+            older, older_params = " and (update_time is null or update_time < ?)", [since]
         cursor = self.db.execute(
             f"update [{spec.name}] set {assignments} "
-            f"where [{spec.pk}] not in ({keep}) and ({differs})",
-            [*values, *keep_params, *values],
+            f"where [{spec.pk}] not in ({keep}) and ({differs}){older}",
+            [*values, *keep_params, *values, *older_params],
         )
         return cursor.rowcount
 
@@ -190,6 +199,13 @@ class Store:
 
     def clear_watermarks(self, entity: str) -> None:
         self.db.execute("delete from sync_streams where entity_type = ?", [entity])
+
+    def start_pass(self, entity: str) -> None:
+        """A new full pass of ``entity`` starts now (kept across the runs it may take)."""
+        self.set_watermark(entity, PASS_STARTED, utc_now())
+
+    def pass_started(self, entity: str) -> str | None:
+        return self.watermark(entity, PASS_STARTED)
 
     # -- sync_metadata and sync_runs ------------------------------------------------------
 

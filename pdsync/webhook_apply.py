@@ -11,7 +11,8 @@ queries rarely need, and the scheduled sync fetches them anyway.
 Deletes write the entity's ``when_gone`` values (``is_deleted = 1``; a deal's status too), the
 same as a full pass's reconciliation: persons, organizations, activities, notes and products
 deleted upstream show without ``--full``. A merge arrives as a delete (``meta.merged_to_id``)
-and a change of the survivor: each is applied as such.
+and a change of the survivor: each is applied as such, and the deleted row keeps the
+survivor's id in ``merged_to_id`` (deals, persons, organizations).
 
 Order: an older version never overwrites a newer one. A version is the record's
 ``update_time``, then the event's ``meta.timestamp``: Pipedrive's ``update_time`` has whole
@@ -355,6 +356,9 @@ class Applier:
         when = _stamp(version) if version is not None else None
         merged = meta.get("merged_to_id")
         note = f"merged into {merged}" if merged is not None else None
+        if merged is not None and "merged_to_id" in columns:
+            # The row says where the record went (Pipedrive sends the id as a string).
+            marks["merged_to_id"] = _merged_key(spec, merged)
         db = self._db
         exists = db.execute(f"select 1 from [{spec.name}] where [{spec.pk}] = ?", [key]).fetchone()
         if exists is None:
@@ -446,6 +450,15 @@ def _version(value: Any) -> float | None:
         shown = repr(value) if len(repr(value)) <= 30 else repr(value)[:27] + "..."
         raise BadRecord(f"timestamp {shown} is out of range")
     return version
+
+
+def _merged_key(spec: EntitySpec, value: Any) -> Any:
+    if spec.columns.get(spec.pk) is int and not isinstance(value, bool):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise BadRecord(f"{spec.name}: merged into {value!r}, not an id") from None
+    return value
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:

@@ -256,33 +256,56 @@ class Inbox:
     # -- the status page ----------------------------------------------------------------------
 
     def summary(self) -> dict:
-        conn = self.conn()
-        entities = [
-            {"entity": e, "received": n, "applied": a, "ignored": i, "pending": p, "failed": f}
-            for e, n, a, i, p, f in conn.execute(
-                "select coalesce(entity, '?'), count(*), sum(state = 'applied'),"
-                " sum(state = 'ignored'), sum(state = 'pending'), sum(state = 'failed')"
-                " from deliveries group by 1 order by 2 desc"
-            )
-        ]
-        last = conn.execute("select max(received_at) from deliveries").fetchone()[0]
-        refused = [
-            {"reason": r, "count": n, "last_at": at}
-            for r, n, at in conn.execute("select reason, count, last_at from refused order by 1")
-        ]
-        gaps = [
-            {"entity": e, "count": n, "example": ex, "run_id": run, "checked_at": at}
-            for e, n, ex, run, at in conn.execute(
-                "select entity, count, example, run_id, checked_at from gaps order by 1"
-            )
-        ]
-        return {
-            "last_received": last,
-            "entities": entities,
-            "pending": sum(e["pending"] or 0 for e in entities),
-            "refused": refused,
-            "gaps": gaps,
-        }
+        return summary(self.conn())
+
+
+def summary(conn: sqlite3.Connection) -> dict:
+    """Deliveries in numbers: the last received, per entity, refused, gaps."""
+    entities = [
+        {"entity": e, "received": n, "applied": a, "ignored": i, "pending": p, "failed": f}
+        for e, n, a, i, p, f in conn.execute(
+            "select coalesce(entity, '?'), count(*), sum(state = 'applied'),"
+            " sum(state = 'ignored'), sum(state = 'pending'), sum(state = 'failed')"
+            " from deliveries group by 1 order by 2 desc"
+        )
+    ]
+    last = conn.execute("select max(received_at) from deliveries").fetchone()[0]
+    refused = [
+        {"reason": r, "count": n, "last_at": at}
+        for r, n, at in conn.execute("select reason, count, last_at from refused order by 1")
+    ]
+    gaps = [
+        {"entity": e, "count": n, "example": ex, "run_id": run, "checked_at": at}
+        for e, n, ex, run, at in conn.execute(
+            "select entity, count, example, run_id, checked_at from gaps order by 1"
+        )
+    ]
+    return {
+        "last_received": last,
+        "entities": entities,
+        "pending": sum(e["pending"] or 0 for e in entities),
+        "refused": refused,
+        "gaps": gaps,
+    }
+
+
+def status(path: str | os.PathLike) -> dict | None:
+    """What the status page and ``pdsync status`` show of a database's deliveries: None
+    when it has no inbox (webhooks not installed for it here), ``{"error": ...}`` when the
+    inbox cannot be read. Only reads: no inbox is made, nothing written, no lock waited
+    for long (the status page asks from a thread, the CLI in a read-only directory too)."""
+    if not Path(path).exists():
+        return None
+    from .schema import connect_read_only  # sqlite-utils: not for the receiver's imports
+
+    try:
+        conn = connect_read_only(str(path), timeout=1.0)
+        try:
+            return summary(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return {"error": str(exc)}
 
 
 class GroupCommit:

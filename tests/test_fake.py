@@ -1118,6 +1118,21 @@ def test_same_seed_and_now_give_the_same_company():
         assert one.records("deals") != other.records("deals")
 
 
+def test_no_generated_record_is_added_or_updated_in_the_future():
+    """Pipedrive has no record changed after "now". A large company's last activities and
+    notes were added up to six hours after it (the webhook bench's sync refused one)."""
+    now = datetime(2026, 12, 2, 11, 36, tzinfo=timezone.utc)  # when the bench saw it
+    with FakePipedrive(deals=14_000, seed=3, now=now) as fake:  # a seed that had some
+        for entity in FAKE_ENTITIES:
+            for record in fake.iter_records(entity):
+                for name in ("add_time", "update_time"):
+                    value = record.get(name)
+                    if value:
+                        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                        moment = moment.replace(tzinfo=moment.tzinfo or timezone.utc)
+                        assert moment <= now, (entity, record["id"], name, value)
+
+
 def test_records_and_count_agree(fake):
     for entity in FAKE_ENTITIES:
         assert fake.count(entity) == len(fake.records(entity)), entity

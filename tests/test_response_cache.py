@@ -183,3 +183,33 @@ def test_answers_that_read_the_reader_are_never_shared(private):
         assert cache.hits == hits
 
     asyncio.run(check())
+
+
+def test_a_locked_database_is_not_waited_for_on_the_event_loop(tmp_path):
+    """The cache asks each database's ``data_version`` on the event loop: a writer holding
+    the lock (a database not in WAL mode) must not stall every request while it waits. It
+    does not wait: the answer is "cannot be known" (the request goes to Datasette, nothing
+    is kept); once the lock is released, versions are known again."""
+    import sqlite3
+    import threading
+    import types
+
+    path = tmp_path / "locked.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("create table t (x)")
+    database = types.SimpleNamespace(is_mutable=True, path=str(path))
+    datasette = types.SimpleNamespace(databases={"locked": database})
+    cache = response_cache.ResponseCache()
+    assert cache.version(datasette, None) is not None
+
+    writer.execute("begin exclusive")
+    writer.execute("insert into t values (1)")
+    # Released a second from now: a watcher that waited for the lock would get a version.
+    release = threading.Timer(1.0, lambda: writer.execute("commit"))
+    release.start()
+    try:
+        assert cache.version(datasette, None) is None
+    finally:
+        release.join()
+    assert cache.version(datasette, None) is not None
+    writer.close()

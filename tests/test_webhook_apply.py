@@ -319,3 +319,65 @@ def test_a_database_that_cannot_be_written_marks_no_delivery(synced, fake, db_pa
     assert db.execute("select title from deals where id = ?", [deal["id"]]).fetchone() == (
         "Waits for a writable file",
     )
+
+
+def test_a_record_a_webhook_creates_during_a_full_pass_is_not_taken_for_gone(
+    synced, run_sync, fake
+):
+    """The pass never saw it (created after its page was listed): its reconciliation must
+    not flag what was written at or after the pass started."""
+    from pdsync import timestamps
+
+    db, inbox, applier = synced
+    new_id = db.execute("select max(id) from persons").fetchone()[0] + 1000
+    gone = fake.records("persons")[0]["id"]
+    fake.delete_person(gone)  # no webhook registered: only the pass can find it out
+    delivered = []
+
+    def progress(event):
+        # After the pass's first page of persons is committed, before it reconciles.
+        if event.entity == "persons" and not event.done and not delivered:
+            now = timestamps.now()
+            data = {"id": new_id, "name": "Created mid-pass", "add_time": now, "update_time": now}
+            deliver(inbox, applier, "person", "create", new_id, data)
+            delivered.append(new_id)
+
+    result = run_sync(full=True, progress=progress)
+    assert result.ok and delivered
+    row = db.execute(
+        "select name, coalesce(is_deleted, 0) from persons where id = ?", [new_id]
+    ).fetchone()
+    assert row == ("Created mid-pass", 0)
+    # What the pass did not see and was last changed before it started is still flagged.
+    assert result.entities["persons"].flagged_gone == 1
+    assert db.execute("select is_deleted from persons where id = ?", [gone]).fetchone() == (1,)
+
+
+def test_a_merged_record_names_the_one_it_went_into(synced, run_sync, fake):
+    """Pipedrive's merge: a delete whose meta says ``merged_to_id`` (a string), and a change
+    of the survivor. The deleted row keeps the survivor's id, and a later sync, which still
+    lists the deleted deal (status=deleted), leaves it there."""
+    db, inbox, applier = synced
+    merged, into = (d["id"] for d in fake.records("deals")[:2])
+    deleted_at = fake.delete_deal(merged)["update_time"]
+    meta = {
+        "action": "delete",
+        "entity": "deal",
+        "entity_id": str(merged),
+        "timestamp": deleted_at,
+        "merged_to_id": str(into),
+    }
+    inbox.add(json.dumps({"meta": meta, "data": None, "previous": {"id": merged}}).encode(), meta)
+    org = fake.records("organizations")[0]["id"]
+    deliver(inbox, applier, "organization", "delete", org, previous={"id": org})  # no merge
+    while applier.apply_pending():
+        pass
+    row = db.execute("select status, is_deleted, merged_to_id from deals where id = ?", [merged])
+    assert row.fetchone() == ("deleted", 1, into)
+    assert db.execute("select merged_to_id from deals where id = ?", [into]).fetchone() == (None,)
+    row = db.execute("select is_deleted, merged_to_id from organizations where id = ?", [org])
+    assert row.fetchone() == (1, None)
+
+    assert run_sync().ok
+    row = db.execute("select status, merged_to_id from deals where id = ?", [merged])
+    assert row.fetchone() == ("deleted", into)

@@ -139,6 +139,7 @@ def test_a_change_a_delete_a_stage_move_and_a_merge_show_without_a_sync(live):
     moved = [d["id"] for d in fake.records("deals") if d.get("person_id") == merged]
     merge_persons(fake, merged, into)
     wait_until(lambda: served.row("persons", merged)["is_deleted"] == 1)
+    assert served.row("persons", merged)["merged_to_id"] == into  # meta.merged_to_id, kept
     for deal_id in moved:
         wait_until(lambda deal_id=deal_id: served.row("deals", deal_id)["person_id"] == into)
     assert served.row("persons", into)["is_deleted"] == 0
@@ -292,6 +293,24 @@ def test_a_ban_loses_events_and_the_next_periodic_sync_recovers_them(live, tmp_p
     page = httpx.get(f"{served.base}/-/pdsync").text
     assert "no webhook announced" in page and "pdsync webhooks list" in page
 
+    # `pdsync status` says the same, from the same numbers.
+    shown = status()["webhooks"]
+    said = CliRunner().invoke(cli.cli, ["status", str(served.db_path)])
+    assert said.exit_code == 0, said.output
+    lines = said.output.splitlines()
+    assert f"Webhooks: last delivery received {shown['last_received']} (" in said.output
+    for entity in shown["entities"]:
+        counts = [f"{entity[k] or 0:,}" for k in ("received", "applied", "ignored", "failed")]
+        assert any(line.split()[:5] == [entity["entity"], *counts] for line in lines), entity
+    for reason in shown["refused"]:
+        assert f"{reason['count']:,} {reason['reason']} (last" in said.output
+    warning = next(line for line in lines if line.startswith("WARNING:"))
+    assert "changes no webhook announced" in warning
+    for gap in shown["gaps"]:
+        assert f"{gap['count']:,} {gap['entity']}" in warning and str(gap["example"]) in warning
+    assert f"pdsync webhooks list {served.db_path}" in warning
+    assert f"pdsync webhooks install {served.db_path} --url PUBLIC_URL" in warning
+
 
 def test_install_twice_makes_no_duplicates_and_list_and_remove_say_what_is_there(
     fake, server, run_sync, db_path
@@ -431,7 +450,8 @@ def test_private_mode_lets_deliveries_through_to_their_own_check(
     monkeypatch.setenv(MODE_ENV, "private")
     monkeypatch.setenv(SECRETS_ENV, str(secrets))
     access.cookie_secret(secrets)
-    user, password = webhook_setup.new_credentials(secrets)
+    # As `pdsync webhooks install DB --config-dir elsewhere` keeps them: the database's own.
+    user, password = webhook_setup.new_credentials(access.secrets_path(db_path, secrets.parent))
     deal = fake.records("deals")[0]
     body = json.dumps(delivery(deal["id"], "Private", "2030-01-01T00:00:00Z"))
 
@@ -444,8 +464,9 @@ def test_private_mode_lets_deliveries_through_to_their_own_check(
         assert ok.status_code == 200, ok.text
 
     in_process(check, files=[db_path])
-    # The inbox lives beside the secrets file it was configured with.
-    assert (secrets.parent / "acme.webhooks.db").exists()
+    # The database's own inbox, in the configured secrets file's directory.
+    assert (secrets.parent / "pipedrive.db.webhooks.db").exists()
+    assert not (secrets.parent / "acme.webhooks.db").exists()
     wait_until(
         lambda: (
             sqlite3.connect(db_path)
@@ -568,7 +589,7 @@ def test_plain_datasette_finds_the_configured_secrets_file(
     assert run_sync().ok
     monkeypatch.delenv(SECRETS_ENV, raising=False)
     secrets = tmp_path / "conf" / "crm.secrets.json"
-    user, password = webhook_setup.new_credentials(secrets)
+    user, password = webhook_setup.new_credentials(access.secrets_path(db_path, secrets.parent))
     _, body = deal_body(fake, "Configured")
 
     async def check(ds):
@@ -686,3 +707,116 @@ def test_a_held_database_is_tried_ever_more_rarely(tmp_path, monkeypatch):
     assert 3 <= len(tries) <= 15, len(tries)
     gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]
     assert gaps[-1] > 0.2 and gaps[0] < 0.1  # soon at first, then ever more rarely
+
+
+def test_databases_sharing_a_secrets_file_keep_their_own_inbox_and_credentials(
+    run_sync, db_path, tmp_path, monkeypatch, fake
+):
+    """One server, two pdsync databases, one PDSYNC_SECRETS_FILE (`pdsync serve
+    --config-dir`'s, here the first database's): a delivery for one database is stored,
+    applied and authenticated as that database's only."""
+    from pdsync.datasette_plugin.access import SECRETS_ENV
+    from pdsync.webhook_inbox import Inbox, inbox_path
+
+    other = str(tmp_path / "other.db")
+    assert run_sync().ok and run_sync(db=other).ok
+    config = tmp_path / "config"
+    monkeypatch.setenv(SECRETS_ENV, str(access.secrets_path(db_path, config)))
+    mine = webhook_setup.new_credentials(access.secrets_path(db_path, config))
+    theirs = webhook_setup.new_credentials(access.secrets_path(other, config))
+    deal = fake.records("deals")[0]
+
+    def body(title):
+        return json.dumps(delivery(deal["id"], title, "2030-01-01T00:00:00Z"))
+
+    async def check(ds):
+        url = "/-/pdsync/webhook?database="
+        wrong = await ds.client.post(url + "other", content=body("Crossed"), headers=basic(*mine))
+        assert wrong.status_code == 401  # the first database's credentials are not the other's
+        ok = await ds.client.post(url + "other", content=body("Other's"), headers=basic(*theirs))
+        assert ok.status_code == 200, ok.text
+        ok = await ds.client.post(url + "pipedrive", content=body("Mine"), headers=basic(*mine))
+        assert ok.status_code == 200, ok.text
+
+    in_process(check, files=[db_path, other])
+
+    def title(path):
+        return sqlite3.connect(path).execute("select title from deals where id = ?", [deal["id"]])
+
+    wait_until(lambda: title(other).fetchone()[0] == "Other's")
+    wait_until(lambda: title(db_path).fetchone()[0] == "Mine")
+    for path, received in ((db_path, ["Mine"]), (other, ["Other's"])):
+        inbox = Inbox(inbox_path(path, config)).conn()
+        bodies = [
+            json.loads(b)["data"]["title"] for (b,) in inbox.execute("select body from deliveries")
+        ]
+        assert bodies == received
+
+
+def test_status_says_whether_webhooks_are_installed(run_sync, db_path, tmp_path):
+    assert run_sync().ok
+    said = CliRunner().invoke(cli.cli, ["status", db_path])
+    assert said.exit_code == 0, said.output
+    assert f"Webhooks: not installed for this database (`pdsync webhooks install {db_path}" in (
+        said.output
+    )
+    config = tmp_path / "config"
+    webhook_setup.new_credentials(access.secrets_path(db_path, config))  # makes the inbox
+    said = CliRunner().invoke(cli.cli, ["status", db_path, "--config-dir", str(config)])
+    assert "Webhooks: installed; no delivery received yet." in said.output
+    assert not access.secrets_path(db_path).exists()  # status made nothing beside it
+
+
+def test_the_demo_shows_its_fakes_changes_without_a_sync(tmp_path):
+    """`pdsync demo` registers the served instance with its fake: a change the fake makes
+    reaches a row, seen through the JSON API, and no sync runs."""
+    from pdsync.cli import DEMO_CHANGES_ENV
+    from pdsync.timestamps import normalize
+    from pdsync.webhook_apply import ENTITIES
+    from pdsync.webhook_inbox import inbox_path
+
+    db_path = tmp_path / "demo.db"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, DEMO_CHANGES_ENV: "0.5"}
+    for name in ("PIPEDRIVE_API_TOKEN", "PIPEDRIVE_BASE_URL"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "pdsync", "demo", str(db_path), "--deals", "50"]
+    demo = subprocess.Popen(
+        [*command, "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_server(base, tries=600)  # builds the company and syncs it first
+
+        def row(table, key):
+            rows = httpx.get(f"{base}/demo/{table}/{key}.json?_shape=array", timeout=5).json()
+            return rows[0] if isinstance(rows, list) and rows else None
+
+        def a_change_shows():
+            if not inbox_path(db_path).exists():
+                return None  # no webhook registered
+            inbox = sqlite3.connect(f"file:{inbox_path(db_path)}?mode=ro", uri=True)
+            try:
+                applied = inbox.execute(
+                    "select body from deliveries where state = 'applied' and action != 'delete'"
+                    " order by seq desc"
+                ).fetchall()
+            finally:
+                inbox.close()
+            for (body,) in applied:
+                event = json.loads(body)
+                table, data = ENTITIES[event["meta"]["entity"]], event["data"]
+                found = row(table, event["meta"]["entity_id"])
+                if found and found.get("update_time") == normalize(data["update_time"]):
+                    return found
+            return None
+
+        wait_until(a_change_shows, timeout=60)
+        runs = httpx.get(f"{base}/demo/sync_runs.json?_shape=array", timeout=5).json()
+        assert len(runs) == 1  # the demo's first sync, and no other
+    finally:
+        demo.terminate()
+        demo.wait(15)

@@ -72,7 +72,10 @@ class ResponseCache:
             try:
                 watcher = self._watchers.get(database.path)
                 if watcher is None:
-                    watcher = connect_read_only(database.path)
+                    # No busy wait: this runs on the event loop, and a writer holding the
+                    # lock (a database not in WAL mode) would stall every request for the
+                    # wait. Locked: "cannot be known", the request goes to Datasette.
+                    watcher = connect_read_only(database.path, timeout=0)
                     self._watchers[database.path] = watcher
                 versions.append((name, watcher.execute("pragma data_version").fetchone()[0]))
             except sqlite3.Error:

@@ -33,7 +33,8 @@ from datasette.utils.asgi import Request, Response
 from pdsync import access, webhook_setup
 from pdsync.schema import is_pdsync
 from pdsync.webhook_apply import ENTITIES, GAP_SLACK_S, Applier, DatabaseBusy
-from pdsync.webhook_inbox import GroupCommit, Inbox, inbox_for_secrets, inbox_path
+from pdsync.webhook_inbox import GroupCommit, Inbox, inbox_for_secrets
+from pdsync.webhook_inbox import status as inbox_status
 
 from .access import SECRETS_ENV
 from .config import plugin_config
@@ -62,7 +63,7 @@ def skip_csrf(datasette, scope) -> bool:
 
 def configured_secrets(datasette) -> str | None:
     """The secrets file ``pdsync serve`` passed, or ``plugins: pdsync: secrets_file`` (the
-    same choice as the sign-in's, access.secrets_file); None: the one beside the database."""
+    same choice as the sign-in's, access.secrets_file); None: none configured."""
     path = os.environ.get(SECRETS_ENV)
     if not path and datasette is not None:
         path = plugin_config(datasette).get("secrets_file")
@@ -70,13 +71,18 @@ def configured_secrets(datasette) -> str | None:
 
 
 def secrets_file(db_path: str, datasette=None) -> Path:
+    """The secrets file holding this database's webhook credentials: its own, where
+    ``pdsync webhooks install`` wrote them (beside the database, or in ``--config-dir``: the
+    configured secrets file's directory). A configured file can serve the sign-in of several
+    databases; its credentials would let one database's webhooks write into another."""
     configured = configured_secrets(datasette)
-    return Path(configured) if configured else access.secrets_path(db_path)
+    return access.secrets_path(db_path, Path(configured).parent if configured else None)
 
 
 def inbox_file(db_path: str, datasette=None) -> Path:
-    configured = configured_secrets(datasette)
-    return inbox_for_secrets(configured) if configured else inbox_path(db_path)
+    """This database's own inbox, beside its own secrets file (one inbox shared by two
+    databases would have each database's applier apply the other's deliveries)."""
+    return inbox_for_secrets(secrets_file(db_path, datasette))
 
 
 _inboxes: dict[str, Inbox] = {}
@@ -204,9 +210,11 @@ async def _receive(request, db, datasette) -> Response:
         if db.path not in _told_no_inbox:  # once: Pipedrive retries, the log would flood
             _told_no_inbox.add(db.path)
             log.error(
-                "webhook deliveries for %s refused: no inbox here. Route %s to the primary"
-                " only (where `pdsync webhooks install` ran); a replica never receives.",
+                "webhook deliveries for %s refused: no inbox at %s. Route %s to the primary"
+                " only (where `pdsync webhooks install` ran, with --config-dir for a"
+                " configured secrets file's directory); a replica never receives.",
                 db.name,
+                inbox_file(db.path, datasette),
                 PATH,
             )
         return _one_line(503, "this server does not receive webhooks: send them to the primary")
@@ -344,13 +352,11 @@ def stop_appliers() -> None:
 
 
 def status_for(db) -> dict | None:
-    """What the status page shows of a database's deliveries; None when none ever came."""
-    if not db.path or not inbox_file(db.path, db.ds).exists():
+    """What the status page shows of a database's deliveries (``webhook_inbox.status``, as
+    ``pdsync status`` does); None when webhooks are not installed for it here."""
+    if not db.path:
         return None
-    try:
-        summary = inbox_for(db.path, db.ds).summary()
-    except Exception as exc:  # the page must show, whatever the inbox's state
-        log.warning("webhook inbox of %s: %s", db.name, exc)
-        return {"error": str(exc)}
-    summary["applied_here"] = bool(db.is_mutable)
-    return summary
+    found = inbox_status(inbox_file(db.path, db.ds))
+    if found is not None and "error" not in found:
+        found["applied_here"] = bool(db.is_mutable)
+    return found

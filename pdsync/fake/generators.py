@@ -81,6 +81,12 @@ class Gen:
     def pick(self, seq: list | tuple) -> Any:
         return seq[int(self.r() * len(seq))]
 
+    def added(self, at: int) -> int:
+        """A generated record's add_time: never after the history's end (a minute before
+        "now"). Spread over three years with hours of jitter, the last records would
+        otherwise be added up to six hours in the future, and Pipedrive has none of those."""
+        return min(at, self.latest)
+
     def between(self, lo: int, hi: int, skew: float = 1.0) -> int:
         """A time in [lo, hi]; skew < 1 leans towards hi (recent)."""
         if hi <= lo:
@@ -222,7 +228,9 @@ def organizations(g: Gen) -> Iterator[tuple]:
     span = 3 * YEAR_MS + YEAR_MS // 2  # organizations go back a little further than deals
     for i in range(1, n + 1):
         ms = precise(i)
-        at = trunc(g.start - YEAR_MS // 2 + span * (i - 1) // n + int(r() * 6 * 3600e3), ms)
+        at = trunc(
+            g.added(g.start - YEAR_MS // 2 + span * (i - 1) // n + int(r() * 6 * 3600e3)), ms
+        )
         ut = trunc(g.between(at, g.latest, 0.7), ms)
         x = r()
         if x < 0.02:
@@ -273,7 +281,7 @@ def persons(g: Gen) -> Iterator[tuple]:
     custom = g.custom("person", 0.4)
     for i in range(1, n + 1):
         ms = precise(i)
-        at = trunc(g.start + 3 * YEAR_MS * (i - 1) // n + int(r() * 6 * 3600e3), ms)
+        at = trunc(g.added(g.start + 3 * YEAR_MS * (i - 1) // n + int(r() * 6 * 3600e3)), ms)
         ut = trunc(g.between(at, g.latest, 0.7), ms)
         if r() < 0.02:
             first, last = pick(ARABIC_PERSONS)
@@ -418,7 +426,7 @@ def activities(g: Gen) -> Iterator[tuple]:
     n_deals, n_persons = g.last_id["deals"], g.size["persons"]
     for i in range(1, n + 1):
         ms = precise(i)
-        at = trunc(g.start + 3 * YEAR_MS * (i - 1) // n + int(r() * 6 * 3600e3), ms)
+        at = trunc(g.added(g.start + 3 * YEAR_MS * (i - 1) // n + int(r() * 6 * 3600e3)), ms)
         due = at + int(r() * 31) * DAY_MS
         done = due < latest and r() < 0.8
         ut = g.between(at, latest, 0.6)
@@ -456,7 +464,7 @@ def notes(g: Gen) -> Iterator[tuple]:
     n_deals, n_persons, n_orgs = g.last_id["deals"], g.size["persons"], g.size["organizations"]
     for i in range(1, n + 1):
         # v1 times: whole seconds.
-        at = trunc(g.start + 3 * YEAR_MS * (i - 1) // n + int(r() * 6 * 3600e3), False)
+        at = trunc(g.added(g.start + 3 * YEAR_MS * (i - 1) // n + int(r() * 6 * 3600e3)), False)
         ut = trunc(at if r() < 0.8 else g.between(at, g.latest), False)
         x = r()
         deal_id = person_id = org_id = None
