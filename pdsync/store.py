@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections import Counter
 from collections.abc import Callable, Iterator
 from operator import itemgetter
 from typing import Any
@@ -24,8 +23,6 @@ from .timestamps import now as utc_now
 from .transaction import write_transaction
 
 _SQL_TYPES = {int: "INTEGER", float: "FLOAT", str: "TEXT", bytes: "BLOB"}
-# Ids bound in one query (SQLite before 3.32 allows 999 parameters a statement).
-_IDS_A_QUERY = 500
 
 
 class Store:
@@ -35,9 +32,6 @@ class Store:
         self.db = db
         self._columns: dict[str, set[str]] = {}
         self._statements: dict[tuple[str, tuple[str, ...]], str] = {}
-        # Per table: pages in a row whose look-up found no stored row, pages left unlooked.
-        self._misses: dict[str, int] = {}
-        self._skip: dict[str, int] = {}
 
     # -- rows -----------------------------------------------------------------------------
 
@@ -74,39 +68,8 @@ class Store:
             if len(row) != width:  # rows hold a subset of cols: equal size, equal keys
                 for c in cols:
                     row.setdefault(c, None)
-        values = list(map(itemgetter(*cols), rows)) if width > 1 else [(r[cols[0]],) for r in rows]
-        self.db.conn.executemany(sql, self._changed(spec, cols, values))
-
-    def _changed(self, spec: EntitySpec, cols: tuple[str, ...], values: list[tuple]) -> list[tuple]:
-        """``values`` less the rows stored with exactly these values, which the upsert's
-        ``WHERE`` would not write anyway: the page's stored rows read back in one query and
-        compared in Python cost a fraction of binding each row for SQLite to compare (see
-        docs/benchmarks.md section 12). Python's ``==`` is stricter than SQL's ``IS`` (text
-        '5' is not 5), so a doubt only sends a row on to the ``WHERE``, which still decides.
-        An id twice in a page goes on as it is: the order of its versions decides."""
-        if spec.pk not in cols:
-            return values
-        if self._skip.get(spec.name):
-            # After pages of new rows only (a first load), as many pages (up to 16) go
-            # straight to the upsert: a look-up finding nothing costs ~1 µs a row.
-            self._skip[spec.name] -= 1
-            return values
-        at = cols.index(spec.pk)
-        ids = [row[at] for row in values]
-        names = ", ".join(f"[{c}]" for c in cols)
-        stored: dict[Any, tuple] = {}
-        for start in range(0, len(ids), _IDS_A_QUERY):
-            chunk = ids[start : start + _IDS_A_QUERY]
-            marks = ", ".join("?" * len(chunk))
-            sql = f"select {names} from [{spec.name}] where [{spec.pk}] in ({marks})"
-            stored.update((row[at], row) for row in self.db.conn.execute(sql, chunk))
-        misses = 0 if stored else self._misses.get(spec.name, 0) + 1
-        self._misses[spec.name] = misses
-        self._skip[spec.name] = min(misses, 16)
-        if not stored:
-            return values
-        twice = {i for i, n in Counter(ids).items() if n > 1} if len(set(ids)) < len(ids) else ()
-        return [row for row in values if row[at] in twice or stored.get(row[at]) != row]
+        values = map(itemgetter(*cols), rows) if width > 1 else ((row[cols[0]],) for row in rows)
+        self.db.conn.executemany(sql, values)
 
     def mark_gone(self, spec: EntitySpec, keep_ids: list[Any] | None = None) -> int:
         """Flag rows not seen upstream (never delete them). Returns how many changed.
@@ -232,8 +195,8 @@ class Store:
     # -- sync_metadata and sync_runs ------------------------------------------------------
 
     def metadata(self, entity: str) -> dict[str, Any]:
-        # Plain SQL: a run asks ~50 times, and sqlite-utils' rows_where first lists the
-        # database's tables and views three times over (a tenth of a no-change sync's work).
+        # Plain SQL: a run asks ~50 times, and sqlite-utils' rows_where lists the database's
+        # views twice and its tables once each time (138 of a no-change sync's ~400 listings).
         try:
             cursor = self.db.execute("select * from sync_metadata where entity_type = ?", [entity])
         except sqlite3.OperationalError:
