@@ -3,12 +3,16 @@
     git worktree add /tmp/before HEAD~1
     python benchmarks/compare_sync.py /tmp/before . --deals 400000 --rounds 2
     python benchmarks/compare_sync.py /tmp/before . --deals 100000 --only deals --changes 500
+    python benchmarks/compare_sync.py /tmp/before . --deals 100000 --rounds 1 --full 3
 
 This machine is shared and its speed drifts by tens of percent over minutes, so comparing
 runs made at different times says little. Here each round syncs with A then B while the
 fake stays the same; each tree has its own database. With --changes K, each round also
 applies K upstream changes and lets both trees sync them incrementally, which is where the
-cost of work done per written row (triggers, indexes) shows. Every sync runs in a fresh
+cost of work done per written row (triggers, indexes) shows. With --full N, each tree then
+runs N `--full` syncs of the unchanged account, each beside the same sync writing no rows
+(on a copy of the database: sync_bench.py's --dry), and the ratio of the two is printed:
+what establishing "unchanged" costs (issue #18: <= 1.2). Every sync runs in a fresh
 process importing pdsync from its tree (PYTHONPATH), via sync_bench.py's child mode.
 """
 
@@ -18,6 +22,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,9 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sync_bench  # noqa: E402  (its fake server and one-sync child mode)
 
 
-def sync_with(tree: Path, db: str, info: dict, only: list[str] | None) -> dict:
+def sync_with(
+    tree: Path, db: str, info: dict, only: list[str] | None, full: bool = False, dry: bool = False
+) -> dict:
     args = [sys.executable, sync_bench.__file__, "--child", db, info["url"], info["token"]]
     args += [f"--only={name}" for name in only or []]
+    args += (["--full"] if full else []) + (["--dry"] if dry else [])
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run(args, capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -46,6 +54,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="first syncs per tree (2)")
     parser.add_argument("--changes", type=int, default=0, help="upstream changes per round")
     parser.add_argument("--only", action="append", help="entities to sync (all)")
+    parser.add_argument(
+        "--full", type=int, default=0, metavar="N", help="--full syncs per tree, after the rounds"
+    )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     trees = {"A": args.a.resolve(), "B": args.b.resolve()}
@@ -87,6 +98,7 @@ def main() -> None:
                         f" ({f['records']} records)"
                     ),
                 )
+        refetch = full_passes(trees, tmp, args, info)
     parent.send(("stop", None))
     process.join(timeout=30)
 
@@ -103,6 +115,40 @@ def main() -> None:
         print(
             f"{args.changes} changes  A {a * 1000:8.0f} ms  B {b * 1000:8.0f} ms  B/A {b / a:.3f}"
         )
+    if args.full:
+        for i, unit in enumerate(("wall", "CPU")):
+            a, b = (statistics.median(r[i] for r in refetch[label]) for label in trees)
+            print(f"--full / no writes ({unit:>4}) A {a:5.2f}  B {b:5.2f}  B/A {b / a:.3f}")
+
+
+def full_passes(
+    trees: dict[str, Path], tmp: str, args, info: dict
+) -> dict[str, list[tuple[float, float]]]:
+    """--full of the unchanged account over each tree's last database, and the same sync
+    writing no rows on a copy of it, alternating which goes first; per tree, the ratios of
+    their wall and CPU times (CPU: what a machine shared with other work inflates least)."""
+    ratios: dict[str, list[tuple[float, float]]] = {label: [] for label in trees}
+    for n in range(args.full):
+        for label, tree in trees.items():
+            db = os.path.join(tmp, f"{label}{args.rounds - 1}.db")
+            dry_db = os.path.join(tmp, f"{label}-dry.db")
+            shutil.copyfile(db, dry_db)
+            order = [False, True] if n % 2 == 0 else [True, False]
+            seconds = {}
+            for dry in order:
+                f = sync_with(tree, dry_db if dry else db, info, args.only, full=True, dry=dry)
+                seconds[dry] = f["seconds"], f["cpu_seconds"], f["rows_changed"]
+            os.remove(dry_db)
+            (wall, cpu, changed), (dry_wall, dry_cpu, _) = seconds[False], seconds[True]
+            ratios[label].append((wall / dry_wall, cpu / dry_cpu))
+            load = os.getloadavg()[0]
+            print(
+                f"--full {n + 1} {label}: {wall:.1f} s (CPU {cpu:.1f} s, {changed:,} rows changed)"
+                f", no writes {dry_wall:.1f} s (CPU {dry_cpu:.1f} s): {wall / dry_wall:.2f} x"
+                f" wall, {cpu / dry_cpu:.2f} x CPU; load {load:.1f}",
+                flush=True,
+            )
+    return ratios
 
 
 if __name__ == "__main__":

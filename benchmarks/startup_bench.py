@@ -5,18 +5,28 @@
 
 The fake Pipedrive (the demo company, 2,000 deals) is built once in another process; the
 database is synced once, then each round runs, in a fresh process per run, `pdsync --help`
-and `pdsync sync DB -q` (which finds nothing new: the same 16 requests every run) with each
-tree, so that drift on this shared machine hits every figure alike. Also printed: the floor
-any Python command pays here (`python -c pass`, and `import click`).
+and `pdsync sync DB -q` (which finds nothing new: 12 to 16 requests, plan.RUN_REQUESTS) with
+each tree, so that drift on this shared machine hits every figure alike. Also printed: the floor
+any Python command pays here (`python -c pass`, and `import click`). CPU is the median of each
+run's user + system time: what a busy machine inflates least.
 Targets (issue #18): `pdsync --help` <= 60 ms, a no-change incremental sync <= 150 ms
 (medians).
+
+Each tree's modules are byte-compiled first, as pip does when it installs a wheel: with
+PYTHONDONTWRITEBYTECODE set (this machine's environment does) a checkout never gets its
+.pyc files, and every run would compile pdsync's modules again (docs/benchmarks.md
+section 12 has what that costs). `--no-bytecode` measures that case instead: it deletes
+them and runs so.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import multiprocessing
 import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,7 +40,9 @@ import sync_bench  # noqa: E402  (its fake server)
 CLI = "import sys; from pdsync.cli import cli; sys.exit(cli(prog_name='pdsync'))"
 
 
-def timed(args: list[str], env: dict) -> float:
+def timed(args: list[str], env: dict) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system) of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     # From an empty directory: `python -c` puts the working directory first on sys.path,
     # which would pick a checkout there over PYTHONPATH's.
@@ -38,16 +50,19 @@ def timed(args: list[str], env: dict) -> float:
         args, env=env, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed: {done.stderr.decode()[-500:]}")
-    return seconds
+    return seconds, cpu
 
 
-def summary(label: str, runs: list[float], target: float | None = None) -> str:
-    runs = sorted(runs)
+def summary(label: str, figures: list[tuple[float, float]], target: float | None = None) -> str:
+    runs = sorted(wall for wall, _ in figures)
     p90 = runs[max(0, int(len(runs) * 0.9) - 1)]
     median = statistics.median(runs)
-    line = f"{label:<34} median {median * 1000:6.1f} ms  p90 {p90 * 1000:6.1f} ms"
+    line = f"{label:<30} median {median * 1000:6.1f} ms  p90 {p90 * 1000:6.1f} ms"
+    line += f"  CPU {statistics.median(cpu for _, cpu in figures) * 1000:6.1f} ms"
     if target is not None:
         line += f"  target <= {target * 1000:.0f} ms: {'met' if median <= target else 'MISSED'}"
     return line
@@ -60,8 +75,17 @@ def main() -> None:
     parser.add_argument(
         "--trees", type=Path, nargs="+", default=[Path(__file__).resolve().parent.parent]
     )
+    parser.add_argument(
+        "--no-bytecode", action="store_true", help="run pdsync from source, as compiled each run"
+    )
     args = parser.parse_args()
     trees = [tree.resolve() for tree in args.trees]
+    for tree in trees:
+        if args.no_bytecode:
+            for cache in (tree / "pdsync").rglob("__pycache__"):
+                shutil.rmtree(cache)
+        else:
+            compileall.compile_dir(tree / "pdsync", quiet=1)
     parent, child = multiprocessing.Pipe()
     fake = multiprocessing.Process(
         target=sync_bench.serve_fake, args=(child, args.deals, 1), daemon=True
@@ -69,7 +93,9 @@ def main() -> None:
     fake.start()
     info = parent.recv()
     base = {**os.environ, "PIPEDRIVE_API_TOKEN": info["token"], "PIPEDRIVE_BASE_URL": info["url"]}
-    runs: dict[str, list[float]] = {}
+    if args.no_bytecode:
+        base["PYTHONDONTWRITEBYTECODE"] = "1"
+    runs: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         envs = {tree: {**base, "PYTHONPATH": str(tree)} for tree in trees}
         dbs = {tree: os.path.join(tmp, f"{i}.db") for i, tree in enumerate(trees)}
@@ -93,6 +119,7 @@ def main() -> None:
     fake.join(timeout=30)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"{args.runs} runs each, interleaved; load average {load} (a shared machine)")
+    print("pdsync run from source, compiled every run" if args.no_bytecode else "byte-compiled")
     for i, tree in enumerate(trees):
         print(f"[{i}] {tree}")
     targets = {"--help": 0.060, "no change": 0.150}

@@ -245,11 +245,15 @@ def m017_history_long_changelogs(db: sqlite_utils.Database) -> None:
 
 def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     """Create what the specs declare and is missing. Safe to run on every sync."""
+    # Listed once, not per foreign key and table: every run comes here (a no-change sync
+    # asked sqlite_master ~400 times, a tenth of its time after imports).
+    tables = set(db.table_names())
     for spec in entities:
-        table = db[spec.name]
-        fks = [fk for fk in spec.foreign_keys if fk[1] in db.table_names() or fk[1] == spec.name]
-        if not table.exists():
+        table = db.table(spec.name)
+        fks = [fk for fk in spec.foreign_keys if fk[1] in tables or fk[1] == spec.name]
+        if spec.name not in tables:
             table.create(spec.table_columns, pk=spec.pk, foreign_keys=fks)
+            tables.add(spec.name)
         else:
             existing = set(table.columns_dict)
             for name, kind in spec.table_columns.items():

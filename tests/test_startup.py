@@ -104,16 +104,23 @@ def test_no_entry_points_found_where_none_are(tmp_path, monkeypatch):
     dist.mkdir()
     (dist / "entry_points.txt").write_text("[console_scripts]\nthing = thing:main\n")
     monkeypatch.setattr(sys, "path", [str(tmp_path), str(tmp_path / "missing")])
-    entrypoints.may_have_plugins.cache_clear()
+    entrypoints._declared_groups.cache_clear()
     try:
         assert not entrypoints.may_have_plugins("pdsync")
         (dist / "entry_points.txt").write_text("[pdsync]\nthing = thing.plugin\n")
-        entrypoints.may_have_plugins.cache_clear()
+        entrypoints._declared_groups.cache_clear()
         assert entrypoints.may_have_plugins("pdsync")
+        assert not entrypoints.may_have_plugins("sqlite_utils")  # one walk answers each group
+        (tmp_path / "other-2.0.dist-info").mkdir()
+        (tmp_path / "other-2.0.dist-info" / "entry_points.txt").write_text(
+            "[console_scripts]\nother = other:main\n\n  [sqlite_utils]  \nx = other.plugin\n"
+        )
+        entrypoints._declared_groups.cache_clear()
+        assert entrypoints.may_have_plugins("sqlite_utils")
         # A zip on the path could hold anything: "maybe", and the real loader looks.
         (tmp_path / "lib.zip").write_bytes(b"PK")
         monkeypatch.setattr(sys, "path", [str(tmp_path / "lib.zip")])
-        entrypoints.may_have_plugins.cache_clear()
+        entrypoints._declared_groups.cache_clear()
         assert entrypoints.may_have_plugins("sqlite_utils")
     finally:
-        entrypoints.may_have_plugins.cache_clear()
+        entrypoints._declared_groups.cache_clear()
