@@ -22,6 +22,14 @@ An answer is served again only if it is exactly what Datasette would say now:
 Readers asking for an answer being made for someone else wait for it (up to
 ``COALESCE_WAIT``) instead of making it again.
 
+Datasette's permission answers for a data URL cost more than the hit they decide (10 ms of
+Python: it deep-copies all metadata for a table's ``allow`` block). They are remembered per
+actor and URL for as long as the answers they were stored with, and only while pdsync and
+Datasette's defaults are the only plugins that answer permissions, metadata or canned
+queries: then the answers depend on nothing but the actor, the secrets file and metadata
+(see ``_answers_are_ours``), all part of that key. Liveness is not among them: the gate
+checks every request's user and token first.
+
 Kept only: GET, status 200, no ``Set-Cookie``, not streamed, at most ``MAX_ENTRY`` bytes,
 outside ``/-/`` (the status page and sign-in are live). ``MAX_BYTES`` bounds the whole.
 """
@@ -48,6 +56,11 @@ MAX_AGE = 30.0  # seconds: sync_status counts minutes since the sync, the lists 
 COALESCE_WAIT = 30.0  # at most, for the same answer being made for someone else
 MAX_ENTRY = 4 << 20
 MAX_BYTES = 64 << 20
+MAX_VISIBLE = 10_000  # remembered permission answers (actor x URL), cleared beyond
+# The only plugins whose permission, metadata and canned-query answers are known to depend
+# on nothing but the actor, metadata and the secrets file.
+PURE_PLUGINS = {"pdsync.datasette_plugin", "datasette.default_permissions"}
+PURE_HOOKS = ("permission_allowed", "get_metadata", "canned_queries")
 # Off (to measure without it, or to rule it out): PDSYNC_RESPONSE_CACHE=off, or
 # `plugins: pdsync: response_cache: false`.
 OFF_ENV = "PDSYNC_RESPONSE_CACHE"
@@ -62,6 +75,23 @@ class ResponseCache:
         self._watchers: dict[str, sqlite3.Connection] = {}
         self.hits = self.misses = 0
         self.making: dict[tuple, asyncio.Event] = {}  # answers being made now
+        self._visible: dict[tuple, tuple] = {}  # (actor, URL...) -> _visibility
+        self._visible_for: tuple | None = None  # the version they were given for
+        self._visible_since = time.monotonic()
+
+    def visibility_memo(self, version: tuple) -> dict:
+        """Permission answers given for ``version``: forgotten when it changes, after
+        max_age seconds, or beyond MAX_VISIBLE of them."""
+        now = time.monotonic()
+        if (
+            version != self._visible_for
+            or now - self._visible_since > self.max_age
+            or len(self._visible) > MAX_VISIBLE
+        ):
+            self._visible = {}
+            self._visible_for = version
+            self._visible_since = now
+        return self._visible
 
     def version(self, datasette, secrets_version) -> tuple | None:
         """Where the data is now; None if that cannot be known (then nothing is kept)."""
@@ -108,9 +138,11 @@ DATA_FORMATS = (".json", ".csv")
 MAGIC = re.compile(r":_\w")
 
 
-async def key_for(datasette, scope: dict, actor: dict | None) -> tuple | None:
+async def key_for(
+    datasette, scope: dict, actor: dict | None, remembered: dict | None = None
+) -> tuple | None:
     """What makes an answer: who asks (or what they may see), and exactly what. None: not to
-    be kept."""
+    be kept. ``remembered``: permission answers already given for this version, if any."""
     path = scope.get("path", "")
     base = datasette.setting("base_url").rstrip("/")
     if base and path.startswith(base):
@@ -124,7 +156,7 @@ async def key_for(datasette, scope: dict, actor: dict | None) -> tuple | None:
     asked = (scope.get("path"), query, headers.get(b"accept"))
     if path.endswith(DATA_FORMATS) and b"_format" not in query:
         # Data names no one: readers who may see the same things share the answer...
-        visibility = await _visibility(datasette, actor, path)
+        visibility = await _remembered_visibility(datasette, actor, path, remembered)
         sql = parse_qs(query.decode("latin-1")).get("sql", [""])[0] + visibility[-1]
         if MAGIC.search(sql):
             # ...unless its SQL reads the reader or the request (:_actor_id, :_cookie_x,
@@ -134,6 +166,34 @@ async def key_for(datasette, scope: dict, actor: dict | None) -> tuple | None:
     # A page names its reader, and embeds the cookie's CSRF token: theirs alone.
     who = json.dumps(actor, sort_keys=True, default=str) if actor else None
     return ("page", who, headers.get(b"cookie"), *asked)
+
+
+async def _remembered_visibility(datasette, actor, path: str, remembered: dict | None) -> tuple:
+    if remembered is None or not _answers_are_ours():
+        return await _visibility(datasette, actor, path)
+    # What else the answers read: the process's mode, which databases are served, and
+    # metadata (replaced, never edited, after startup). The secrets file and the data are in
+    # the version ``remembered`` belongs to.
+    key = (
+        json.dumps(actor, sort_keys=True, default=str),
+        path,
+        access.mode(datasette),
+        tuple(datasette.databases),
+        id(datasette._metadata_local),
+    )
+    found = remembered.get(key)
+    if found is None:
+        found = remembered[key] = await _visibility(datasette, actor, path)
+    return found
+
+
+def _answers_are_ours() -> bool:
+    from datasette.plugins import pm
+
+    return all(
+        {impl.plugin_name for impl in getattr(pm.hook, hook).get_hookimpls()} <= PURE_PLUGINS
+        for hook in PURE_HOOKS
+    )
 
 
 async def _visibility(datasette, actor: dict | None, path: str) -> tuple:
@@ -212,13 +272,13 @@ def wrap(datasette, app):
         if scope["type"] != "http" or scope.get("method") != "GET":
             return await app(scope, receive, send)
         actor = await access.resolve_actor(datasette, scope)
-        key = await key_for(datasette, scope, actor)
-        if key is None:
-            return await app(scope, receive, send)
         access.secrets_data(datasette)  # re-read if it changed, before its version is taken
         secrets = access.secrets_file(datasette)
         version = cache.version(datasette, secrets.version if secrets else None)
         if version is None:
+            return await app(scope, receive, send)
+        key = await key_for(datasette, scope, actor, cache.visibility_memo(version))
+        if key is None:
             return await app(scope, receive, send)
         await serve(cache, key, version, app, scope, receive, send)
 
