@@ -12,8 +12,10 @@ An answer is served again only if it is exactly what Datasette would say now:
   refused as before;
 - data (``.json``, ``.csv``) to a reader whom Datasette gives the same permissions for it
   (the instance, the database, the table or query, ``execute-sql``): data names no one;
-  a page (HTML) only to the same actor with the same cookies, since it shows their name and
-  embeds their CSRF token;
+  a page (HTML) to the same actor with the same cookies, since it shows their name and
+  embeds their CSRF token, or, where pages.py can show that nothing else of theirs is in
+  it, to another reader answered the same by every permission check the page made, with
+  their own name and token put in;
 - while no database has changed: ``pragma data_version`` of each database, which moves with
   every commit by another connection (a sync, Sync now), and the secrets file unchanged;
 - for at most ``MAX_AGE`` seconds, for queries that read the clock (days overdue, minutes
@@ -78,6 +80,7 @@ class ResponseCache:
         self._visible: dict[tuple, tuple] = {}  # (actor, URL...) -> _visibility
         self._visible_for: tuple | None = None  # the version they were given for
         self._visible_since = time.monotonic()
+        self.page_checks: dict[tuple, tuple] = {}  # shared page -> the checks it asked
 
     def visibility_memo(self, version: tuple) -> dict:
         """Permission answers given for ``version``: forgotten when it changes, after
@@ -171,20 +174,18 @@ async def key_for(
 async def _remembered_visibility(datasette, actor, path: str, remembered: dict | None) -> tuple:
     if remembered is None or not _answers_are_ours():
         return await _visibility(datasette, actor, path)
-    # What else the answers read: the process's mode, which databases are served, and
-    # metadata (replaced, never edited, after startup). The secrets file and the data are in
-    # the version ``remembered`` belongs to.
-    key = (
-        json.dumps(actor, sort_keys=True, default=str),
-        path,
-        access.mode(datasette),
-        tuple(datasette.databases),
-        id(datasette._metadata_local),
-    )
+    # The secrets file and the data are in the version ``remembered`` belongs to.
+    key = (json.dumps(actor, sort_keys=True, default=str), path, *answers_depend_on(datasette))
     found = remembered.get(key)
     if found is None:
         found = remembered[key] = await _visibility(datasette, actor, path)
     return found
+
+
+def answers_depend_on(datasette) -> tuple:
+    """Besides the actor, the data and the secrets file: the process's mode, which databases
+    are served, and metadata (replaced, never edited, after startup)."""
+    return access.mode(datasette), tuple(datasette.databases), id(datasette._metadata_local)
 
 
 def _answers_are_ours() -> bool:
@@ -216,46 +217,61 @@ async def _visibility(datasette, actor: dict | None, path: str) -> tuple:
 
 async def serve(cache: ResponseCache, key: tuple, version: tuple, app, scope, receive, send):
     """Answer from the cache, or let Datasette answer and keep what it said."""
+    await wait_for_maker(cache, key)
+    found = cache.get(key, version)
+    if found is not None:
+        return await send_hit(cache, send, *found)
+    await make(cache, key, app, scope, receive, send, lambda s, b: cache.put(key, version, s, b))
+
+
+async def wait_for_maker(cache: ResponseCache, key: tuple) -> None:
+    # The same answer is being made for another reader: wait for it rather than make it
+    # twice (and, under load, every reader of a popular page at once).
     making = cache.making.get(key)
     if making is not None:
-        # The same answer is being made for another reader: wait for it rather than make it
-        # twice (and, under load, every reader of a popular page at once).
         try:
             await asyncio.wait_for(making.wait(), COALESCE_WAIT)
         except asyncio.TimeoutError:
             pass
-    found = cache.get(key, version)
-    if found is not None:
-        cache.hits += 1
-        start, body = found
-        # Says so, for whoever measures or wonders why a page came back so fast.
-        start = {**start, "headers": [*start.get("headers", []), (b"x-pdsync-cache", b"hit")]}
-        await send(start)
-        await send({"type": "http.response.body", "body": body})
-        return
+
+
+async def send_hit(cache: ResponseCache, send, start: dict, body: bytes) -> None:
+    cache.hits += 1
+    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+    # Says so, for whoever measures or wonders why a page came back so fast.
+    headers += [(b"content-length", str(len(body)).encode()), (b"x-pdsync-cache", b"hit")]
+    await send({**start, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def make(cache: ResponseCache, key: tuple, app, scope, receive, send, keep) -> None:
+    """Let Datasette answer, passing it on; ``keep(start, body)`` if it may be kept, before
+    the readers waiting for ``key`` wake."""
     cache.misses += 1
     start: dict = {}
     chunks: list[bytes] = []
-    keep = True
+    keeping = True
+    complete = False
 
     async def keeping_send(message):
-        nonlocal keep
+        nonlocal keeping, complete
         if message["type"] == "http.response.start":
             start.update(message)
             names = {name.lower() for name, _ in message.get("headers") or []}
-            keep = message.get("status") == 200 and b"set-cookie" not in names
-        elif message["type"] == "http.response.body" and keep:
+            keeping = message.get("status") == 200 and b"set-cookie" not in names
+        elif message["type"] == "http.response.body" and keeping:
             chunks.append(message.get("body", b""))
             if sum(map(len, chunks)) > MAX_ENTRY:
-                keep = False
+                keeping = False
                 chunks.clear()
-            elif not message.get("more_body") and keep:
-                cache.put(key, version, dict(start), b"".join(chunks))
+            complete = not message.get("more_body")
         await send(message)
 
     done = cache.making.setdefault(key, asyncio.Event())
     try:
         await app(scope, receive, keeping_send)
+        if keeping and complete:
+            keep(dict(start), b"".join(chunks))
     finally:
         if cache.making.get(key) is done:
             del cache.making[key]
@@ -266,6 +282,9 @@ def wrap(datasette, app):
     """The ASGI wrapper, inside the sign-in gate: what reaches it is let in."""
     if os.environ.get(OFF_ENV) == "off" or plugin_config(datasette).get("response_cache") is False:
         return app
+    from . import pages  # it builds on this module
+
+    pages.install(datasette)
     cache = ResponseCache()
 
     async def cached(scope, receive, send):
@@ -277,9 +296,18 @@ def wrap(datasette, app):
         version = cache.version(datasette, secrets.version if secrets else None)
         if version is None:
             return await app(scope, receive, send)
-        key = await key_for(datasette, scope, actor, cache.visibility_memo(version))
+        remembered = cache.visibility_memo(version)
+        key = await key_for(datasette, scope, actor, remembered)
         if key is None:
             return await app(scope, receive, send)
+        if key[0] == "page" and _answers_are_ours() and pages.possible(datasette):
+            who = pages.reader(datasette, scope, actor)
+            if who is not None:
+                # Shared with every reader Datasette answers the same (pages.py).
+                asked_for = key[3:]
+                return await pages.serve(
+                    cache, datasette, who, asked_for, version, remembered, app, scope, receive, send
+                )
         await serve(cache, key, version, app, scope, receive, send)
 
     datasette._pdsync_response_cache = cache  # for tests and a look from a debugger
