@@ -151,7 +151,8 @@ async def run(args) -> None:
             sql.clear()
             profile = cProfile.Profile()
             cpu0, wall0 = time.thread_time(), time.perf_counter()
-            profile.enable()
+            if not args.plain:
+                profile.enable()
             for _ in range(args.repeat):
                 for auth in auths:
                     await ds.client.get(path, **auth)
@@ -162,6 +163,8 @@ async def run(args) -> None:
             total_sql = sum(sql.values()) * 1000 / n
             split = "/".join(f"{sql[k] * 1000 / n:.0f}" for k in ("count", "facet", "select"))
             print(f"{label:<26} {wall:>8.0f} {cpu:>9.0f} {total_sql:>7.0f}  ({split})")
+            if args.plain:
+                continue
             stats = pstats.Stats(profile)
             groups = cumulative_by_group(stats)
             total = stats.total_tt or 1
@@ -184,6 +187,11 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=0, help="print cProfile's N top functions")
     parser.add_argument(
         "--cached", action="store_true", help="the response cache on: the cost of a hit"
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="no cProfile: its cost per call inflates code that makes many small calls",
     )
     parser.add_argument("--only", help="only the pages whose label holds this")
     args = parser.parse_args()
