@@ -6,6 +6,7 @@ import re
 
 import test_team
 from datasette import hookimpl
+from itsdangerous.url_safe import URLSafeSerializer
 from test_team import PASSWORD, add_user, invoke, make_token, sign_in
 
 from pdsync.datasette_plugin import pages
@@ -27,6 +28,11 @@ async def browser(ds, name):
     return cookies
 
 
+async def reader_and_other(ds):
+    """Two signed-in browsers (the fixture's reader, and "other"), and the cache."""
+    return await browser(ds, "reader"), await browser(ds, "other"), ds._pdsync_response_cache
+
+
 def shown_name(page):
     return re.search(r'<div class="actor">\s*<strong>([^<]*)</strong>', page.text).group(1)
 
@@ -40,9 +46,7 @@ def test_a_page_made_for_one_reader_is_given_to_another_as_their_own(private):
     add_user(db, "other")
 
     async def check():
-        mine = await browser(ds, "reader")
-        theirs = await browser(ds, "other")
-        cache = ds._pdsync_response_cache
+        mine, theirs, cache = await reader_and_other(ds)
         made = await ds.client.get(URL, cookies=mine)
         assert made.status_code == 200 and shown_name(made) == "reader"
         hits = cache.hits
@@ -131,9 +135,7 @@ def test_no_page_is_shared_beside_a_plugin_pdsync_does_not_know(private):
     pm.register(stranger, name="stranger")
 
     async def check():
-        mine = await browser(ds, "reader")
-        theirs = await browser(ds, "other")
-        cache = ds._pdsync_response_cache
+        mine, theirs, cache = await reader_and_other(ds)
         assert not pages.possible(ds)
         await ds.client.get(URL, cookies=mine)
         hits = cache.hits
@@ -177,5 +179,28 @@ def test_scripts_with_tokens_share_pages_without_any_cookie(private):
         page = await ds.client.get(URL, headers={"authorization": f"Bearer {two}"})
         assert page.status_code == 200 and cache.hits == hits + 1
         assert shown_name(page) == "scripttwo" and "scriptone" not in page.text
+
+    asyncio.run(check())
+
+
+def test_a_page_asked_with_two_cookie_headers_is_not_shared(private):
+    """Which of two Cookie headers each part of Datasette reads is not pdsync's to know: such
+    a page is never cut and given to someone else."""
+    ds, db, _ = private
+    add_user(db, "other")
+
+    async def check():
+        mine, theirs, cache = await reader_and_other(ds)
+        another = URLSafeSerializer(ds._secret).dumps("another", "csrftoken")
+        twice = [
+            ("cookie", f"ds_csrftoken={another}"),
+            ("cookie", f"ds_actor={mine['ds_actor']}; ds_csrftoken={mine['ds_csrftoken']}"),
+        ]
+        made = await ds.client.get(URL, headers=twice)
+        assert made.status_code == 200
+        hits = cache.hits
+        page = await ds.client.get(URL, cookies=theirs)
+        assert shown_name(page) == "other" and cache.hits == hits
+        assert mine["ds_csrftoken"] not in page.text and another not in page.text
 
     asyncio.run(check())

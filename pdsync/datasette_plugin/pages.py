@@ -12,12 +12,14 @@ asgi-csrf writes it), whether that form shows (a ``ds_actor`` cookie), their mes
 links, whether the page shows at all). A page is shared only when all of that is handled:
 
 - the page made for one reader is kept with their name and token cut out, and only if each
-  was in it at most once and nothing else of their actor (id, session, sign-in time) is;
+  was in it at most once, nothing else of their actor (id, session, sign-in time) is, and
+  no other name shows as the reader's nor another token in a form (one Cookie header only);
 - another reader gets it with their own name and token put in, only if they send no cookie
   but ``ds_actor`` and ``ds_csrftoken`` (valid), are the same kind of actor (user or token,
-  with or without either cookie), and Datasette answers every permission check the
-  page's making asked the same for them (the checks are recorded while it is made; making
-  it for them would ask the same ones, since nothing else of theirs reaches the page);
+  with or without either cookie) asking the same host, and Datasette answers every
+  permission check the page's making asked the same for them (the checks are recorded while
+  it is made; making it for them would ask the same ones, since nothing else of theirs
+  reaches the page);
 - only while nothing else can put them in a page: Datasette's own templates (no template
   directory), and no plugins but Datasette's, pdsync's and those listed in ``KNOWN``, whose
   hooks read the actor only through permissions; and only while ``cache._answers_are_ours``.
@@ -28,6 +30,7 @@ Otherwise a page stays per reader and cookies, as before (cache.py).
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from contextvars import ContextVar
 from http.cookies import SimpleCookie
@@ -47,6 +50,9 @@ COOKIES = {"ds_actor", "ds_csrftoken"}
 _NONCE = secrets.token_hex(16)
 NAME = f"\x00pdsync-name-{_NONCE}\x00".encode()
 TOKEN = f"\x00pdsync-csrftoken-{_NONCE}\x00".encode()
+
+_SHOWN_NAME = re.compile(rb'<div class="actor">\s*<strong>(.*?)</strong>', re.DOTALL)
+_FORM_TOKEN = re.compile(rb'name="csrftoken" value="([^"]*)"')
 
 _asked: ContextVar[list | None] = ContextVar("pdsync_permissions_asked", default=None)
 
@@ -90,7 +96,10 @@ class Reader:
 def reader(datasette, scope: dict, actor: dict | None) -> Reader | None:
     if not actor or b"_context" in scope.get("query_string", b""):
         return None
-    headers = dict(scope.get("headers") or [])
+    raw = scope.get("headers") or []
+    if sum(1 for name, _ in raw if name.lower() == b"cookie") > 1:
+        return None  # which one would each part of Datasette read?
+    headers = dict(raw)
     cookies = SimpleCookie()
     try:
         cookies.load(headers.get(b"cookie", b"").decode("latin-1"))
@@ -107,7 +116,13 @@ def reader(datasette, scope: dict, actor: dict | None) -> Reader | None:
             return None  # asgi-csrf would make a new one, and set it
     name = str(escape(display_actor(actor))).encode()
     # A page with a CSRF token goes only to readers with one (without, it would set one).
-    kind = (actor.get("pdsync"), tuple(sorted(actor)), "ds_actor" in cookies, token is not None)
+    kind = (
+        actor.get("pdsync"),
+        tuple(sorted(actor)),
+        "ds_actor" in cookies,
+        token is not None,
+        headers.get(b"host"),  # absolute URLs in the page (its JSON link) name the host asked
+    )
     return Reader(actor, name, token.encode() if token else None, kind)
 
 
@@ -124,6 +139,11 @@ def cut(body: bytes, who: Reader) -> bytes | None:
         text = str(value).encode()
         if key != "pdsync" and len(text) >= 3 and text in skeleton:
             return None  # something of the actor we do not know how to replace
+    # Belt and braces: every name shown as the reader's, and every CSRF token in a form,
+    # is now a mark to fill (a token asgi-csrf took from elsewhere would show here).
+    shown = _SHOWN_NAME.findall(skeleton) + _FORM_TOKEN.findall(skeleton)
+    if any(found not in (NAME, TOKEN) for found in shown):
+        return None
     return skeleton
 
 
