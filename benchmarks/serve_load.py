@@ -6,7 +6,8 @@
 
 `pdsync serve DB --private` runs in its own process on 127.0.0.1, so every request passes
 the sign-in gate and the permission checks a team's server does. Half the clients send the
-cookie `/-/login` gave a signed-in user, half an API token (`Authorization: Bearer`), 16
+cookies `/-/login` gave a signed-in user (``ds_actor``, and ``ds_csrftoken`` from its form,
+as a browser does), half an API token (`Authorization: Bearer`), 16
 different people and 16 different tokens (clients beyond 32 share them). Each
 client loops on one keep-alive connection over a mix of canned queries (query_bench's calls,
 with parameters picked from the database) and table pages (JSON and HTML, with and without
@@ -103,7 +104,9 @@ def the_mix(db: Path) -> list[tuple[str, str]]:
 class Server:
     """`pdsync serve DB --private` in its own process, with IDENTITIES users and tokens."""
 
-    def __init__(self, db: Path, log: Path, cache: bool = True) -> None:
+    def __init__(
+        self, db: Path, log: Path, cache: bool = True, python: str = sys.executable
+    ) -> None:
         from pdsync import access
 
         self.db = db
@@ -123,7 +126,8 @@ class Server:
             self.tokens.append(access.create_token(secrets, name))
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "ab")
-        command = [sys.executable, "-m", "pdsync", "serve", str(db), "--private"]
+        # ``python``: another checkout's interpreter, for an A/B (serve_load_ab.py).
+        command = [python, "-m", "pdsync", "serve", str(db), "--private"]
         env = {**os.environ, "PDSYNC_RESPONSE_CACHE": "on" if cache else "off"}
         self.process = subprocess.Popen(
             [*command, "--port", str(self.port)],
@@ -143,16 +147,19 @@ class Server:
             time.sleep(0.2)
         self.cookies = [self.sign_in(name) for name in names]
 
-    def sign_in(self, name: str) -> str:
+    def sign_in(self, name: str) -> dict[str, str]:
+        """The cookies a browser holds after signing in: ``ds_actor``, and the CSRF cookie
+        the sign-in form gave it (``ds_csrftoken``), which it sends with every page after."""
         with httpx.Client(base_url=self.url, timeout=30) as client:
             page = client.get("/-/login")
+            csrf_cookie = page.cookies["ds_csrftoken"]
             csrf = re.search(r'name="csrftoken" value="([^"]+)"', page.text).group(1)
             done = client.post(
                 "/-/login", data={"username": name, "password": PASSWORD, "csrftoken": csrf}
             )
             if done.status_code != 302 or "ds_actor" not in done.cookies:
                 raise SystemExit(f"could not sign in: {done.status_code} {done.text[:200]}")
-            return done.cookies["ds_actor"]
+            return {"ds_actor": done.cookies["ds_actor"], "ds_csrftoken": csrf_cookie}
 
     def stop(self) -> None:
         from pdsync import access
@@ -171,19 +178,24 @@ class Server:
 # -- the clients ----------------------------------------------------------------------------
 
 
-async def _client(server, mix, index, clients, until, samples, errors, hits) -> None:
+async def _client(
+    server, mix, index, clients, until, samples, errors, hits, positions=None
+) -> None:
     # Half people signed in, half scripts with tokens; each a different person or token
     # (up to IDENTITIES of each), as on a team.
     who = index // 2 % IDENTITIES
     if index % 2:
         auth = {"headers": {"authorization": f"Bearer {server.tokens[who]}"}}
     else:
-        auth = {"cookies": {"ds_actor": server.cookies[who]}}
-    position = index * len(mix) // clients
+        auth = {"cookies": server.cookies[who]}
+    # ``positions``: where each client left off, for one that goes on in turns (serve_load_ab).
+    positions = {} if positions is None else positions
+    position = positions.get(index, index * len(mix) // clients)
     async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT_S, **auth) as client:
         while not until():
             label, path = mix[position % len(mix)]
             position += 1
+            positions[index] = position
             started = time.perf_counter()
             try:
                 response = await client.get(path)

@@ -14,6 +14,8 @@ in its package). ``pdsync serve`` and ``pdsync.datasette()`` call it; plain ``da
 - metadata.py: metadata.yml for every pdsync database, whatever its name
 - charts.py: every chart also a canned query, so readers without SQL see the charts
 - cache.py: answers kept until the database changes
+- pages.py: HTML pages shared between readers Datasette answers the same
+- memo.py: plugin configuration read once per request
 - reads.py: memory-mapped reads and JSON by orjson
 - webhook.py: Pipedrive's webhooks received into an inbox, applied by a thread
 - hooks.py: the hooks and routes, over all of the above

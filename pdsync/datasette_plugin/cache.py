@@ -12,8 +12,10 @@ An answer is served again only if it is exactly what Datasette would say now:
   refused as before;
 - data (``.json``, ``.csv``) to a reader whom Datasette gives the same permissions for it
   (the instance, the database, the table or query, ``execute-sql``): data names no one;
-  a page (HTML) only to the same actor with the same cookies, since it shows their name and
-  embeds their CSRF token;
+  a page (HTML) to the same actor with the same cookies, since it shows their name and
+  embeds their CSRF token, or, where pages.py can show that nothing else of theirs is in
+  it, to another reader answered the same by every permission check the page made, with
+  their own name and token put in;
 - while no database has changed: ``pragma data_version`` of each database, which moves with
   every commit by another connection (a sync, Sync now), and the secrets file unchanged;
 - for at most ``MAX_AGE`` seconds, for queries that read the clock (days overdue, minutes
@@ -21,6 +23,14 @@ An answer is served again only if it is exactly what Datasette would say now:
 
 Readers asking for an answer being made for someone else wait for it (up to
 ``COALESCE_WAIT``) instead of making it again.
+
+Datasette's permission answers for a data URL cost more than the hit they decide (10 ms of
+Python: it deep-copies all metadata for a table's ``allow`` block). They are remembered per
+actor and URL for as long as the answers they were stored with, and only while pdsync and
+Datasette's defaults are the only plugins that answer permissions, metadata or canned
+queries: then the answers depend on nothing but the actor, the secrets file and metadata
+(see ``_answers_are_ours``), all part of that key. Liveness is not among them: the gate
+checks every request's user and token first.
 
 Kept only: GET, status 200, no ``Set-Cookie``, not streamed, at most ``MAX_ENTRY`` bytes,
 outside ``/-/`` (the status page and sign-in are live). ``MAX_BYTES`` bounds the whole.
@@ -48,6 +58,11 @@ MAX_AGE = 30.0  # seconds: sync_status counts minutes since the sync, the lists 
 COALESCE_WAIT = 30.0  # at most, for the same answer being made for someone else
 MAX_ENTRY = 4 << 20
 MAX_BYTES = 64 << 20
+MAX_VISIBLE = 10_000  # remembered permission answers (actor x URL), cleared beyond
+# The only plugins whose permission, metadata and canned-query answers are known to depend
+# on nothing but the actor, metadata and the secrets file.
+PURE_PLUGINS = {"pdsync.datasette_plugin", "datasette.default_permissions"}
+PURE_HOOKS = ("permission_allowed", "get_metadata", "canned_queries")
 # Off (to measure without it, or to rule it out): PDSYNC_RESPONSE_CACHE=off, or
 # `plugins: pdsync: response_cache: false`.
 OFF_ENV = "PDSYNC_RESPONSE_CACHE"
@@ -62,6 +77,24 @@ class ResponseCache:
         self._watchers: dict[str, sqlite3.Connection] = {}
         self.hits = self.misses = 0
         self.making: dict[tuple, asyncio.Event] = {}  # answers being made now
+        self._visible: dict[tuple, tuple] = {}  # (actor, URL...) -> _visibility
+        self._visible_for: tuple | None = None  # the version they were given for
+        self._visible_since = time.monotonic()
+        self.page_checks: dict[tuple, tuple] = {}  # shared page -> the checks it asked
+
+    def visibility_memo(self, version: tuple) -> dict:
+        """Permission answers given for ``version``: forgotten when it changes, after
+        max_age seconds, or beyond MAX_VISIBLE of them."""
+        now = time.monotonic()
+        if (
+            version != self._visible_for
+            or now - self._visible_since > self.max_age
+            or len(self._visible) > MAX_VISIBLE
+        ):
+            self._visible = {}
+            self._visible_for = version
+            self._visible_since = now
+        return self._visible
 
     def version(self, datasette, secrets_version) -> tuple | None:
         """Where the data is now; None if that cannot be known (then nothing is kept)."""
@@ -111,9 +144,11 @@ DATA_FORMATS = (".json", ".csv")
 MAGIC = re.compile(r":_\w")
 
 
-async def key_for(datasette, scope: dict, actor: dict | None) -> tuple | None:
+async def key_for(
+    datasette, scope: dict, actor: dict | None, remembered: dict | None = None
+) -> tuple | None:
     """What makes an answer: who asks (or what they may see), and exactly what. None: not to
-    be kept."""
+    be kept. ``remembered``: permission answers already given for this version, if any."""
     path = scope.get("path", "")
     base = datasette.setting("base_url").rstrip("/")
     if base and path.startswith(base):
@@ -127,7 +162,7 @@ async def key_for(datasette, scope: dict, actor: dict | None) -> tuple | None:
     asked = (scope.get("path"), query, headers.get(b"accept"))
     if path.endswith(DATA_FORMATS) and b"_format" not in query:
         # Data names no one: readers who may see the same things share the answer...
-        visibility = await _visibility(datasette, actor, path)
+        visibility = await _remembered_visibility(datasette, actor, path, remembered)
         sql = parse_qs(query.decode("latin-1")).get("sql", [""])[0] + visibility[-1]
         if MAGIC.search(sql):
             # ...unless its SQL reads the reader or the request (:_actor_id, :_cookie_x,
@@ -137,6 +172,32 @@ async def key_for(datasette, scope: dict, actor: dict | None) -> tuple | None:
     # A page names its reader, and embeds the cookie's CSRF token: theirs alone.
     who = json.dumps(actor, sort_keys=True, default=str) if actor else None
     return ("page", who, headers.get(b"cookie"), *asked)
+
+
+async def _remembered_visibility(datasette, actor, path: str, remembered: dict | None) -> tuple:
+    if remembered is None or not _answers_are_ours():
+        return await _visibility(datasette, actor, path)
+    # The secrets file and the data are in the version ``remembered`` belongs to.
+    key = (json.dumps(actor, sort_keys=True, default=str), path, *answers_depend_on(datasette))
+    found = remembered.get(key)
+    if found is None:
+        found = remembered[key] = await _visibility(datasette, actor, path)
+    return found
+
+
+def answers_depend_on(datasette) -> tuple:
+    """Besides the actor, the data and the secrets file: the process's mode, which databases
+    are served, and metadata (replaced, never edited, after startup)."""
+    return access.mode(datasette), tuple(datasette.databases), id(datasette._metadata_local)
+
+
+def _answers_are_ours() -> bool:
+    from datasette.plugins import pm
+
+    return all(
+        {impl.plugin_name for impl in getattr(pm.hook, hook).get_hookimpls()} <= PURE_PLUGINS
+        for hook in PURE_HOOKS
+    )
 
 
 async def _visibility(datasette, actor: dict | None, path: str) -> tuple:
@@ -159,46 +220,61 @@ async def _visibility(datasette, actor: dict | None, path: str) -> tuple:
 
 async def serve(cache: ResponseCache, key: tuple, version: tuple, app, scope, receive, send):
     """Answer from the cache, or let Datasette answer and keep what it said."""
+    await wait_for_maker(cache, key)
+    found = cache.get(key, version)
+    if found is not None:
+        return await send_hit(cache, send, *found)
+    await make(cache, key, app, scope, receive, send, lambda s, b: cache.put(key, version, s, b))
+
+
+async def wait_for_maker(cache: ResponseCache, key: tuple) -> None:
+    # The same answer is being made for another reader: wait for it rather than make it
+    # twice (and, under load, every reader of a popular page at once).
     making = cache.making.get(key)
     if making is not None:
-        # The same answer is being made for another reader: wait for it rather than make it
-        # twice (and, under load, every reader of a popular page at once).
         try:
             await asyncio.wait_for(making.wait(), COALESCE_WAIT)
         except asyncio.TimeoutError:
             pass
-    found = cache.get(key, version)
-    if found is not None:
-        cache.hits += 1
-        start, body = found
-        # Says so, for whoever measures or wonders why a page came back so fast.
-        start = {**start, "headers": [*start.get("headers", []), (b"x-pdsync-cache", b"hit")]}
-        await send(start)
-        await send({"type": "http.response.body", "body": body})
-        return
+
+
+async def send_hit(cache: ResponseCache, send, start: dict, body: bytes) -> None:
+    cache.hits += 1
+    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+    # Says so, for whoever measures or wonders why a page came back so fast.
+    headers += [(b"content-length", str(len(body)).encode()), (b"x-pdsync-cache", b"hit")]
+    await send({**start, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def make(cache: ResponseCache, key: tuple, app, scope, receive, send, keep) -> None:
+    """Let Datasette answer, passing it on; ``keep(start, body)`` if it may be kept, before
+    the readers waiting for ``key`` wake."""
     cache.misses += 1
     start: dict = {}
     chunks: list[bytes] = []
-    keep = True
+    keeping = True
+    complete = False
 
     async def keeping_send(message):
-        nonlocal keep
+        nonlocal keeping, complete
         if message["type"] == "http.response.start":
             start.update(message)
             names = {name.lower() for name, _ in message.get("headers") or []}
-            keep = message.get("status") == 200 and b"set-cookie" not in names
-        elif message["type"] == "http.response.body" and keep:
+            keeping = message.get("status") == 200 and b"set-cookie" not in names
+        elif message["type"] == "http.response.body" and keeping:
             chunks.append(message.get("body", b""))
             if sum(map(len, chunks)) > MAX_ENTRY:
-                keep = False
+                keeping = False
                 chunks.clear()
-            elif not message.get("more_body") and keep:
-                cache.put(key, version, dict(start), b"".join(chunks))
+            complete = not message.get("more_body")
         await send(message)
 
     done = cache.making.setdefault(key, asyncio.Event())
     try:
         await app(scope, receive, keeping_send)
+        if keeping and complete:
+            keep(dict(start), b"".join(chunks))
     finally:
         if cache.making.get(key) is done:
             del cache.making[key]
@@ -209,20 +285,32 @@ def wrap(datasette, app):
     """The ASGI wrapper, inside the sign-in gate: what reaches it is let in."""
     if os.environ.get(OFF_ENV) == "off" or plugin_config(datasette).get("response_cache") is False:
         return app
+    from . import pages  # it builds on this module
+
+    pages.install(datasette)
     cache = ResponseCache()
 
     async def cached(scope, receive, send):
         if scope["type"] != "http" or scope.get("method") != "GET":
             return await app(scope, receive, send)
         actor = await access.resolve_actor(datasette, scope)
-        key = await key_for(datasette, scope, actor)
-        if key is None:
-            return await app(scope, receive, send)
         access.secrets_data(datasette)  # re-read if it changed, before its version is taken
         secrets = access.secrets_file(datasette)
         version = cache.version(datasette, secrets.version if secrets else None)
         if version is None:
             return await app(scope, receive, send)
+        remembered = cache.visibility_memo(version)
+        key = await key_for(datasette, scope, actor, remembered)
+        if key is None:
+            return await app(scope, receive, send)
+        if key[0] == "page" and _answers_are_ours() and pages.possible(datasette):
+            who = pages.reader(datasette, scope, actor)
+            if who is not None:
+                # Shared with every reader Datasette answers the same (pages.py).
+                asked_for = key[3:]
+                return await pages.serve(
+                    cache, datasette, who, asked_for, version, remembered, app, scope, receive, send
+                )
         await serve(cache, key, version, app, scope, receive, send)
 
     datasette._pdsync_response_cache = cache  # for tests and a look from a debugger

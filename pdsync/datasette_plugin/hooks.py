@@ -18,7 +18,7 @@ from datasette.utils.asgi import Response
 from pdsync.schema import is_pdsync
 from pdsync.timestamps import ago, days_since
 
-from . import access, cache, charts, metadata, reads, webhook
+from . import access, cache, charts, memo, metadata, reads, webhook
 from .config import PERMISSION, plugin_config
 from .filters import FILTERS
 from .jobs import SyncRefused, start_scheduler, start_sync, stop_scheduler
@@ -194,8 +194,10 @@ def canned_queries(datasette, database):
 
 @hookimpl
 def asgi_wrapper(datasette):
+    memo.install(datasette)
+
     def wrap(app):
-        guarded = access.gate(datasette, cache.wrap(datasette, app))
+        guarded = memo.wrap(access.gate(datasette, cache.wrap(datasette, app)))
 
         async def lifespan_aware(scope, receive, send):
             if webhook.skip_csrf(datasette, scope) and scope.get("method") == "POST":
