@@ -18,6 +18,8 @@ An answer is served again only if it is exactly what Datasette would say now:
   their own name and token put in;
 - while no database has changed: ``pragma data_version`` of each database, which moves with
   every commit by another connection (a sync, Sync now), and the secrets file unchanged;
+- for the same URL, ``Accept``, ``Host`` and scheme (Datasette writes absolute links from
+  the last two);
 - for at most ``MAX_AGE`` seconds, for queries that read the clock (days overdue, minutes
   since the last sync).
 
@@ -159,7 +161,10 @@ async def key_for(
     if b"_stream" in query:
         return None
     headers = dict(scope.get("headers") or [])
-    asked = (scope.get("path"), query, headers.get(b"accept"))
+    # Host and scheme too: Datasette writes absolute URLs from them (the Next page link, the
+    # JSON alternate link and header), so one reader's Host must not reach another's answer.
+    asked = (scope.get("path"), query, headers.get(b"accept"), headers.get(b"host"))
+    asked += (scope.get("scheme"),)
     if path.endswith(DATA_FORMATS) and b"_format" not in query:
         # Data names no one: readers who may see the same things share the answer...
         visibility = await _remembered_visibility(datasette, actor, path, remembered)
@@ -169,9 +174,28 @@ async def key_for(
             # :_now_epoch...): a query a user adds to metadata.yml may.
             return None
         return ("data", visibility, *asked)
+    if await _reads_the_reader(datasette, actor, path, query, remembered):
+        # A canned query reading the reader or the request (:_actor_id: "my deals") shows
+        # rows that are theirs alone, whoever else Datasette answers the same: as for data.
+        return None
     # A page names its reader, and embeds the cookie's CSRF token: theirs alone.
     who = json.dumps(actor, sort_keys=True, default=str) if actor else None
     return ("page", who, headers.get(b"cookie"), *asked)
+
+
+async def _reads_the_reader(datasette, actor, path: str, query: bytes, remembered) -> bool:
+    """The page's SQL (its canned query's, or ``?sql=``) reads the reader or the request."""
+    parts = [tilde_decode(p) for p in path.strip("/").split("/")]
+    sql = parse_qs(query.decode("latin-1")).get("sql", [""])[0]
+    if len(parts) > 1:
+        memo = remembered if remembered is not None and _answers_are_ours() else {}
+        who = json.dumps(actor, sort_keys=True, default=str)
+        key = ("canned-sql", who, parts[0], parts[1], *answers_depend_on(datasette))
+        if key not in memo:
+            canned = await datasette.get_canned_query(parts[0], parts[1], actor)
+            memo[key] = (canned or {}).get("sql") or ""
+        sql += memo[key]
+    return bool(MAGIC.search(sql))
 
 
 async def _remembered_visibility(datasette, actor, path: str, remembered: dict | None) -> tuple:

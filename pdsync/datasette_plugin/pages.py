@@ -11,9 +11,11 @@ asgi-csrf writes it), whether that form shows (a ``ds_actor`` cookie), their mes
 ``ds_messages`` cookie), and everything decided by a permission check (the menu, the SQL
 links, whether the page shows at all). A page is shared only when all of that is handled:
 
-- the page made for one reader is kept with their name and token cut out, and only if each
-  was in it at most once, nothing else of their actor (id, session, sign-in time) is, and
-  no other name shows as the reader's nor another token in a form (one Cookie header only);
+- the page made for one reader is kept with their name and token cut out, and only if it
+  is HTML (a download names no one: never cut into), each was in it at most once, nothing
+  else of their actor (id, session, sign-in time) is, and no other name shows as the
+  reader's nor another token in a form (one Cookie header only); a canned query reading the
+  reader (``:_actor_id``) is never kept at all: its rows are theirs (cache.key_for);
 - another reader gets it with their own name and token put in, only if they send no cookie
   but ``ds_actor`` and ``ds_csrftoken`` (valid), are the same kind of actor (user or token,
   with or without either cookie) asking the same host, and Datasette answers every
@@ -147,6 +149,11 @@ def cut(body: bytes, who: Reader) -> bytes | None:
     return skeleton
 
 
+def _html(start: dict) -> bool:
+    types = [v for k, v in start.get("headers") or [] if k.lower() == b"content-type"]
+    return len(types) == 1 and types[0].split(b";")[0].strip().lower() == b"text/html"
+
+
 def fill(skeleton: bytes, who: Reader) -> bytes:
     return skeleton.replace(NAME, who.name).replace(TOKEN, who.token or b"")
 
@@ -201,6 +208,8 @@ async def serve(
             return await send_hit(cache, send, start, fill(skeleton, who))
 
     def keep(start: dict, body: bytes) -> None:
+        if not _html(start):
+            return  # a download (the database, a blob) names no one: never cut into
         made = checks_and_answers(_asked.get(), who.actor)
         skeleton = cut(body, who) if made else None
         if skeleton is not None:
