@@ -191,6 +191,11 @@ class Store:
     def clear_watermarks(self, entity: str) -> None:
         self.db.execute("delete from sync_streams where entity_type = ?", [entity])
 
+    def forget_stream(self, entity: str, stream: str) -> None:
+        self.db.execute(
+            "delete from sync_streams where entity_type = ? and stream = ?", [entity, stream]
+        )
+
     # -- sync_metadata and sync_runs ------------------------------------------------------
 
     def metadata(self, entity: str) -> dict[str, Any]:
