@@ -1,8 +1,9 @@
 """The sync engine: fetch every entity's streams concurrently, write them with one writer.
 
 Fetcher threads page through Pipedrive and turn records into rows; the calling thread is the
-only writer and commits each page together with the watermark it reaches. A crash or a failed
-request therefore loses nothing: the next run resumes from the last committed page.
+only writer and commits each page together with the watermark it reaches (a first load in id
+order: with its cursor, see first_load.py). A crash or a failed request therefore loses
+nothing: the next run resumes from the last committed page.
 """
 
 from __future__ import annotations
