@@ -71,11 +71,7 @@ def test_failure_on_a_middle_page_keeps_committed_pages_and_resumes(big, tmp_pat
     assert db["deals"].count > 500  # two pages are in (they may share records), and the cursor
     cursor = _resume_point(db)["cursor"]
     assert cursor
-    fake.clear_faults()
-    fake.reset_log()
-    db, again = sync(fake, server, tmp_path / "p.db", only=["deals"])
-    assert again.ok
-    first = next(r for r in fake.requests if r["path"] == "/api/v2/deals")
+    db, first = _rerun(fake, server, tmp_path / "p.db")
     assert f"cursor={cursor}" in first["query"]  # resumed, not restarted
     assert differences(db, fake, entities=["deals"]) == []
 
@@ -87,13 +83,18 @@ def test_failure_on_a_middle_page_keeps_committed_pages_and_resumes(big, tmp_pat
         "select watermark from sync_streams where stream like '/api/v2/deals?%'"
     ).fetchone()[0]
     assert mark
-    fake.clear_faults()
-    fake.reset_log()
-    db, again = sync(fake, server, tmp_path / "p.db", only=["deals"])
-    assert again.ok
-    first = next(r for r in fake.requests if r["path"] == "/api/v2/deals")
+    db, first = _rerun(fake, server, tmp_path / "p.db")
     assert "updated_since=" in first["query"]  # resumed, not restarted
     assert differences(db, fake, entities=["deals"]) == []
+
+
+def _rerun(fake, server, path):
+    """Sync deals again without faults: the database, and the first deals request's query."""
+    fake.clear_faults()
+    fake.reset_log()
+    db, again = sync(fake, server, path, only=["deals"])
+    assert again.ok
+    return db, next(r for r in fake.requests if r["path"] == "/api/v2/deals")
 
 
 def _resume_point(db):
