@@ -310,7 +310,7 @@ class Sync:
             elif spec.name in self._paced:
                 self._write_paced(spec, stream, rows, refused, records)
             elif key in self._first:
-                self._write_first(spec, stream, rows, refused_at is not None, refused, records)
+                self._write_first(spec, stream, rows, refused, records)
             elif not spec.incremental:
                 batch.whole_rows[spec.name].extend(rows)
                 batch.whole_refused[spec.name].extend(refused)
@@ -451,14 +451,15 @@ class Sync:
         spec: EntitySpec,
         stream: Stream,
         rows: list[Row],
-        held: bool,
         refused: list[Any],
         page: Any,
     ) -> None:
         """A page of a first load in id order, with its resume point (or, the last page, the
         stream's watermark) in one commit."""
         key = (spec.name, stream.key)
-        state = first_load.after(self._first[key], page, rows, held)
+        state = first_load.after(self._first[key], spec, page, rows, refused)
+        if spec.name in self._unkeyed:
+            state.held = True  # a record without an id: which was it?
         with self.pacer.transaction():
             if spec.name == "deals":
                 self.history.observe(rows)

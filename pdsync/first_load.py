@@ -19,8 +19,9 @@ may expire) starts step 2 again from the beginning, where the upsert skips what 
 change. The last page sets the stream's watermark to ``since`` and drops the resume point,
 in its commit: the next run asks for everything changed since the pass began (less the
 usual look-back), so a record changed while the pass read past it is read then. A refused
-record leaves no watermark: the next run reads the stream whole, in update_time order, and
-holds its watermark at the record as an incremental run does.
+record brings that watermark down to its own update_time (``floor``), so the next run asks
+for it again, as an incremental run holds its watermark before it; one without a usable
+update_time leaves no watermark, and the next run reads the stream whole.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from .client import CursorPage, PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
 from .errors import PipedriveError
 from .store import Store
+from .timestamps import is_stored_shape
+from .timestamps import normalize as normalize_ts
 
 log = logging.getLogger("pdsync")
 
@@ -61,7 +64,8 @@ class State:
     begun: bool = False  # the newest page is written: ``since`` is known
     since: str | None = None  # the newest update_time when the pass began
     cursor: str | None = None  # the id-order page to read next (None: from the beginning)
-    held: bool = False  # a record was refused: no watermark at the end
+    floor: str | None = None  # the oldest update_time of a refused record
+    held: bool = False  # a record without a usable update_time was refused: no watermark
 
     def dump(self) -> str:
         return json.dumps(asdict(self))
@@ -75,6 +79,7 @@ class State:
                 begun=data["begun"] is True,
                 since=_text(data["since"]),
                 cursor=_text(data["cursor"]),
+                floor=_text(data["floor"]),
                 held=data["held"] is True,
             )
         except (ValueError, KeyError, TypeError):
@@ -148,12 +153,30 @@ def pages(
     yield from listing
 
 
-def after(state: State, page: CursorPage, rows: list[Row], refused: bool) -> State:
-    """The state once ``page`` (its accepted ``rows``) is written."""
+def after(
+    state: State, spec: EntitySpec, page: CursorPage, rows: list[Row], refused: list[Any]
+) -> State:
+    """The state once ``page`` is written: ``rows`` are its records that were kept, ``refused``
+    the ids of those refused (a record refused without a usable id holds the stream)."""
+    floor, held = state.floor, state.held
+    if refused:  # asked for again next run
+        ids = set(refused)
+        found = 0
+        for record in page:
+            if not isinstance(record, dict) or record.get(spec.pk) not in ids:
+                continue
+            found += 1
+            when = record.get("update_time")
+            when = normalize_ts(when) if isinstance(when, str) else None
+            if when is None or not is_stored_shape(when):
+                held = True
+            else:
+                floor = min(floor or when, when)
+        held = held or found < len(ids)  # an id sent as text ("42"): not found, so hold
     if isinstance(page, NewestPage):
         since = max((r["update_time"] for r in rows if r.get("update_time")), default=None)
-        return State(begun=True, since=since, cursor=None, held=state.held or refused)
-    return State(True, state.since, page.next_cursor, state.held or refused)
+        return State(begun=True, since=since, cursor=None, floor=floor, held=held)
+    return State(True, state.since, page.next_cursor, floor, held)
 
 
 def save(store: Store, spec: EntitySpec, stream: Stream, state: State, page: CursorPage) -> None:
@@ -162,5 +185,6 @@ def save(store: Store, spec: EntitySpec, stream: Stream, state: State, page: Cur
     if page.next_cursor is not None:
         store.set_watermark(spec.name, key(stream.key), state.dump())
         return
-    store.set_watermark(spec.name, stream.key, None if state.held else state.since)
+    marks = [mark for mark in (state.since, state.floor) if mark]
+    store.set_watermark(spec.name, stream.key, None if state.held else min(marks, default=None))
     store.forget_stream(spec.name, key(stream.key))

@@ -6,9 +6,14 @@ from urllib.parse import parse_qs
 
 import pytest
 import sqlite_utils
-from helpers import differences
+from helpers import FAST_CLIENT, differences
 
+from pdsync import first_load
+from pdsync.client import CursorPage, PipedriveClient
+from pdsync.engine import Sync
+from pdsync.entities import builtin_entities
 from pdsync.fake import FakePipedrive
+from pdsync.timestamps import normalize as utc_text
 
 DEALS = "/api/v2/deals"
 
@@ -146,3 +151,47 @@ def test_a_refused_cursor_starts_the_id_order_pass_again(fake, run_sync, db_path
     assert asked[0]["status"] == 400 and "cursor=expired" in asked[0]["query"]
     assert "cursor" not in parse_qs(asked[1]["query"])  # from the beginning, by id
     assert differences(db, fake, ["deals"]) == []
+
+
+def test_a_refused_record_is_asked_for_again_without_reading_the_list_again(fake, server, db_path):
+    """A record refused mid-pass must come back next run, as an incremental run's held
+    watermark brings it back: the watermark comes down to its update_time, not to nothing
+    (which would read the whole list again)."""
+    middle = sorted(fake.records("deals"), key=lambda r: r["id"])[fake.count("deals") // 2]
+
+    def spoil(spec, record):
+        if spec.name == "deals" and record.get("id") == middle["id"]:
+            return {**record, "update_time": "2999-01-01T00:00:00Z"}
+        return record
+
+    db = sqlite_utils.Database(db_path)
+    with PipedriveClient(fake.token, server.url, **FAST_CLIENT) as client:
+        first = Sync(db, client, only=["deals"], transform_record=spoil).run()
+    assert first.entities["deals"].rejected >= 1  # the newest page may have it too
+    assert db["deals"].count == fake.count("deals") - 1
+    mark = db.execute(
+        "select watermark from sync_streams where stream like ?", [DEALS + "?%"]
+    ).fetchone()[0]
+    assert mark is not None and mark <= utc_text(middle["update_time"])
+
+    fake.reset_log()
+    with PipedriveClient(fake.token, server.url, **FAST_CLIENT) as client:
+        again = Sync(db, client, only=["deals"]).run()
+    assert again.ok, again.errors
+    assert differences(db, fake, ["deals"]) == []
+    assert len(_asked(fake, DEALS)) < 4  # from the refused record on, not the whole list
+
+
+def test_a_refused_record_without_a_time_leaves_no_watermark():
+    """Nothing to bring the watermark down to: the next run reads the stream whole."""
+    spec = next(s for s in builtin_entities() if s.name == "deals")
+    page = CursorPage([{"id": 1, "update_time": "2025-01-01T00:00:00Z"}, {"id": 2}], None)
+    rows = [{"id": 1, "update_time": "2025-01-01T00:00:00Z"}]
+    begun = first_load.State(begun=True, since="2025-06-01T00:00:00Z")
+    assert first_load.after(begun, spec, page, rows, [2]).held
+    page = CursorPage([{"id": 1, "update_time": "2025-01-01T00:00:00Z"}, {"id": 3}], None)
+    page[1]["update_time"] = "not a time"
+    assert first_load.after(begun, spec, page, rows, [3]).held
+    page = CursorPage([{"id": 4, "update_time": "2025-02-01T00:00:00Z"}], "next")
+    floor = first_load.after(begun, spec, page, [], [4])
+    assert not floor.held and floor.floor == "2025-02-01T00:00:00Z"
