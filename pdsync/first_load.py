@@ -131,25 +131,29 @@ def pages(
     if not state.begun:
         newest_first = {**params, "sort_by": "update_time", "sort_direction": "desc"}
         listing = client.iter_v2(stream.path, newest_first, tally, rank)
-        newest = next(listing)  # one page only: the generator asks for no more
+        page = next(listing)  # one page only: the generator asks for no more
         listing.close()
-        yield NewestPage(newest, newest.next_cursor)
-        if newest.next_cursor is None:
-            return  # the whole list was on it
+        whole = page.next_cursor is None  # the whole list is on it
+        page = NewestPage(page, page.next_cursor)
+        yield page
+        del page  # a page held here would stay in memory for the whole pass
+        if whole:
+            return
         cursor = None
     by_id = {**params, "sort_by": "id", "sort_direction": "asc"}
     listing = client.iter_v2(
         stream.path, {**by_id, "cursor": cursor} if cursor else by_id, tally, rank
     )
     try:
-        first = next(listing)
+        page = next(listing)
     except PipedriveError as exc:
         if cursor is None or type(exc) is not PipedriveError or "HTTP 400" not in str(exc):
             raise
         log.warning("%s: the stored cursor was refused; reading again from the start", stream.key)
         listing = client.iter_v2(stream.path, by_id, tally, rank)
-        first = next(listing)
-    yield first
+        page = next(listing)
+    yield page
+    del page
     yield from listing
 
 
