@@ -59,9 +59,9 @@ def serve_fake(conn, deals: int, seed: int, latency: float, burst: int) -> None:
     timeline: list[tuple[float, float, str]] = []
     handle = fake.handle
 
-    def timed_handle(method: str, target: str, headers):
+    def timed_handle(method: str, target: str, headers, body: bytes = b""):
         arrived = time.monotonic()
-        reply = handle(method, target, headers)
+        reply = handle(method, target, headers, body)
         timeline.append((arrived, time.monotonic(), target.partition("?")[0]))
         return reply
 
