@@ -1,8 +1,9 @@
 """The sync engine: fetch every entity's streams concurrently, write them with one writer.
 
 Fetcher threads page through Pipedrive and turn records into rows; the calling thread is the
-only writer and commits each page together with the watermark it reaches. A crash or a failed
-request therefore loses nothing: the next run resumes from the last committed page.
+only writer and commits each page together with the watermark it reaches (a first load in id
+order: with its cursor, see first_load.py). A crash or a failed request therefore loses
+nothing: the next run resumes from the last committed page.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
-from . import paced, pacing, plan, plugins, refill, timestamps
+from . import first_load, paced, pacing, plan, plugins, refill, timestamps
 from .backfill import RUN_SECONDS, Backfill, HistoryResult
 from .client import PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
@@ -93,6 +94,8 @@ class Sync:
         # Paced passes (paced.py): pages a run may read per stream, and where each resumes.
         self._paced: dict[str, int] = {}
         self._resume: dict[tuple[str, str], str | None] = {}
+        # Streams read whole in id order, and where each stands (first_load.py).
+        self._first: dict[tuple[str, str], first_load.State] = {}
         # A stream's requests rank by its page number (see RateLimiter: the deepest stream
         # leads); this fraction of a page breaks ties in declared order, deals first.
         keys = [(spec.name, stream.key) for spec in self.specs for stream in spec.streams]
@@ -177,6 +180,8 @@ class Sync:
                     self._resume[(spec.name, key)] = point
             elif spec.refresh is not None and paced.in_progress(self.store, spec):
                 paced.forget(self.store, spec)  # read whole this time: that pass is moot
+            for key, state in first_load.begin(self.store, spec).items():
+                self._first[(spec.name, key)] = state
 
     def _close_run(self, result: SyncResult, started: float, cancelled: bool = False) -> None:
         finished_at = timestamps.now()
@@ -304,6 +309,8 @@ class Sync:
                 self._spend_counted[spec.name] = counted
             elif spec.name in self._paced:
                 self._write_paced(spec, stream, rows, refused, records)
+            elif key in self._first:
+                self._write_first(spec, stream, rows, refused, records)
             elif not spec.incremental:
                 batch.whole_rows[spec.name].extend(rows)
                 batch.whole_refused[spec.name].extend(refused)
@@ -371,6 +378,11 @@ class Sync:
             source = child_pages(self.client, stream, self._parents[key], tally, rank)
             fetch(pages, self.stop, spec.name, stream, source)
             return
+        if key in self._first:
+            tally, rank = self._tallies[spec.name], self._rank[key]
+            source = first_load.pages(self.client, stream, self._first[key], tally, rank)
+            fetch(pages, self.stop, spec.name, stream, source)
+            return
         source = stream_pages(
             self.client,
             spec,
@@ -432,6 +444,31 @@ class Sync:
             self.store.set_watermark(spec.name, stream.key, watermark)
             counted = self._count_spend(spec)  # a kill loses no count of tokens spent
         self._watermark[(spec.name, stream.key)] = watermark
+        self._spend_counted[spec.name] = counted
+
+    def _write_first(
+        self,
+        spec: EntitySpec,
+        stream: Stream,
+        rows: list[Row],
+        refused: list[Any],
+        page: Any,
+    ) -> None:
+        """A page of a first load in id order, with its resume point (or, the last page, the
+        stream's watermark) in one commit."""
+        key = (spec.name, stream.key)
+        state = first_load.after(self._first[key], spec, page, rows, refused)
+        if spec.name in self._unkeyed:
+            state.held = True  # a record without an id: which was it?
+        with self.pacer.transaction():
+            if spec.name == "deals":
+                self.history.observe(rows)
+            self.store.upsert(spec, rows)
+            if self._full_pass[spec.name]:
+                self.store.mark_seen(spec, [row[spec.pk] for row in rows] + list(refused))
+            first_load.save(self.store, spec, stream, state, page)
+            counted = self._count_spend(spec)
+        self._first[key] = state
         self._spend_counted[spec.name] = counted
 
     def _write_paced(

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import sqlite_utils
 
-from . import paced, timestamps
+from . import first_load, paced, timestamps
 from .client import token_cost
 from .entities import EntitySpec
 from .store import Store
@@ -124,7 +124,8 @@ def begin_entity(db: sqlite_utils.Database, store: Store, spec: EntitySpec, full
     meta = store.metadata(spec.name)
     has_rows = store.count(spec) > 0
     marks = [store.watermark(spec.name, s.key) for s in spec.streams]
-    no_watermark = all(mark is None for mark in marks)
+    # A first load in progress has no watermark yet, only its resume point (first_load.py).
+    no_watermark = all(mark is None for mark in marks) and not first_load.in_progress(store, spec)
     # A watermark from a bad record (year 9999, not a timestamp) hides every later change:
     # forget it and reconcile with a full pass.
     bad_watermark = any(mark is not None and not timestamps.plausible(mark) for mark in marks)

@@ -208,6 +208,11 @@ class Store:
     def pass_started(self, entity: str) -> str | None:
         return self.watermark(entity, PASS_STARTED)
 
+    def forget_stream(self, entity: str, stream: str) -> None:
+        self.db.execute(
+            "delete from sync_streams where entity_type = ? and stream = ?", [entity, stream]
+        )
+
     # -- sync_metadata and sync_runs ------------------------------------------------------
 
     def metadata(self, entity: str) -> dict[str, Any]:

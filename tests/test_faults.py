@@ -1,5 +1,7 @@
 """Every retry and failure path, injected by the fake Pipedrive over real HTTP."""
 
+import json
+
 import pytest
 import sqlite_utils
 from helpers import differences
@@ -62,22 +64,44 @@ def test_retries_exhausted_fail_one_entity_and_keep_the_others(big, tmp_path):
 def test_failure_on_a_middle_page_keeps_committed_pages_and_resumes(big, tmp_path):
     fake, server = big
     fake.clear_faults()
-    fake.inject("/api/v2/deals", "500", times=100, after=1)
+    # A first load reads the newest page, then by id (first_load.py): the third page fails.
+    fake.inject("/api/v2/deals", "500", times=100, after=2)
     db, result = sync(fake, server, tmp_path / "p.db", only=["deals"])
     assert result.entities["deals"].status == "failed"
-    committed = db["deals"].count
-    assert committed >= 500  # the first page is in, with its watermark
+    assert db["deals"].count > 500  # two pages are in (they may share records), and the cursor
+    cursor = _resume_point(db)["cursor"]
+    assert cursor
+    db, first = _rerun(fake, server, tmp_path / "p.db")
+    assert f"cursor={cursor}" in first["query"]  # resumed, not restarted
+    assert differences(db, fake, entities=["deals"]) == []
+
+    # A full pass of a loaded table reads in update_time order, a watermark with each page.
+    fake.inject("/api/v2/deals", "500", times=100, after=1)
+    db, result = sync(fake, server, tmp_path / "p.db", only=["deals"], full=True)
+    assert result.entities["deals"].status == "failed"
     mark = db.execute(
         "select watermark from sync_streams where stream like '/api/v2/deals?%'"
     ).fetchone()[0]
     assert mark
-    fake.clear_faults()
-    fake.reset_log()
-    db, again = sync(fake, server, tmp_path / "p.db", only=["deals"])
-    assert again.ok
-    first = next(r for r in fake.requests if r["path"] == "/api/v2/deals")
+    db, first = _rerun(fake, server, tmp_path / "p.db")
     assert "updated_since=" in first["query"]  # resumed, not restarted
     assert differences(db, fake, entities=["deals"]) == []
+
+
+def _rerun(fake, server, path):
+    """Sync deals again without faults: the database, and the first deals request's query."""
+    fake.clear_faults()
+    fake.reset_log()
+    db, again = sync(fake, server, path, only=["deals"])
+    assert again.ok
+    return db, next(r for r in fake.requests if r["path"] == "/api/v2/deals")
+
+
+def _resume_point(db):
+    stored = db.execute(
+        "select watermark from sync_streams where stream like '/api/v2/deals?%#first'"
+    ).fetchone()[0]
+    return json.loads(stored)
 
 
 def test_401_mid_run_stops_everything_without_retrying(big, tmp_path):
