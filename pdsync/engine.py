@@ -86,6 +86,7 @@ class Sync:
         self._held: set[tuple[str, str]] = set()  # streams whose watermark a refusal holds
         # Newest-first streams: the watermark their pages reached, committed when they end.
         self._pending: dict[tuple[str, str], str | None] = {}
+        self._newest_before: dict[str, str | None] = {}  # a whole list's newest update_time
         self._unkeyed: set[str] = set()  # entities a record without a usable id was refused of
         self._spend_counted: dict[str, tuple[int, int]] = {}  # (requests, tokens) in sync_tokens
         # Per (entity, stream) of a dependent entity: the parents to ask (entities.Children).
@@ -182,6 +183,9 @@ class Sync:
                 paced.forget(self.store, spec)  # read whole this time: that pass is moot
             for key, state in first_load.begin(self.store, spec).items():
                 self._first[(spec.name, key)] = state
+        if not spec.incremental and spec.name not in self._paced:
+            # Read whole: what a webhook writes while it is fetched is newer than this.
+            self._newest_before[spec.name] = self.store.newest_update(spec.name)
 
     def _close_run(self, result: SyncResult, started: float, cancelled: bool = False) -> None:
         finished_at = timestamps.now()
@@ -559,7 +563,7 @@ class Sync:
             log.warning("%s: refused records without ids; nothing flagged as gone", spec.name)
         elif self.store.seen_count(spec) or self.store.count(spec) == 0:
             # A pass resumed from an interrupted run started with that run.
-            since = self.store.pass_started(spec.name) or self._started_at
+            since = self.store.pass_started(spec.name)
             entity.flagged_gone = self.store.mark_gone(spec, since=since)
         else:
             log.warning("%s: full pass saw no records; nothing flagged as gone", spec.name)
@@ -581,7 +585,8 @@ class Sync:
             log.warning("%s: refused records without ids; nothing flagged as gone", spec.name)
         elif rows:
             seen = [row[spec.pk] for row in rows] + refused  # refused is not gone
-            entity.flagged_gone = self.store.mark_gone(spec, seen, since=self._started_at)
+            since = self._newest_before.get(spec.name)
+            entity.flagged_gone = self.store.mark_gone(spec, seen, since=since)
         else:
             log.warning("%s: Pipedrive listed none; nothing flagged as gone", spec.name)
 

@@ -59,6 +59,7 @@ def resume_points(store: Store, spec: EntitySpec) -> dict[str, str | None]:
     points = {s.key: store.watermark(spec.name, cursor_key(s.key)) for s in spec.streams}
     if all(point is None for point in points.values()):
         store.clear_seen(spec)  # a new pass
+        store.start_pass(spec.name)
     return points
 
 

@@ -79,9 +79,10 @@ class Store:
         """Flag rows not seen upstream (never delete them). Returns how many changed.
 
         ``keep_ids`` are the ids seen in a whole fetch; without it, ids seen in this entity's
-        full pass (``_pdsync_seen``) are kept. ``since``: when the fetch or pass started. A
-        row changed at or after it is kept too: a webhook wrote it while the pass ran, after
-        its page was listed (the next pass sees it, or a webhook its deletion).
+        full pass (``_pdsync_seen``) are kept. ``since``: the newest update_time stored when
+        the fetch or pass started. A row changed after it is kept too: a webhook wrote it
+        while the pass ran, after its page was listed (the next pass sees it, or a webhook
+        its deletion).
         """
         assignments = ", ".join(f"[{c}] = ?" for c in spec.when_gone)
         differs = " or ".join(f"[{c}] is not ?" for c in spec.when_gone)
@@ -93,8 +94,8 @@ class Store:
             keep = self._keep(keep_ids)
             keep_params = []
         older, older_params = "", []
-        if since and "update_time" in self.columns(spec.name):
-            older, older_params = " and (update_time is null or update_time < ?)", [since]
+        if since is not None and "update_time" in self.columns(spec.name):
+            older, older_params = " and (update_time is null or update_time <= ?)", [since]
         cursor = self.db.execute(
             f"update [{spec.name}] set {assignments} "
             f"where [{spec.pk}] not in ({keep}) and ({differs}){older}",
@@ -202,8 +203,15 @@ class Store:
         self.db.execute("delete from sync_streams where entity_type = ?", [entity])
 
     def start_pass(self, entity: str) -> None:
-        """A new full pass of ``entity`` starts now (kept across the runs it may take)."""
-        self.set_watermark(entity, PASS_STARTED, utc_now())
+        """A new full pass of ``entity`` starts (kept across the runs it may take): the newest
+        update_time stored now, in Pipedrive's clock, not this machine's (a fake's, or a
+        skewed one, would hide deletions): what a webhook changes during the pass is newer."""
+        self.set_watermark(entity, PASS_STARTED, self.newest_update(entity) or "")
+
+    def newest_update(self, table: str) -> str | None:
+        if "update_time" not in self.columns(table):
+            return None
+        return self.db.execute(f"select max(update_time) from [{table}]").fetchone()[0]
 
     def pass_started(self, entity: str) -> str | None:
         return self.watermark(entity, PASS_STARTED)

@@ -28,9 +28,12 @@ def test_every_runs_again_survives_a_failed_run_and_stops_on_sigterm(fake, serve
             db = sqlite_utils.Database(db_path)
             if (
                 "sync_runs" in db.table_names()
+                # Run 3 succeeded and run 4 began: run 3's line is printed (a SIGTERM
+                # between run 3's commit and its line would lose the line).
                 and db.execute(
-                    "select count(*) from sync_runs where status = 'success' and id > 2"
+                    "select count(*) from sync_runs where status = 'success' and id = 3"
                 ).fetchone()[0]
+                and db.execute("select count(*) from sync_runs where id > 3").fetchone()[0]
             ):
                 break
     proc.send_signal(signal.SIGTERM)

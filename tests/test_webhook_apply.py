@@ -353,6 +353,23 @@ def test_a_record_a_webhook_creates_during_a_full_pass_is_not_taken_for_gone(
     assert db.execute("select is_deleted from persons where id = ?", [gone]).fetchone() == (1,)
 
 
+def test_a_full_pass_flags_a_deletion_whatever_the_time_on_this_machine(synced, run_sync, fake):
+    """Which rows are newer than the pass is judged in Pipedrive's clock (the newest
+    update_time stored when it began), not this machine's: with Pipedrive's clock half an
+    hour ahead, a person last changed then deleted upstream is still flagged."""
+    db, inbox, applier = synced
+    person = fake.records("persons")[1]["id"]
+    fake.advance(30 * 60)
+    fake.update_person(person, name="Changed on a clock ahead of ours")
+    assert run_sync().ok
+    fake.advance(60)
+    fake.delete_person(person)  # no webhook registered: only the pass can find it out
+    result = run_sync(full=True)
+    assert result.ok
+    assert result.entities["persons"].flagged_gone == 1
+    assert db.execute("select is_deleted from persons where id = ?", [person]).fetchone() == (1,)
+
+
 def test_a_merged_record_names_the_one_it_went_into(synced, run_sync, fake):
     """Pipedrive's merge: a delete whose meta says ``merged_to_id`` (a string), and a change
     of the survivor. The deleted row keeps the survivor's id, and a later sync, which still
