@@ -23,7 +23,8 @@ from .timestamps import now as utc_now
 from .transaction import write_transaction
 
 _SQL_TYPES = {int: "INTEGER", float: "FLOAT", str: "TEXT", bytes: "BLOB"}
-# In sync_streams, beside an entity's streams: when its current full pass started.
+# In sync_streams, beside an entity's streams: the newest update_time stored when its
+# current full pass started (Pipedrive's clock).
 PASS_STARTED = "#pass_started"
 
 
