@@ -183,7 +183,7 @@ class Sync:
                 paced.forget(self.store, spec)  # read whole this time: that pass is moot
             for key, state in first_load.begin(self.store, spec).items():
                 self._first[(spec.name, key)] = state
-        if not spec.incremental and spec.name not in self._paced:
+        if not spec.incremental and not spec.dependent and spec.name not in self._paced:
             # Read whole: what a webhook writes while it is fetched is newer than this.
             self._newest_before[spec.name] = self.store.newest_update(spec.name)
 
