@@ -18,7 +18,7 @@ import sqlite_utils
 
 from .entities import Children, EntitySpec, Row
 from .schema import add_columns
-from .timestamps import FUTURE_TOLERANCE
+from .timestamps import FUTURE_TOLERANCE, latest_plausible
 from .timestamps import now as utc_now
 from .transaction import write_transaction
 
@@ -96,7 +96,9 @@ class Store:
             keep_params = []
         older, older_params = "", []
         if since is not None and "update_time" in self.columns(spec.name):
-            older, older_params = " and (update_time is null or update_time <= ?)", [since]
+            # Newer than the pass, and a real time (a row dated year 9999 is no webhook's).
+            older = " and (update_time is null or update_time <= ? or update_time > ?)"
+            older_params = [since, latest_plausible()]
         cursor = self.db.execute(
             f"update [{spec.name}] set {assignments} "
             f"where [{spec.pk}] not in ({keep}) and ({differs}){older}",
@@ -210,9 +212,11 @@ class Store:
         self.set_watermark(entity, PASS_STARTED, self.newest_update(entity) or "")
 
     def newest_update(self, table: str) -> str | None:
+        """The newest believable update_time stored (a bad record's year 9999 is not)."""
         if "update_time" not in self.columns(table):
             return None
-        return self.db.execute(f"select max(update_time) from [{table}]").fetchone()[0]
+        sql = f"select max(update_time) from [{table}] where update_time <= ?"
+        return self.db.execute(sql, [latest_plausible()]).fetchone()[0]
 
     def pass_started(self, entity: str) -> str | None:
         return self.watermark(entity, PASS_STARTED)
