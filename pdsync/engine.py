@@ -331,7 +331,8 @@ class Sync:
             message = self.client.redact.text(f"could not save {spec.name}: {problem}")
             self._errors.setdefault(spec.name, message[:500])
             return
-        entity.records += len(rows)
+        if not (isinstance(records, first_load.NewestPage) and records.next_cursor):
+            entity.records += len(rows)  # a newest page the id pass reads again counts there
         self._report(entity, spec)
 
     def _page_watermark(
