@@ -7,8 +7,11 @@ The fake Pipedrive (the demo company, 2,000 deals) is built once in another proc
 database is synced once, then each round runs, in a fresh process per run, `pdsync --help`
 and `pdsync sync DB -q` (which finds nothing new: 12 to 16 requests, plan.RUN_REQUESTS) with
 each tree, so that drift on this shared machine hits every figure alike. Also printed: the floor
-any Python command pays here (`python -c pass`, and `import click`). CPU is the median of each
-run's user + system time: what a busy machine inflates least.
+any Python command pays here (`python -c pass`, and `import click`), with each tree's own
+interpreter: a tree with a `.venv` (installed `pip install -e .`, as the README says) runs with
+that venv's Python, whose `site` reads that install's `.pth` for every command; a tree without
+one runs with this interpreter. CPU is the median of each run's user + system time: what a busy
+machine inflates least.
 Targets (issue #18): `pdsync --help` <= 60 ms, a no-change incremental sync <= 150 ms
 (medians).
 
@@ -57,11 +60,17 @@ def timed(args: list[str], env: dict) -> tuple[float, float]:
     return seconds, cpu
 
 
+def python_of(tree: Path) -> str:
+    """The tree's own venv's Python, else this one (see the module's docstring)."""
+    python = tree / ".venv" / "bin" / "python"
+    return str(python) if python.exists() else sys.executable
+
+
 def summary(label: str, figures: list[tuple[float, float]], target: float | None = None) -> str:
     runs = sorted(wall for wall, _ in figures)
     p90 = runs[max(0, int(len(runs) * 0.9) - 1)]
     median = statistics.median(runs)
-    line = f"{label:<30} median {median * 1000:6.1f} ms  p90 {p90 * 1000:6.1f} ms"
+    line = f"{label:<34} median {median * 1000:6.1f} ms  p90 {p90 * 1000:6.1f} ms"
     line += f"  CPU {statistics.median(cpu for _, cpu in figures) * 1000:6.1f} ms"
     if target is not None:
         line += f"  target <= {target * 1000:.0f} ms: {'met' if median <= target else 'MISSED'}"
@@ -96,24 +105,26 @@ def main() -> None:
     if args.no_bytecode:
         base["PYTHONDONTWRITEBYTECODE"] = "1"
     runs: dict[str, list[tuple[float, float]]] = {}
+    pythons = {tree: python_of(tree) for tree in trees}
     with tempfile.TemporaryDirectory() as tmp:
         envs = {tree: {**base, "PYTHONPATH": str(tree)} for tree in trees}
         dbs = {tree: os.path.join(tmp, f"{i}.db") for i, tree in enumerate(trees)}
         for tree in trees:  # the first sync, not timed
-            timed([sys.executable, "-c", CLI, "sync", dbs[tree], "-q"], envs[tree])
+            timed([pythons[tree], "-c", CLI, "sync", dbs[tree], "-q"], envs[tree])
         for _ in range(args.runs):
-            runs.setdefault("python -c pass", []).append(
-                timed([sys.executable, "-c", "pass"], base)
-            )
-            runs.setdefault("python -c 'import click'", []).append(
-                timed([sys.executable, "-c", "import click"], base)
-            )
             for i, tree in enumerate(trees):
+                python = pythons[tree]
+                runs.setdefault(f"[{i}] python -c pass", []).append(
+                    timed([python, "-c", "pass"], base)
+                )
+                runs.setdefault(f"[{i}] python -c 'import click'", []).append(
+                    timed([python, "-c", "import click"], base)
+                )
                 runs.setdefault(f"[{i}] pdsync --help", []).append(
-                    timed([sys.executable, "-c", CLI, "--help"], envs[tree])
+                    timed([python, "-c", CLI, "--help"], envs[tree])
                 )
                 runs.setdefault(f"[{i}] pdsync sync (no change)", []).append(
-                    timed([sys.executable, "-c", CLI, "sync", dbs[tree], "-q"], envs[tree])
+                    timed([python, "-c", CLI, "sync", dbs[tree], "-q"], envs[tree])
                 )
     parent.send(("stop", None))
     fake.join(timeout=30)
@@ -121,7 +132,7 @@ def main() -> None:
     print(f"{args.runs} runs each, interleaved; load average {load} (a shared machine)")
     print("pdsync run from source, compiled every run" if args.no_bytecode else "byte-compiled")
     for i, tree in enumerate(trees):
-        print(f"[{i}] {tree}")
+        print(f"[{i}] {tree} (python: {pythons[tree]})")
     targets = {"--help": 0.060, "no change": 0.150}
     for label, times in runs.items():
         target = next((t for key, t in targets.items() if key in label), None)
