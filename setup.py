@@ -23,4 +23,7 @@ class BuildWithMetadata(build_py):
             shutil.copyfile(METADATA, target)
 
 
-setup(cmdclass={"build_py": BuildWithMetadata})
+# Builds run this file as __main__; the guard keeps `import setup` harmless, which an editable
+# install makes possible (its .pth puts the checkout on sys.path: pyproject.toml, package-dir).
+if __name__ == "__main__":
+    setup(cmdclass={"build_py": BuildWithMetadata})
