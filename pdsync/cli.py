@@ -131,6 +131,9 @@ def sync(
     """
     import signal
 
+    from . import deferred_imports
+
+    deferred_imports.defer()  # before api imports httpx and sqlite-utils
     from . import api
     from . import cli_text as say
     from .plugins import selected_entities

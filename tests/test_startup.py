@@ -5,10 +5,12 @@ pdsync/cli.py, pdsync/__init__.py or what they import fails here.
 """
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+import sqlite_utils
 
 # What neither `pdsync --help` nor a sync uses: the read side, the fake, hashing secrets.
 READ_SIDE = (
@@ -24,13 +26,21 @@ READ_SIDE = (
 # `pdsync --help` loads no HTTP client, SQLite layer or plugin machinery either.
 NOT_FOR_HELP = (*READ_SIDE, "httpx", "sqlite_utils", "sqlite3", "pluggy")
 NOT_FOR_SYNC = (*READ_SIDE, "pdsync.queries")
+# What `pdsync sync` leaves unrun of its libraries (pdsync/deferred_imports.py): dateutil's
+# parser behind sqlite-utils' recipes, httpx's own command-line client.
+NOT_RUN_BY_CLI_SYNC = (*NOT_FOR_SYNC, "dateutil.parser._parser", "dateutil.tz", "pygments", "rich")
 
 
-def loaded_after(code: str) -> set[str]:
+def loaded_after(code: str, env: dict[str, str] | None = None) -> set[str]:
     """Modules loaded by ``code`` in a fresh interpreter (pdsync's installed plugins off)."""
     script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
     out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
     )
     return set(json.loads(out.stdout.splitlines()[-1]))
 
@@ -55,6 +65,43 @@ def test_help_runs_without_loading_them():
 def test_the_sync_path_loads_no_read_side():
     code = "import pdsync\nfrom pdsync import api, engine\nassert pdsync.sync is api.sync"
     assert offenders(loaded_after(code), NOT_FOR_SYNC) == []
+
+
+def test_a_cli_sync_leaves_what_it_does_not_use_unrun(fake, server, tmp_path):
+    # The real command, over HTTP to the fake: the records arrive, the modules stay unrun.
+    db = tmp_path / "pipedrive.db"
+    code = (
+        "from pdsync.cli import cli\n"
+        f"try:\n    cli(['sync', {str(db)!r}, '-q'], prog_name='pdsync')\n"
+        "except SystemExit as exc:\n    assert not exc.code, exc.code"
+    )
+    env = {"PIPEDRIVE_API_TOKEN": fake.token, "PIPEDRIVE_BASE_URL": server.url}
+    loaded = loaded_after(code, env)
+    assert sqlite_utils.Database(db)["deals"].count == fake.count("deals")
+    assert offenders(loaded, NOT_RUN_BY_CLI_SYNC) == []
+    assert "dateutil.parser" in loaded  # there, as sqlite-utils imported it, to run on first use
+
+
+def test_deferred_modules_work_when_used():
+    code = (
+        "from pdsync import deferred_imports\ndeferred_imports.defer()\n"
+        "import httpx, sqlite_utils\nfrom sqlite_utils import recipes\n"
+        "assert recipes.parsedate('5 March 2024') == '2024-03-05'\n"
+        "from dateutil.parser import isoparse\n"
+        "assert isoparse('2024-03-05T01:02:03Z').hour == 1\n"
+        "assert callable(httpx.main) and httpx.Client"
+    )
+    assert "dateutil.parser._parser" in loaded_after(code)
+
+
+def test_deferring_leaves_loaded_modules_alone():
+    code = (
+        "import dateutil.parser as before, httpx\n"
+        "from pdsync import deferred_imports\ndeferred_imports.defer()\n"
+        "import sys\nassert sys.modules['dateutil.parser'] is before\n"
+        "assert sys.modules.get('httpx._main', 'not loaded') is not None"
+    )
+    loaded_after(code)
 
 
 def test_the_public_api_is_all_there():
