@@ -8,7 +8,6 @@ so it compares with the least it can be: 30,000 × active users, unless told the
 
 from __future__ import annotations
 
-import statistics
 from datetime import datetime, timezone
 from typing import Any
 
@@ -83,6 +82,8 @@ def _schedule(db: sqlite_utils.Database, names: set[str]) -> tuple[float | None,
     ).fetchall()
     if not runs:
         return None, None
+    import statistics  # here: `pdsync status` needs it, every sync imports this module
+
     per_run = statistics.median(tokens or 0 for _, tokens, _ in runs)
     if runs[0][2]:
         return per_run, runs[0][2]

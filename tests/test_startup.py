@@ -28,7 +28,11 @@ NOT_FOR_HELP = (*READ_SIDE, "httpx", "sqlite_utils", "sqlite3", "pluggy")
 NOT_FOR_SYNC = (*READ_SIDE, "pdsync.queries")
 # What `pdsync sync` leaves unrun of its libraries (pdsync/deferred_imports.py): dateutil's
 # parser behind sqlite-utils' recipes, httpx's own command-line client.
-NOT_RUN_BY_CLI_SYNC = (*NOT_FOR_SYNC, "dateutil.parser._parser", "dateutil.tz", "pygments", "rich")
+NOT_RUN_BY_CLI_SYNC = (
+    *NOT_FOR_SYNC,
+    *("dateutil.parser._parser", "dateutil.tz", "pygments", "rich"),
+    "statistics",  # pdsync.budget's, for `pdsync status`
+)
 
 
 def loaded_after(code: str, env: dict[str, str] | None = None) -> set[str]:
