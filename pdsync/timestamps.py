@@ -48,6 +48,8 @@ def normalize(value: str | None) -> str | None:
 
 def parse(value: str) -> datetime:
     """Parse a normalised timestamp into an aware UTC datetime."""
+    if value.isascii() and _STORED.match(value):  # strptime's module: 1.5 ms of every sync
+        return datetime.fromisoformat(value[:-1]).replace(tzinfo=timezone.utc)
     return datetime.strptime(value, FORMAT).replace(tzinfo=timezone.utc)
 
 

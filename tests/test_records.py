@@ -1,12 +1,13 @@
 """Record -> row: timestamps, JSON, custom fields. Pure functions, no HTTP."""
 
 import json
+from datetime import datetime, timezone
 
 import pytest
 
 from pdsync.entities import by_name
 from pdsync.records import BadRecord, CustomFieldMap, assign_column_names, slug, to_row
-from pdsync.timestamps import normalize
+from pdsync.timestamps import FORMAT, normalize, parse
 
 
 @pytest.mark.parametrize(
@@ -24,6 +25,20 @@ from pdsync.timestamps import normalize
 )
 def test_timestamps_have_one_shape(raw, stored):
     assert normalize(raw) == stored
+
+
+@pytest.mark.parametrize(
+    "value", ["2025-01-15T10:30:00Z", "2024-02-29T23:59:59Z", "2025-1-5T1:2:3Z"]
+)
+def test_a_stored_timestamp_parses_as_strptime_would(value):
+    assert parse(value) == datetime.strptime(value, FORMAT).replace(tzinfo=timezone.utc)
+    assert parse(value).tzinfo == timezone.utc
+
+
+@pytest.mark.parametrize("value", ["2025-02-29T10:30:00Z", "2025-01-15T24:00:00Z", "tomorrow"])
+def test_a_timestamp_that_is_no_moment_is_refused(value):
+    with pytest.raises(ValueError):
+        parse(value)
 
 
 def test_slug():

@@ -32,6 +32,7 @@ NOT_RUN_BY_CLI_SYNC = (
     *NOT_FOR_SYNC,
     *("dateutil.parser._parser", "dateutil.tz", "pygments", "rich"),
     "statistics",  # pdsync.budget's, for `pdsync status`
+    "_strptime",  # timestamps.parse reads the stored shape with fromisoformat
 )
 
 
