@@ -39,6 +39,8 @@ def test_a_stored_timestamp_parses_as_strptime_would(value):
 def test_a_timestamp_that_is_no_moment_is_refused(value):
     with pytest.raises(ValueError):
         parse(value)
+    with pytest.raises(TypeError):  # a number in a tampered database, as strptime says
+        parse(1736937000)
 
 
 def test_slug():
