@@ -19,6 +19,7 @@ from urllib.parse import quote
 import sqlite_utils
 from sqlite_utils import Migrations
 
+from . import unchanged
 from .conversions import ensure_conversion_triggers
 from .entities import EntitySpec
 from .timestamps import normalize
@@ -331,6 +332,7 @@ def prepare(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     with write_transaction(db):
         migrations.apply(db)
         ensure_entity_tables(db, entities)
+        unchanged.ensure(db, entities)
         ensure_views(db)
 
 
