@@ -16,12 +16,12 @@ from typing import Any
 
 import sqlite_utils
 
+from . import unchanged
 from .entities import Children, EntitySpec, Row
 from .schema import add_columns
 from .timestamps import FUTURE_TOLERANCE, latest_plausible
 from .timestamps import now as utc_now
 from .transaction import write_transaction
-from .unchanged import TABLE as DIGESTS
 
 _IDS_PER_QUERY = 5000  # well below SQLite's 32,766 parameters
 _SQL_TYPES = {int: "INTEGER", float: "FLOAT", str: "TEXT", bytes: "BLOB"}
@@ -49,6 +49,7 @@ class Store:
         if not set(columns) <= self.columns(table):
             add_columns(self.db, table, columns)
             self._columns.pop(table, None)
+            unchanged.forget(self.db, table)
 
     def upsert(self, spec: EntitySpec, rows: list[Row]) -> None:
         """Insert or update ``rows``; a row never overwrites a newer version of itself.
@@ -83,7 +84,7 @@ class Store:
         for start in range(0, len(ids), _IDS_PER_QUERY):
             chunk = ids[start : start + _IDS_PER_QUERY]
             cursor = self.db.execute(
-                f"select id, digest from {DIGESTS} where entity_type = ?"
+                f"select id, digest from {unchanged.TABLE} where entity_type = ?"
                 f" and id in ({','.join('?' * len(chunk))})",
                 [spec.name, *chunk],
             )
@@ -95,25 +96,15 @@ class Store:
         rows were made from, for the rows that now hold that version. The update_time guard
         may have kept a newer one; then the row's own digest stays, or none (the upsert's
         trigger deleted it)."""
-        pk = spec.pk
+        pk, kept = spec.pk, [(row, d) for row, d in zip(rows, digests, strict=True) if d]
+        sql = f"insert or replace into {unchanged.TABLE} (entity_type, id, digest) select ?, ?, ?"
         if "update_time" in self.columns(spec.name):
-            sql = (
-                f"insert or replace into {DIGESTS} (entity_type, id, digest)"
-                f" select ?, ?, ? where exists (select 1 from [{spec.name}]"
-                f" where [{pk}] = ? and update_time is ?)"
+            sql += (
+                f" where exists (select 1 from [{spec.name}] where [{pk}] = ? and update_time is ?)"
             )
-            values = [
-                (spec.name, row[pk], digest, row[pk], row.get("update_time"))
-                for row, digest in zip(rows, digests, strict=True)
-                if digest is not None
-            ]
+            values = [(spec.name, r[pk], d, r[pk], r.get("update_time")) for r, d in kept]
         else:
-            sql = f"insert or replace into {DIGESTS} (entity_type, id, digest) values (?, ?, ?)"
-            values = [
-                (spec.name, row[pk], digest)
-                for row, digest in zip(rows, digests, strict=True)
-                if digest is not None
-            ]
+            values = [(spec.name, r[pk], d) for r, d in kept]
         self.db.conn.executemany(sql, values)
 
     def mark_gone(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -102,6 +103,12 @@ def _code_bytes(code: Any) -> bytes:
     return b"\0".join(parts)
 
 
+def forget(db: sqlite_utils.Database, entity: str) -> None:
+    """A column was added to ``entity``'s table: its rows may lack what their records hold
+    (a column a user dropped, made again empty), so no digest of them stands."""
+    db.execute(f"delete from {TABLE} where entity_type = ?", [entity])
+
+
 def digest(run_key: bytes, record: Any) -> bytes | None:
     """The record's digest under ``run_key``; None for one orjson cannot write (never
     skipped)."""
@@ -112,13 +119,16 @@ def digest(run_key: bytes, record: Any) -> bytes | None:
     return hashlib.blake2b(data, digest_size=16, key=run_key).digest()
 
 
-def ensure(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
-    """The digests table and each table's triggers (in the caller's transaction)."""
+def create_table(db: sqlite_utils.Database) -> None:
     db.execute(
         f"create table if not exists {TABLE} (entity_type text not null,"
         " id integer not null, digest blob not null, primary key (entity_type, id))"
         " without rowid"
     )
+
+
+def ensure(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
+    """Each table's triggers (in the caller's transaction)."""
     made = {r[0] for r in db.execute("select name from sqlite_master where type = 'trigger'")}
     for spec in entities:
         if not applies(spec):
@@ -126,7 +136,7 @@ def ensure(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
         names = [f"_pdsync_digest_{event}_{spec.name}" for event in _ROW_IDS]
         if all(name in made for name in names):
             continue
-        db.execute(f"delete from {TABLE} where entity_type = ?", [spec.name])
+        forget(db, spec.name)
         for event, name in zip(_ROW_IDS, names, strict=True):
             db.execute(f"drop trigger if exists [{name}]")
             db.execute(
@@ -148,6 +158,9 @@ def sort(
         stored = store.digests(spec, ids)
     if not stored:
         return records, digests, []
+    if len(ids) != len(set(ids)):  # an id twice in a page ends with its last version
+        twice = {i for i, n in Counter(ids).items() if n > 1}
+        stored = {i: d for i, d in stored.items() if i not in twice}
     changed: list = []
     changed_digests: list[bytes | None] = []
     same: list[dict] = []

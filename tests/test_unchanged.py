@@ -195,3 +195,28 @@ def test_a_digest_is_kept_only_for_the_version_the_row_holds(tmp_path):
     with db.conn:
         db.execute("update deals set title = 'Edited' where id = 1")
     assert store.digests(spec, [1]) == {}
+
+
+def test_a_column_dropped_and_made_again_is_filled_by_the_next_full_pass(fake, run_sync, db_path):
+    assert run_sync().ok
+    db = sqlite_utils.Database(db_path)
+    db.execute("alter table persons drop column visible_to")
+    db.conn.commit()
+    assert run_sync(full=True).ok
+    person = fake.records("persons")[0]
+    assert row(db, "persons", person["id"], "visible_to") == (person["visible_to"],)
+
+
+def test_an_id_twice_in_a_page_is_never_skipped():
+    spec = next(s for s in plugins.entities() if s.name == "deals")
+    run_key = unchanged.key(spec, None)
+    first, last = {"id": 1, "title": "First"}, {"id": 1, "title": "Last"}
+
+    class Stored:
+        def digests(self, spec, ids):
+            return {1: unchanged.digest(run_key, last)}
+
+    records, digests, same = unchanged.sort(Stored(), spec, run_key, [first, last], skip=True)
+    assert (records, same) == ([first, last], [])  # written in order: the last one wins
+    records, digests, same = unchanged.sort(Stored(), spec, run_key, [last], skip=True)
+    assert (records, same) == ([], [last])
