@@ -82,7 +82,8 @@ def measure(
     db: str, url: str, token: str, full: bool, only: list[str] | None = None, dry: bool = False
 ) -> dict:
     """Run one sync in this process and return its figures (called in a child process).
-    ``dry``: every row write is a no-op (upserts, ids seen by a full pass, children)."""
+    ``dry``: every row write is a no-op (upserts, ids seen by a full pass, children, the
+    records' digests), and no record is known to be stored as it is."""
     import pdsync
     from pdsync.store import Store
 

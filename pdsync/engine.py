@@ -305,9 +305,10 @@ class Sync:
             # Records become rows here, in the writer: Python work on a fetcher thread would
             # hold the GIL that executemany gives up and takes back for every row (measured:
             # 80,000 rows/s alone, a few hundred beside a busy thread).
-            # The id pass of a first load needs every row of its newest page (its "since").
-            skip = not isinstance(records, first_load.NewestPage)
-            page = self._rows(spec, records, entity, skip)
+            # Digests are a full pass's business (unchanged.py): an incremental run reads few
+            # records twice, and on a first load they cost 15 % of its CPU for nothing.
+            digests = self._full_pass[spec.name] and key not in self._first
+            page = self._rows(spec, records, entity, digests)
             rows, refused = page.rows, page.refused
             if isinstance(records, ChildPage):
                 with self.pacer.transaction():
@@ -405,9 +406,9 @@ class Sync:
         )
         fetch(pages, self.stop, spec.name, stream, source)
 
-    def _rows(self, spec: EntitySpec, records: list, entity: EntityResult, skip: bool) -> _Page:
-        """The page's rows, and with ``skip`` the records stored as they are (no row: see
-        unchanged.py)."""
+    def _rows(self, spec: EntitySpec, records: list, entity: EntityResult, digests: bool) -> _Page:
+        """The page's rows; with ``digests``, their records' digests and the records stored
+        as they are (no row: see unchanged.py)."""
         custom = self._custom.get(spec.name)
         latest = timestamps.latest_plausible() if spec.incremental else None
         if self.transform_record is not None:
@@ -418,15 +419,15 @@ class Sync:
         if spec.name not in self._digest_keys:
             self._digest_keys[spec.name] = unchanged.key(spec, custom)
         page = _Page()
-        run_key = self._digest_keys[spec.name] if unchanged.applies(spec) else None
+        run_key = self._digest_keys[spec.name] if digests and unchanged.applies(spec) else None
         if run_key is not None:
-            records, digests, page.same = unchanged.sort(self.store, spec, run_key, records, skip)
+            records, known, page.same = unchanged.sort(self.store, spec, run_key, records)
         rows, refused = page.rows, page.refused
         for i, record in enumerate(records):
             try:
                 rows.append(to_row(spec, record, custom, latest))
                 if run_key is not None:
-                    page.digests.append(digests[i])
+                    page.digests.append(known[i])
             except BadRecord as exc:
                 message = self.client.redact.text(exc)
                 if page.refused_at is None:
@@ -548,7 +549,7 @@ class Sync:
         except PipedriveError as exc:
             self._fail(spec, exc)
             return
-        page = self._rows(spec, records, entity, skip=False)
+        page = self._rows(spec, records, entity, digests=False)
         rows, refused = page.rows, page.refused
         with self.pacer.transaction():
             self.store.upsert(spec, rows)

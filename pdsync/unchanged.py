@@ -147,15 +147,13 @@ def ensure(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
 
 
 def sort(
-    store: Store, spec: EntitySpec, run_key: bytes, records: list, skip: bool
+    store: Store, spec: EntitySpec, run_key: bytes, records: list
 ) -> tuple[list, list[bytes | None], list[dict]]:
     """``records`` to turn into rows, with their digests (None: not known); and those stored
-    as they are (``skip``: otherwise none), whose rows the sync leaves alone."""
+    as they are, whose rows the sync leaves alone."""
     digests = [digest(run_key, record) for record in records]
-    stored = {}
-    if skip:
-        ids = [r.get(spec.pk) for r in records if type(r) is dict and type(r.get(spec.pk)) is int]
-        stored = store.digests(spec, ids)
+    ids = [r.get(spec.pk) for r in records if type(r) is dict and type(r.get(spec.pk)) is int]
+    stored = store.digests(spec, ids)
     if not stored:
         return records, digests, []
     if len(ids) != len(set(ids)):  # an id twice in a page ends with its last version
