@@ -1,25 +1,29 @@
 """Records that did not change since the sync stored them: known without writing them again.
 
-A ``--full`` pass (or the one-minute look-back, or a paced pass) reads many records that are
-stored as they are. Turning each into a row and binding its ~40 values for the upsert, which
-then finds nothing to write, cost as much as fetching and parsing the page (issue #18). So the
-sync keeps, per row it wrote, a digest of the record it wrote it from (``_pdsync_digests``,
-WITHOUT ROWID; not a column of the user's tables), and a record whose digest matches is only
-counted and marked seen: no row, no upsert, no children rewritten.
+A full pass (``--full``, a paced pass, line items asked of every deal) reads every record,
+nearly all stored as they are. Turning each into a row and binding its ~40 values for an
+upsert that then finds nothing to write cost as much as fetching and parsing the page
+(issue #18). So a full pass keeps, per row it writes, a digest of the record it wrote it
+from (``_pdsync_digests``, WITHOUT ROWID; not a column of the user's tables), and a record
+whose digest matches is only counted and marked seen: no row, no upsert, no children
+rewritten. A first load and incremental runs neither read nor write digests (on a first
+load they cost 15 % of its CPU, and an incremental run reads few records twice): the next
+full pass fills what is missing.
 
 The digest covers the record as received (after a plugin's ``transform_record``: what
 ``to_row`` reads) and a key of everything else that shapes its row: the entity's columns,
-``to_row``'s and the entity's transform code, pdsync's version and the entity's custom-field
-definitions. A new custom field, or another pdsync, makes every digest stale: the next pass
-writes each row once more.
+the code of ``records.py``, ``timestamps.py`` and the entity's transform, pdsync's version
+and the entity's custom-field definitions. A new custom field, or another pdsync, makes
+every digest stale: the next pass writes each row once more.
 
 A digest is only true while nobody else wrote its row: triggers on each table that has
-digests (after insert, update and delete, whoever writes: the webhook applier, ``mark_gone``,
-a refill, a migration, a user's own UPDATE) delete the row's digest, and the sync writes it
-again after its own upsert, in the same transaction, only where the row now holds the
-record's version (``Store.save_digests``: the update_time guard may have kept a newer one).
-Triggers that were missing (a new database, a table rebuilt, which drops its triggers) are
-made with the entity's digests deleted: none can describe a row written without them.
+digests (after insert, update and delete, whoever writes: the webhook applier,
+``mark_gone``, a refill, a migration, an incremental run, a user's own UPDATE) delete the
+row's digest, and a full pass writes it again after its own upsert, in the same
+transaction, only where the row now holds the record's version (``Store.save_digests``: the
+update_time guard may have kept a newer one). Triggers that were missing (a new database,
+a table rebuilt, which drops its triggers) are made with the entity's digests deleted: none
+can describe a row written without them.
 """
 
 from __future__ import annotations
