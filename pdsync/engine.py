@@ -79,7 +79,7 @@ class Sync:
         self._full_pass: dict[str, bool] = {}
         self._tallies: dict[str, Tally] = {}
         self._custom: dict[str, CustomFieldMap] = {}
-        self._digest_keys: dict[str, bytes | None] = {}  # see unchanged.py
+        self._digest_keys: dict[str, bytes] = {}  # see unchanged.py
         self._errors: dict[str, str] = {}
         # Per (entity, stream): what its fetcher asks for (the watermark less LOOKBACK), and
         # the watermark committed so far, which each written page may move forward.
@@ -412,14 +412,20 @@ class Sync:
         custom = self._custom.get(spec.name)
         latest = timestamps.latest_plausible() if spec.incremental else None
         if self.transform_record is not None:
-            transformed = (
-                self.transform_record(spec, r) if isinstance(r, dict) else r for r in records
-            )
-            records = [r for r in transformed if r is not None]
-        if spec.name not in self._digest_keys:
-            self._digest_keys[spec.name] = unchanged.key(spec, custom)
+            kept = []
+            for record in records:
+                if isinstance(record, dict):
+                    record = self.transform_record(spec, record)
+                    if record is None:
+                        continue  # left out by the transform
+                kept.append(record)
+            records = kept
         page = _Page()
-        run_key = self._digest_keys[spec.name] if digests and unchanged.applies(spec) else None
+        run_key = None
+        if digests and unchanged.applies(spec):
+            if spec.name not in self._digest_keys:
+                self._digest_keys[spec.name] = unchanged.key(spec, custom)
+            run_key = self._digest_keys[spec.name]
         if run_key is not None:
             records, known, page.same = unchanged.sort(self.store, spec, run_key, records)
         rows, refused = page.rows, page.refused

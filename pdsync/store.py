@@ -97,6 +97,8 @@ class Store:
         may have kept a newer one; then the row's own digest stays, or none (the upsert's
         trigger deleted it)."""
         pk, kept = spec.pk, [(row, d) for row, d in zip(rows, digests, strict=True) if d]
+        if not kept:
+            return
         sql = f"insert or replace into {unchanged.TABLE} (entity_type, id, digest) select ?, ?, ?"
         if "update_time" in self.columns(spec.name):
             sql += (
