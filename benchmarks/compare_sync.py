@@ -85,7 +85,10 @@ def main() -> None:
             each_tree(
                 round_,
                 first,
-                lambda f: f"first sync {f['seconds']:.1f} s, peak RSS {f['peak_rss_mb']:.0f} MB",
+                lambda f: (
+                    f"first sync {f['seconds']:.1f} s (CPU {f['cpu_seconds']:.1f} s),"
+                    f" peak RSS {f['peak_rss_mb']:.0f} MB; load {os.getloadavg()[0]:.1f}"
+                ),
             )
             if args.changes:
                 parent.send(("mutate", args.changes))
@@ -95,7 +98,7 @@ def main() -> None:
                     later,
                     lambda f: (
                         f"{args.changes} changes synced in {f['seconds'] * 1000:.0f} ms"
-                        f" ({f['records']} records)"
+                        f" (CPU {f['cpu_seconds'] * 1000:.0f} ms, {f['records']} records)"
                     ),
                 )
         refetch = full_passes(trees, tmp, args, info)
@@ -108,6 +111,8 @@ def main() -> None:
     print(f"\n{args.deals:,} deals, {args.rounds} rounds, medians:")
     a, b = median(first["A"], "seconds"), median(first["B"], "seconds")
     print(f"first sync         A {a:8.1f} s   B {b:8.1f} s   B/A {b / a:.3f}")
+    a, b = median(first["A"], "cpu_seconds"), median(first["B"], "cpu_seconds")
+    print(f"first sync (CPU)   A {a:8.1f} s   B {b:8.1f} s   B/A {b / a:.3f}")
     a, b = median(first["A"], "peak_rss_mb"), median(first["B"], "peak_rss_mb")
     print(f"peak RSS           A {a:8.0f} MB  B {b:8.0f} MB  B/A {b / a:.3f}")
     if args.changes:

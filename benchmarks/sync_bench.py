@@ -82,14 +82,19 @@ def measure(
     db: str, url: str, token: str, full: bool, only: list[str] | None = None, dry: bool = False
 ) -> dict:
     """Run one sync in this process and return its figures (called in a child process).
-    ``dry``: every row write is a no-op (upserts, ids seen by a full pass, children)."""
+    ``dry``: every row write is a no-op (upserts, ids seen by a full pass, children, the
+    records' digests), and no record is known to be stored as it is."""
     import pdsync
     from pdsync.store import Store
 
     if dry:
         Store.upsert = lambda self, spec, rows: None
         Store.mark_seen = lambda self, spec, ids: None
-        Store.replace_children = lambda self, spec, children, parents, rows: 0
+        Store.replace_children = lambda self, *args: 0
+        # Nor is any record known to be stored as it is (unchanged.py): every one is parsed
+        # and turned into a row, as in a sync before digests.
+        Store.digests = lambda self, spec, ids: {}
+        Store.save_digests = lambda self, spec, rows, digests: None
     database = pdsync.open_database(db)
     started = time.perf_counter()
     cpu = time.process_time()

@@ -15,11 +15,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlite_utils
 
-from . import first_load, paced, pacing, plan, plugins, refill, timestamps
+from . import first_load, paced, pacing, plan, plugins, refill, timestamps, unchanged
 from .backfill import RUN_SECONDS, Backfill, HistoryResult
 from .client import PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
@@ -28,7 +29,7 @@ from .fetch import Batch, ChildPage, Parents, child_pages, fetch, stream_pages
 from .history import Observer
 from .pacing import SchemaPacer
 from .plugins import selected_entities
-from .records import BadRecord, CustomFieldMap, to_row
+from .records import BadRecord, CustomFieldMap, stored_time, to_row
 from .results import EntityResult, ProgressCallback, ProgressEvent, SyncResult
 from .schema import index_steps, prepare
 from .store import Store
@@ -78,6 +79,7 @@ class Sync:
         self._full_pass: dict[str, bool] = {}
         self._tallies: dict[str, Tally] = {}
         self._custom: dict[str, CustomFieldMap] = {}
+        self._digest_keys: dict[str, bytes] = {}  # see unchanged.py
         self._errors: dict[str, str] = {}
         # Per (entity, stream): what its fetcher asks for (the watermark less LOOKBACK), and
         # the watermark committed so far, which each written page may move forward.
@@ -303,28 +305,33 @@ class Sync:
             # Records become rows here, in the writer: Python work on a fetcher thread would
             # hold the GIL that executemany gives up and takes back for every row (measured:
             # 80,000 rows/s alone, a few hundred beside a busy thread).
-            rows, refused_at, refused = self._rows(spec, records, entity)
+            # Digests are a full pass's business (unchanged.py): an incremental run reads few
+            # records twice, and on a first load they cost 15 % of its CPU for nothing.
+            digests = self._full_pass[spec.name] and key not in self._first
+            page = self._rows(spec, records, entity, digests)
+            rows, refused = page.rows, page.refused
             if isinstance(records, ChildPage):
                 with self.pacer.transaction():
                     entity.flagged_gone += self.store.replace_children(
-                        spec, stream.children, records.parents, rows
+                        spec, stream.children, records.parents, rows, page.same
                     )
+                    self.store.save_digests(spec, rows, page.digests)
                     counted = self._count_spend(spec)
                 self._spend_counted[spec.name] = counted
             elif spec.name in self._paced:
-                self._write_paced(spec, stream, rows, refused, records)
+                self._write_paced(spec, stream, page, records)
             elif key in self._first:
-                self._write_first(spec, stream, rows, refused, records)
+                self._write_first(spec, stream, page, records)
             elif not spec.incremental:
                 batch.whole_rows[spec.name].extend(rows)
                 batch.whole_refused[spec.name].extend(refused)
             else:
-                mark = self._page_watermark(key, rows, refused_at)
+                mark = self._page_watermark(key, page)
                 if stream.newest_first:
                     pending = (self._pending.get(key), mark)
                     self._pending[key] = max((m for m in pending if m), default=None)
                     mark = None
-                self._write_page(spec, stream, rows, mark, refused)
+                self._write_page(spec, stream, page, mark)
         except Exception as exc:  # sqlite3.Error, or a value nothing expected: this stream stops
             batch.failed.add(key)
             problem = exc if isinstance(exc, sqlite3.Error) else f"{type(exc).__name__}: {exc}"
@@ -332,23 +339,22 @@ class Sync:
             self._errors.setdefault(spec.name, message[:500])
             return
         if not (isinstance(records, first_load.NewestPage) and records.next_cursor):
-            entity.records += len(rows)  # a newest page the id pass reads again counts there
+            entity.records += len(rows) + len(page.same)  # a newest page: see the id pass
         self._report(entity, spec)
 
-    def _page_watermark(
-        self, key: tuple[str, str], rows: list[Row], refused_at: int | None
-    ) -> str | None:
+    def _page_watermark(self, key: tuple[str, str], page: _Page) -> str | None:
         """The newest update_time a page's rows reach. A refused record holds its stream's
         watermark where it was for the rest of the run: once it comes right upstream, the
         next run fetches it again."""
         held = key in self._held
-        if refused_at is not None:
+        if page.refused_at is not None:
             self._held.add(key)
         if held:
             return None
-        return max(
-            (r["update_time"] for r in rows[:refused_at] if r.get("update_time")), default=None
-        )
+        times = [r["update_time"] for r in page.rows[: page.refused_at] if r.get("update_time")]
+        if page.refused_at is None:  # unchanged records: their order is not kept, so only
+            times += [t for r in page.same if (t := stored_time(r.get("update_time")))]
+        return max(times, default=None)
 
     def _commit_pending(self, batch: Batch, spec: EntitySpec, stream: Stream) -> None:
         """A newest-first stream read down to its watermark: only now may it move."""
@@ -357,7 +363,7 @@ class Sync:
         if mark is None or key in batch.failed or key in self._held or self.stop.is_set():
             return
         try:
-            self._write_page(spec, stream, [], mark)
+            self._write_page(spec, stream, _Page(), mark)
         except sqlite3.Error as exc:
             batch.failed.add(key)
             self._errors.setdefault(spec.name, f"could not save {spec.name}: {exc}"[:500])
@@ -400,26 +406,38 @@ class Sync:
         )
         fetch(pages, self.stop, spec.name, stream, source)
 
-    def _rows(
-        self, spec: EntitySpec, records: list, entity: EntityResult
-    ) -> tuple[list[Row], int | None, list[Any]]:
-        """The page's rows; how many came before the first refused record (None: none was
-        refused); and the ids of refused records that have one (not gone upstream: refused)."""
-        rows: list[Row] = []
-        refused_at = None
-        refused: list[Any] = []
+    def _rows(self, spec: EntitySpec, records: list, entity: EntityResult, digests: bool) -> _Page:
+        """The page's rows; with ``digests``, their records' digests and the records stored
+        as they are (no row: see unchanged.py)."""
         custom = self._custom.get(spec.name)
         latest = timestamps.latest_plausible() if spec.incremental else None
-        for record in records:
-            if self.transform_record is not None and isinstance(record, dict):
-                record = self.transform_record(spec, record)
-                if record is None:
-                    continue
+        if self.transform_record is not None:
+            kept = []
+            for record in records:
+                if isinstance(record, dict):
+                    record = self.transform_record(spec, record)
+                    if record is None:
+                        continue  # left out by the transform
+                kept.append(record)
+            records = kept
+        page = _Page()
+        run_key = None
+        if digests and unchanged.applies(spec):
+            if spec.name not in self._digest_keys:
+                self._digest_keys[spec.name] = unchanged.key(spec, custom)
+            run_key = self._digest_keys[spec.name]
+        if run_key is not None:
+            records, known, page.same = unchanged.sort(self.store, spec, run_key, records)
+        rows, refused = page.rows, page.refused
+        for i, record in enumerate(records):
             try:
                 rows.append(to_row(spec, record, custom, latest))
+                if run_key is not None:
+                    page.digests.append(known[i])
             except BadRecord as exc:
                 message = self.client.redact.text(exc)
-                refused_at = len(rows) if refused_at is None else refused_at
+                if page.refused_at is None:
+                    page.refused_at = len(rows)
                 if exc.key is not None:
                     refused.append(exc.key)
                 else:
@@ -428,62 +446,50 @@ class Sync:
                 if len(entity.rejections) < _REJECTIONS_KEPT:
                     entity.rejections.append(message[:200])
                 log.warning("skipped a record: %s", message)
-        return rows, refused_at, refused
+        if run_key is None:
+            page.digests = [None] * len(rows)
+        return page
 
-    def _write_page(
-        self,
-        spec: EntitySpec,
-        stream: Stream,
-        rows: list[Row],
-        mark: str | None,
-        refused: list[Any] = (),
-    ) -> None:
+    def _store_rows(self, spec: EntitySpec, page: _Page, full_pass: bool) -> None:
+        """Write a page's rows and the digests of their records (unchanged.py); in a full
+        pass, mark its ids seen, the unchanged and refused ones too (they are not gone)."""
+        if spec.name == "deals":
+            self.history.observe(page.rows)  # what changed, against the rows stored
+        self.store.upsert(spec, page.rows)
+        self.store.save_digests(spec, page.rows, page.digests)
+        if full_pass:
+            ids = [row[spec.pk] for row in page.rows] + [r[spec.pk] for r in page.same]
+            self.store.mark_seen(spec, ids + page.refused)
+
+    def _write_page(self, spec: EntitySpec, stream: Stream, page: _Page, mark: str | None) -> None:
         old = self._watermark.get((spec.name, stream.key))
         watermark = max(w for w in (old, mark) if w) if (old or mark) else None
         with self.pacer.transaction():
-            if spec.name == "deals":
-                self.history.observe(rows)  # what changed, against the rows stored
-            self.store.upsert(spec, rows)
-            if self._full_pass[spec.name]:
-                self.store.mark_seen(spec, [row[spec.pk] for row in rows] + list(refused))
+            self._store_rows(spec, page, self._full_pass[spec.name])
             self.store.set_watermark(spec.name, stream.key, watermark)
             counted = self._count_spend(spec)  # a kill loses no count of tokens spent
         self._watermark[(spec.name, stream.key)] = watermark
         self._spend_counted[spec.name] = counted
 
-    def _write_first(
-        self,
-        spec: EntitySpec,
-        stream: Stream,
-        rows: list[Row],
-        refused: list[Any],
-        page: Any,
-    ) -> None:
+    def _write_first(self, spec: EntitySpec, stream: Stream, page: _Page, records: Any) -> None:
         """A page of a first load in id order, with its resume point (or, the last page, the
         stream's watermark) in one commit."""
         key = (spec.name, stream.key)
-        state = first_load.after(self._first[key], spec, page, rows, refused)
+        state = first_load.after(self._first[key], spec, records, page.rows, page.refused)
         if spec.name in self._unkeyed:
             state.held = True  # a record without an id: which was it?
         with self.pacer.transaction():
-            if spec.name == "deals":
-                self.history.observe(rows)
-            self.store.upsert(spec, rows)
-            if self._full_pass[spec.name]:
-                self.store.mark_seen(spec, [row[spec.pk] for row in rows] + list(refused))
-            first_load.save(self.store, spec, stream, state, page)
+            self._store_rows(spec, page, self._full_pass[spec.name])
+            first_load.save(self.store, spec, stream, state, records)
             counted = self._count_spend(spec)
         self._first[key] = state
         self._spend_counted[spec.name] = counted
 
-    def _write_paced(
-        self, spec: EntitySpec, stream: Stream, rows: list[Row], refused: list[Any], page: Any
-    ) -> None:
+    def _write_paced(self, spec: EntitySpec, stream: Stream, page: _Page, records: Any) -> None:
         """A page of a paced pass, its ids seen and the cursor after it, in one commit."""
         with self.pacer.transaction():
-            self.store.upsert(spec, rows)
-            self.store.mark_seen(spec, [row[spec.pk] for row in rows] + list(refused))
-            after = getattr(page, "next_cursor", None)
+            self._store_rows(spec, page, full_pass=True)
+            after = getattr(records, "next_cursor", None)
             self.store.set_watermark(spec.name, paced.cursor_key(stream.key), after or paced.DONE)
             counted = self._count_spend(spec)
         self._spend_counted[spec.name] = counted
@@ -549,7 +555,8 @@ class Sync:
         except PipedriveError as exc:
             self._fail(spec, exc)
             return
-        rows, _, refused = self._rows(spec, records, entity)
+        page = self._rows(spec, records, entity, digests=False)
+        rows, refused = page.rows, page.refused
         with self.pacer.transaction():
             self.store.upsert(spec, rows)
             self.store.mark_seen(spec, [row[spec.pk] for row in rows] + refused)
@@ -657,6 +664,17 @@ class Sync:
                 error=entity.error,
             )
         )
+
+
+@dataclass
+class _Page:
+    """A page of records as the writer takes it (``Sync._rows``)."""
+
+    rows: list[Row] = field(default_factory=list)
+    digests: list[bytes | None] = field(default_factory=list)  # of the rows' records
+    same: list[dict] = field(default_factory=list)  # records stored as they are: no row
+    refused: list[Any] = field(default_factory=list)  # ids of refused records (not gone)
+    refused_at: int | None = None  # rows before the first refused record (None: none)
 
 
 def _plugin_transform(spec: EntitySpec, record: dict) -> dict | None:

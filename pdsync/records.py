@@ -119,6 +119,13 @@ def to_row(
     return row
 
 
+def stored_time(value: Any) -> Any:
+    """A record's timestamp as ``to_row`` stores it."""
+    if type(value) is not str or (len(value) == 20 and value[10] == "T" and value[19] == "Z"):
+        return value
+    return normalize(value)
+
+
 def _top_level(record: dict) -> dict:
     """Custom fields sent as top-level keys, v1's way: ``<hash>`` and, for a monetary field,
     ``<hash>_currency`` become v2's ``{value, currency}``."""

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import sqlite_utils
 from sqlite_utils import Migrations
 
+from . import unchanged
 from .conversions import ensure_conversion_triggers
 from .entities import EntitySpec
 from .timestamps import normalize
@@ -243,6 +244,12 @@ def m017_history_long_changelogs(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m018_digests(db: sqlite_utils.Database) -> None:
+    # What each row was written from, to skip records stored as they are (unchanged.py).
+    unchanged.create_table(db)
+
+
 def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     """Create what the specs declare and is missing. Safe to run on every sync."""
     # Listed once, not per foreign key and table: every run comes here (a no-change sync
@@ -259,6 +266,7 @@ def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) 
             for name, kind in spec.table_columns.items():
                 if name not in existing:
                     table.add_column(name, kind)
+                    unchanged.forget(db, spec.name)
             declared = {(fk.column, fk.other_table) for fk in table.foreign_keys}
             missing = [fk for fk in fks if (fk[0], fk[1]) not in declared]
             if missing:
@@ -331,6 +339,7 @@ def prepare(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     with write_transaction(db):
         migrations.apply(db)
         ensure_entity_tables(db, entities)
+        unchanged.ensure(db, entities)
         ensure_views(db)
 
 

@@ -16,12 +16,14 @@ from typing import Any
 
 import sqlite_utils
 
+from . import unchanged
 from .entities import Children, EntitySpec, Row
 from .schema import add_columns
 from .timestamps import FUTURE_TOLERANCE, latest_plausible
 from .timestamps import now as utc_now
 from .transaction import write_transaction
 
+_IDS_PER_QUERY = 5000  # well below SQLite's 32,766 parameters
 _SQL_TYPES = {int: "INTEGER", float: "FLOAT", str: "TEXT", bytes: "BLOB"}
 # In sync_streams, beside an entity's streams: the newest update_time stored when its
 # current full pass started (Pipedrive's clock).
@@ -47,6 +49,7 @@ class Store:
         if not set(columns) <= self.columns(table):
             add_columns(self.db, table, columns)
             self._columns.pop(table, None)
+            unchanged.forget(self.db, table)
 
     def upsert(self, spec: EntitySpec, rows: list[Row]) -> None:
         """Insert or update ``rows``; a row never overwrites a newer version of itself.
@@ -72,6 +75,38 @@ class Store:
                 for c in cols:
                     row.setdefault(c, None)
         values = map(itemgetter(*cols), rows) if width > 1 else ((row[cols[0]],) for row in rows)
+        self.db.conn.executemany(sql, values)
+
+    def digests(self, spec: EntitySpec, ids: list[Any]) -> dict[Any, bytes]:
+        """id -> the digest of the record its row was written from (unchanged.py), for
+        those of ``ids`` whose row nobody wrote since."""
+        found: dict[Any, bytes] = {}
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[start : start + _IDS_PER_QUERY]
+            cursor = self.db.execute(
+                f"select id, digest from {unchanged.TABLE} where entity_type = ?"
+                f" and id in ({','.join('?' * len(chunk))})",
+                [spec.name, *chunk],
+            )
+            found.update(cursor.fetchall())
+        return found
+
+    def save_digests(self, spec: EntitySpec, rows: list[Row], digests: list[bytes | None]) -> None:
+        """After ``upsert(spec, rows)``, in its transaction: the digests of the records the
+        rows were made from, for the rows that now hold that version. The update_time guard
+        may have kept a newer one; then the row's own digest stays, or none (the upsert's
+        trigger deleted it)."""
+        pk, kept = spec.pk, [(row, d) for row, d in zip(rows, digests, strict=True) if d]
+        if not kept:
+            return
+        sql = f"insert or replace into {unchanged.TABLE} (entity_type, id, digest) select ?, ?, ?"
+        if "update_time" in self.columns(spec.name):
+            sql += (
+                f" where exists (select 1 from [{spec.name}] where [{pk}] = ? and update_time is ?)"
+            )
+            values = [(spec.name, r[pk], d, r[pk], r.get("update_time")) for r, d in kept]
+        else:
+            values = [(spec.name, r[pk], d) for r, d in kept]
         self.db.conn.executemany(sql, values)
 
     def mark_gone(
@@ -166,11 +201,13 @@ class Store:
         children: Children,
         parents: list[tuple[Any, str | None]],
         rows: list[Row],
+        same: list[dict] = (),
     ) -> int:
-        """Write what the parents have now: upsert ``rows``, delete their other children,
-        remember the versions asked. Returns how many children were deleted."""
+        """Write what the parents have now: upsert ``rows``, delete their other children
+        (``same``: records stored as they are, kept), remember the versions asked. Returns
+        how many children were deleted."""
         self.upsert(spec, rows)
-        keep = self._keep([r[spec.pk] for r in rows])
+        keep = self._keep([r[spec.pk] for r in rows] + [r[spec.pk] for r in same])
         ids = [parent for parent, _ in parents]
         marks = ",".join("?" for _ in ids)
         deleted = self.db.execute(

@@ -64,6 +64,7 @@ def test_original_design_database_upgrades_in_place(fake, run_sync, db_path):
         "m015_projects",
         "m016_history_failures",
         "m017_history_long_changelogs",
+        "m018_digests",
     ]
 
 

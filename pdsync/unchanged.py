@@ -1,0 +1,175 @@
+"""Records that did not change since the sync stored them: known without writing them again.
+
+A full pass (``--full``, a paced pass, line items asked of every deal) reads every record,
+nearly all stored as they are. Turning each into a row and binding its ~40 values for an
+upsert that then finds nothing to write cost as much as fetching and parsing the page
+(issue #18). So a full pass keeps, per row it writes, a digest of the record it wrote it
+from (``_pdsync_digests``, WITHOUT ROWID; not a column of the user's tables), and a record
+whose digest matches is only counted and marked seen: no row, no upsert, no children
+rewritten. A first load and incremental runs neither read nor write digests (on a first
+load they cost 15 % of its CPU, and an incremental run reads few records twice): the next
+full pass fills what is missing.
+
+The digest covers the record as received (after a plugin's ``transform_record``: what
+``to_row`` reads) and a key of everything else that shapes its row: the entity's columns,
+the code of ``records.py``, ``timestamps.py`` and the entity's transform, pdsync's version
+and the entity's custom-field definitions. A new custom field, or another pdsync, makes
+every digest stale: the next pass writes each row once more.
+
+A digest is only true while nobody else wrote its row: triggers on each table that has
+digests (after insert, update and delete, whoever writes: the webhook applier,
+``mark_gone``, a refill, a migration, an incremental run, a user's own UPDATE) delete the
+row's digest, and a full pass writes it again after its own upsert, in the same
+transaction, only where the row now holds the record's version (``Store.save_digests``: the
+update_time guard may have kept a newer one). Triggers that were missing (a new database,
+a table rebuilt, which drops its triggers) are made with the entity's digests deleted: none
+can describe a row written without them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import sqlite_utils
+
+from . import __version__, records, timestamps
+from .entities import EntitySpec
+from .records import CustomFieldMap
+
+if TYPE_CHECKING:
+    from .store import Store
+
+TABLE = "_pdsync_digests"
+# Per trigger: the ids whose digest it deletes (an UPDATE may change the id itself).
+_ROW_IDS = {"insert": "new.[{0}]", "update": "old.[{0}], new.[{0}]", "delete": "old.[{0}]"}
+
+
+def applies(spec: EntitySpec) -> bool:
+    """Entities whose records are read again unchanged (incremental lists, children), with
+    integer ids (what the digests table keys)."""
+    return (spec.incremental or spec.dependent) and spec.columns.get(spec.pk) is int
+
+
+def key(spec: EntitySpec, custom: CustomFieldMap | None) -> bytes:
+    """What shapes ``spec``'s rows besides the record: a digest made under another key
+    never matches."""
+    parts: list[Any] = [
+        __version__,
+        spec.name,
+        spec.pk,
+        sorted((name, kind.__name__) for name, kind in spec.columns.items()),
+        spec.drop,
+        spec.custom_at_top,
+        _module_code(records),
+        _module_code(timestamps),
+        _code(spec.transform),
+    ]
+    if custom is not None:
+        parts.append(
+            [
+                (f.code, f.column, f.field_type, sorted(map(repr, f.options.items())))
+                for f in custom.fields
+            ]
+        )
+    return hashlib.blake2b(repr(parts).encode(), digest_size=32).digest()
+
+
+def _code(function: Any) -> str:
+    """A fingerprint of ``function``'s code, the same in every process (a code object's
+    repr holds its address)."""
+    code = getattr(function, "__code__", None)
+    return repr(function) if code is None else hashlib.blake2b(_code_bytes(code)).hexdigest()
+
+
+@functools.cache
+def _module_code(module: Any) -> str:
+    """A fingerprint of the code of a module's functions and classes' methods."""
+    found = []
+    for name, value in sorted(vars(module).items()):
+        if getattr(value, "__module__", None) != module.__name__:
+            continue
+        if isinstance(value, type):
+            methods = sorted(vars(value).items())
+            found += [(f"{name}.{n}", _code(v)) for n, v in methods if hasattr(v, "__code__")]
+        elif hasattr(value, "__code__"):
+            found.append((name, _code(value)))
+    return repr(found)
+
+
+def _code_bytes(code: Any) -> bytes:
+    parts = [code.co_code, repr(code.co_names).encode()]
+    for const in code.co_consts:
+        parts.append(_code_bytes(const) if hasattr(const, "co_code") else repr(const).encode())
+    return b"\0".join(parts)
+
+
+def forget(db: sqlite_utils.Database, entity: str) -> None:
+    """A column was added to ``entity``'s table: its rows may lack what their records hold
+    (a column a user dropped, made again empty), so no digest of them stands."""
+    db.execute(f"delete from {TABLE} where entity_type = ?", [entity])
+
+
+def digest(run_key: bytes, record: Any) -> bytes | None:
+    """The record's digest under ``run_key``; None for one orjson cannot write (never
+    skipped)."""
+    try:
+        data = orjson.dumps(record)
+    except TypeError:
+        return None
+    return hashlib.blake2b(data, digest_size=16, key=run_key).digest()
+
+
+def create_table(db: sqlite_utils.Database) -> None:
+    db.execute(
+        f"create table if not exists {TABLE} (entity_type text not null,"
+        " id integer not null, digest blob not null, primary key (entity_type, id))"
+        " without rowid"
+    )
+
+
+def ensure(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
+    """Each table's triggers (in the caller's transaction)."""
+    made = {r[0] for r in db.execute("select name from sqlite_master where type = 'trigger'")}
+    for spec in entities:
+        if not applies(spec):
+            continue
+        names = [f"_pdsync_digest_{event}_{spec.name}" for event in _ROW_IDS]
+        if all(name in made for name in names):
+            continue
+        forget(db, spec.name)
+        for event, name in zip(_ROW_IDS, names, strict=True):
+            db.execute(f"drop trigger if exists [{name}]")
+            db.execute(
+                f"create trigger [{name}] after {event} on [{spec.name}] begin"
+                f" delete from {TABLE} where entity_type = '{spec.name}'"
+                f" and id in ({_ROW_IDS[event].format(spec.pk)}); end"
+            )
+
+
+def sort(
+    store: Store, spec: EntitySpec, run_key: bytes, records: list
+) -> tuple[list, list[bytes | None], list[dict]]:
+    """``records`` to turn into rows, with their digests (None: not known); and those stored
+    as they are, whose rows the sync leaves alone."""
+    digests = [digest(run_key, record) for record in records]
+    ids = [r.get(spec.pk) for r in records if type(r) is dict and type(r.get(spec.pk)) is int]
+    stored = store.digests(spec, ids)
+    if not stored:
+        return records, digests, []
+    if len(ids) != len(set(ids)):  # an id twice in a page ends with its last version
+        twice = {i for i, n in Counter(ids).items() if n > 1}
+        stored = {i: d for i, d in stored.items() if i not in twice}
+    changed: list = []
+    changed_digests: list[bytes | None] = []
+    same: list[dict] = []
+    for record, known in zip(records, digests, strict=True):
+        if known is not None and type(record) is dict and stored.get(record.get(spec.pk)) == known:
+            same.append(record)
+        else:
+            changed.append(record)
+            changed_digests.append(known)
+    return changed, changed_digests, same
