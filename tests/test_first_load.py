@@ -198,3 +198,44 @@ def test_a_refused_record_without_a_time_leaves_no_watermark():
     page = CursorPage([{"id": 4, "update_time": "2025-02-01T00:00:00Z"}], "next")
     floor = first_load.after(begun, spec, page, [], [4])
     assert not floor.held and floor.floor == "2025-02-01T00:00:00Z"
+
+
+def test_a_kill_between_pages_of_a_group_loses_nothing_committed(
+    fake, run_sync, db_path, tmp_path, monkeypatch
+):
+    """Pages share commits (group_commit.py). What a kill leaves is what was committed:
+    copied through a second connection after each page, it must resume and converge."""
+    import sqlite3
+
+    from pdsync import group_commit
+
+    monkeypatch.setattr(group_commit, "RECORDS", 1000)  # two pages a commit, or fewer
+    monkeypatch.setattr(group_commit, "SECONDS", 3600.0)
+    snapshots = []
+
+    def snapshot(event):
+        if event.entity != "deals" or event.done:
+            return
+        path = tmp_path / f"killed{len(snapshots)}.db"
+        with sqlite3.connect(db_path) as reader, sqlite3.connect(path) as copy:
+            reader.backup(copy)  # committed data only, as a kill -9 would leave it
+        snapshots.append((path, event.records))
+
+    assert run_sync(only=["deals"], progress=snapshot).ok
+    assert len(snapshots) >= 4
+    resumed = 0
+    for path, _ in snapshots[1:-1]:  # killed after the newest page, and then after each page
+        db = sqlite_utils.Database(path)
+        state = _first_rows(path)
+        before = db["deals"].count
+        fake.reset_log()
+        result = run_sync(only=["deals"], db=str(path))
+        assert result.ok, result.errors
+        asked = _asked(fake, DEALS)
+        deals_state = next((v for k, v in state.items() if k.startswith(DEALS + "?")), None)
+        if deals_state and deals_state["cursor"]:  # resumed from the committed cursor
+            assert asked[0]["cursor"] == [deals_state["cursor"]]
+            assert before > 0
+            resumed += 1
+        assert differences(db, fake, ["deals"]) == []
+    assert resumed, "no kill landed after a committed page mid-pass"
