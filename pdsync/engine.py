@@ -25,7 +25,6 @@ from .client import PipedriveClient, Tally
 from .entities import EntitySpec, Row, Stream
 from .errors import AuthError, BudgetSpent, ConnectionFailed, PipedriveError
 from .fetch import Batch, ChildPage, Parents, child_pages, fetch, stream_pages
-from .group_commit import GroupCommit
 from .history import Observer
 from .pacing import SchemaPacer
 from .plugins import selected_entities
@@ -72,7 +71,6 @@ class Sync:
         self.every = every  # the schedule's interval, when this run belongs to one
         self.history_budget = history_budget  # tokens a UTC day; None: the default, 0: off
         self.pacer = SchemaPacer(db)  # schema changes spaced for Datasette's readers
-        self.group = GroupCommit(self.pacer)  # a first load's pages, several a commit
         self.store = Store(db)
         self.history = Observer(db)
         self.stop = threading.Event()
@@ -142,14 +140,12 @@ class Sync:
             self._read_history(result)
         except KeyboardInterrupt:
             self.stop.set()
-            self._end_group()
             self._fatal = self._fatal or "interrupted"
             self._close_run(result, started, cancelled=True)
             raise
         except BaseException as exc:
             # Nothing may leave fetchers waiting or the run marked running: stop, record, raise.
             self.stop.set()
-            self._end_group()
             self._fatal = self._fatal or self.client.redact.text(f"{type(exc).__name__}: {exc}")
             self._close_run(result, started)
             raise
@@ -269,22 +265,16 @@ class Sync:
         for thread in batch.threads:
             thread.start()
         while batch.fetching or batch.finishing:
-            if self.group.open and (batch.pages.empty() or self.group.due()):
-                self._commit_group(batch)  # never holding the write lock to wait
             item = self._next_item(batch)
             if item is None:
                 continue
             kind, name, stream, payload = item
-            if self.group.open and not (kind == "page" and (name, stream.key) in self._first):
-                self._commit_group(batch)
             if kind == "page":
                 self._take_page(batch, batch.specs[name], stream, payload)
             else:
                 if kind == "done" and stream.newest_first:
                     self._commit_pending(batch, batch.specs[name], stream)
                 self._end_stream(batch, batch.specs[name], kind, payload)
-        if self.group.open:
-            self._commit_group(batch)
         for thread in batch.threads:
             thread.join(timeout=1)
 
@@ -475,8 +465,7 @@ class Sync:
         state = first_load.after(self._first[key], spec, page, rows, refused)
         if spec.name in self._unkeyed:
             state.held = True  # a record without an id: which was it?
-        self.group.begin(self._spend_counted)
-        with self.pacer.transaction():  # a savepoint: the page alone, if it fails
+        with self.pacer.transaction():
             if spec.name == "deals":
                 self.history.observe(rows)
             self.store.upsert(spec, rows)
@@ -486,29 +475,6 @@ class Sync:
             counted = self._count_spend(spec)
         self._first[key] = state
         self._spend_counted[spec.name] = counted
-        self.group.wrote(key, len(rows))
-
-    def _commit_group(self, batch: Batch) -> None:
-        """Commit the pages the group holds; if that fails, their streams failed (their
-        resume points were not committed either: the next run reads those pages again)."""
-        try:
-            self.group.commit()
-        except sqlite3.Error as exc:
-            self._lose_group(exc)
-            batch.failed.update(self.group.keys)
-
-    def _end_group(self) -> None:
-        """The run is stopping: commit what the group holds (each page with its resume point)."""
-        try:
-            self.group.commit()
-        except sqlite3.Error as exc:
-            self.group.rollback()
-            self._lose_group(exc)
-
-    def _lose_group(self, exc: sqlite3.Error) -> None:
-        for entity, _ in self.group.keys:
-            self._errors.setdefault(entity, f"could not save {entity}: {exc}"[:500])
-            self._spend_counted[entity] = self.group.spend.get(entity, (0, 0))
 
     def _write_paced(
         self, spec: EntitySpec, stream: Stream, rows: list[Row], refused: list[Any], page: Any
