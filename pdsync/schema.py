@@ -278,7 +278,22 @@ def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) 
             # Empty until the first load, but there to be queried.
             ensure_fts(db, spec.name)
             ensure_totals(db, spec.name)
+            _index_parent_column(db, spec)
     ensure_conversion_triggers(db)
+
+
+def _index_parent_column(db: sqlite_utils.Database, spec: EntitySpec) -> None:
+    """A list asked per parent deletes each batch's other children by parent id
+    (Store.replace_children): without an index leading with that column, each batch of a
+    first load scans every row loaded before it (measured: 9 % of a 100k-deal first sync,
+    growing with the square of the account). Made on the empty table, it is kept up as
+    the rows go in (parents are asked in id order: mostly appends); the other indexes
+    still wait for the load."""
+    columns = {s.children.column for s in spec.streams if s.children is not None}
+    existing = index_names(db, spec.name)
+    for index in spec.indexes:
+        if index[0] in columns and _index_name(spec, index) not in existing:
+            db[spec.name].create_index(index, if_not_exists=True, find_unique_name=False)
 
 
 def ensure_indexes(db: sqlite_utils.Database, spec: EntitySpec) -> None:

@@ -59,9 +59,11 @@ class Store:
         """
         if not rows:
             return
-        names: dict[str, None] = {}
+        first = rows[0].keys()
+        names = dict.fromkeys(first)
         for row in rows:
-            names.update(dict.fromkeys(row))
+            if row.keys() != first:  # a page's rows nearly always share their keys
+                names.update(dict.fromkeys(row))
         new = [n for n in names if n not in self.columns(spec.name)]
         if new:
             self.ensure_columns(spec.name, {n: _infer_type(rows, n) for n in new})

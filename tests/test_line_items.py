@@ -172,3 +172,25 @@ def test_a_second_change_in_the_same_second_is_not_missed(tmp_path):
             assert differences(db, fake) == []
     finally:
         fake.close()
+
+
+def test_a_first_load_of_line_items_finds_each_batchs_old_children_by_index(tmp_path):
+    """Each batch deletes its parents' other line items (Store.replace_children); on a first
+    load the table's indexes wait for the load, but a scan per batch would grow with the
+    square of the account: the parent-column index is there from the start."""
+    from pdsync.entities import builtin_entities
+    from pdsync.schema import prepare
+
+    db = sqlite_utils.Database(tmp_path / "fresh.db")
+    entities = builtin_entities()
+    prepare(db, entities)
+    assert db["deal_products"].count == 0
+    plan = " ".join(
+        str(row[-1])
+        for row in db.execute(
+            "explain query plan delete from deal_products where deal_id in (?, ?)", [1, 2]
+        )
+    )
+    assert "USING INDEX idx_deal_products_deal_id" in plan, plan
+    # The other indexes still wait for the load (one build each, not one update per row).
+    assert "idx_deal_products_product_id" not in {i.name for i in db["deal_products"].indexes}
