@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 TABLE = "_pdsync_digests"
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 # Per trigger: the ids whose digest it deletes (an UPDATE may change the id itself).
 _ROW_IDS = {"insert": "new.[{0}]", "update": "old.[{0}], new.[{0}]", "delete": "old.[{0}]"}
 
@@ -157,6 +158,7 @@ def sort(
     as they are, whose rows the sync leaves alone."""
     digests = [digest(run_key, record) for record in records]
     ids = [r.get(spec.pk) for r in records if type(r) is dict and type(r.get(spec.pk)) is int]
+    ids = [i for i in ids if _INT_MIN <= i <= _INT_MAX]  # SQLite's; to_row refuses the others
     stored = store.digests(spec, ids)
     if not stored:
         return records, digests, []

@@ -227,3 +227,17 @@ def test_an_id_twice_in_a_page_is_never_skipped():
     assert (records, same) == ([first, last], [])  # written in order: the last one wins
     records, digests, same = unchanged.sort(Stored(), spec, run_key, [last])
     assert (records, same) == ([], [last])
+
+
+def test_an_id_sqlite_cannot_hold_is_left_to_to_row():
+    spec = next(s for s in plugins.entities() if s.name == "deals")
+    run_key = unchanged.key(spec, None)
+    huge = {"id": 2**63, "title": "Beyond SQLite's integers"}
+
+    class Stored:
+        def digests(self, spec, ids):
+            assert ids == [1]
+            return {}
+
+    records, _, same = unchanged.sort(Stored(), spec, run_key, [huge, {"id": 1}])
+    assert (records, same) == ([huge, {"id": 1}], [])
