@@ -424,7 +424,8 @@ class Sync:
         run_key = None
         if digests and unchanged.applies(spec):
             if spec.name not in self._digest_keys:
-                self._digest_keys[spec.name] = unchanged.key(spec, custom)
+                table = self.store.columns(spec.name)
+                self._digest_keys[spec.name] = unchanged.key(spec, custom, table)
             run_key = self._digest_keys[spec.name]
         if run_key is not None:
             records, known, page.same = unchanged.sort(self.store, spec, run_key, records)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections import Counter
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -55,11 +56,14 @@ def applies(spec: EntitySpec) -> bool:
     return (spec.incremental or spec.dependent) and spec.columns.get(spec.pk) is int
 
 
-def key(spec: EntitySpec, custom: CustomFieldMap | None) -> bytes:
+def key(spec: EntitySpec, custom: CustomFieldMap | None, table: Iterable[str] = ()) -> bytes:
     """What shapes ``spec``'s rows besides the record: a digest made under another key
-    never matches."""
+    never matches. ``table``: the table's columns now. A column made from a key no spec
+    declares, dropped by a user, only comes back with a row made again: without them here
+    every record would be skipped and it would stay gone."""
     parts: list[Any] = [
         __version__,
+        sorted(table),
         spec.name,
         spec.pk,
         sorted((name, kind.__name__) for name, kind in spec.columns.items()),
