@@ -11,10 +11,10 @@ load they cost 15 % of its CPU, and an incremental run reads few records twice):
 full pass fills what is missing.
 
 The digest covers the record as received (after a plugin's ``transform_record``: what
-``to_row`` reads) and a key of everything else that shapes its row: the entity's columns,
-the code of ``records.py``, ``timestamps.py`` and the entity's transform, pdsync's version
-and the entity's custom-field definitions. A new custom field, or another pdsync, makes
-every digest stale: the next pass writes each row once more.
+``to_row`` reads) and a key of everything else that shapes its row: the entity's declared
+columns and its table's columns now, the code of ``records.py``, ``timestamps.py`` and the
+entity's transform, pdsync's version and the entity's custom-field definitions. A new custom
+field, or another pdsync, makes every digest stale: the next pass writes each row once more.
 
 A digest is only true while nobody else wrote its row: triggers on each table that has
 digests (after insert, update and delete, whoever writes: the webhook applier,

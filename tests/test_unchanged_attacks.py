@@ -6,7 +6,9 @@ import json
 
 import sqlite_utils
 
+import pdsync.engine
 from pdsync import plugins, unchanged
+from pdsync.records import to_row
 from pdsync.store import Store
 from pdsync.webhook_apply import Applier
 from pdsync.webhook_inbox import Inbox
@@ -31,7 +33,7 @@ def digest_count(db, entity):
 
 
 def test_a_column_pdsync_made_from_a_record_key_and_dropped_is_filled_again(
-    fake, run_sync, db_path
+    fake, run_sync, db_path, monkeypatch
 ):
     """A key Pipedrive sends that no spec declares (an activity's creator_user_id) becomes a
     column on the fly (upsert's ensure_columns). Dropped by a user, only a row made again
@@ -48,6 +50,15 @@ def test_a_column_pdsync_made_from_a_record_key_and_dropped_is_filled_again(
     assert run_sync(full=True).ok
     assert column in db["activities"].columns_dict, f"--full never made {column} again"
     assert dict(db.execute(f"select id, [{column}] from activities").fetchall()) == before
+    # Fixed by putting the table's columns in the key: the changed table costs a rewrite or
+    # two (the column comes back mid-pass), then its records are skipped again.
+    assert run_sync(full=True).ok
+    made = []
+    monkeypatch.setattr(
+        pdsync.engine, "to_row", lambda spec, *a: made.append(spec.name) or to_row(spec, *a)
+    )
+    assert run_sync(full=True).ok
+    assert "activities" not in made
 
 
 def test_a_table_rebuilt_by_sqlite_utils_transform_is_repaired(fake, run_sync, db_path):
