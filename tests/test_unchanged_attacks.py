@@ -210,3 +210,36 @@ def test_an_entity_transform_calling_a_changed_helper_changes_the_key(monkeypatc
     before = unchanged.key(spec, None)
     helpers.region = lambda record: "US"
     assert unchanged.key(spec, None) != before
+
+
+def test_a_deal_archived_then_unarchived_moves_between_streams(fake, run_sync, db_path):
+    """The deals and archived-deals streams carry one deal in turn: each move is written."""
+    synced(run_sync)
+    db = sqlite_utils.Database(db_path)
+    deal = next(d for d in fake.records("deals") if d["status"] == "open")
+    fake.archive_deal(deal["id"])
+    assert run_sync(full=True).ok
+    assert row(db, "deals", deal["id"], "is_archived, is_deleted") == (1, 0)
+    fake.unarchive_deal(deal["id"])
+    assert run_sync(full=True).ok
+    assert row(db, "deals", deal["id"], "is_archived, is_deleted") == (0, 0)
+    assert run_sync(full=True).ok  # and skipped as unchanged, not flagged gone
+    assert row(db, "deals", deal["id"], "is_archived, is_deleted, status") == (0, 0, "open")
+
+
+def test_a_full_pass_killed_and_resumed_still_repairs_a_row(fake, run_sync, db_path):
+    synced(run_sync)
+    db = sqlite_utils.Database(db_path)
+    person = fake.records("persons")[1]
+    gone = fake.records("persons")[0]["id"]
+    db.execute("update persons set name = 'Edited' where id = ?", [person["id"]])
+    db.conn.commit()
+    fake.advance(2)
+    fake.delete_person(gone)
+    fake.inject("/api/v2/persons", "500", times=99)
+    assert run_sync(full=True).entities["persons"].status == "failed"
+    fake.clear_faults()
+    resumed = run_sync()  # a plain run resumes the pending full pass
+    assert resumed.entities["persons"].full_pass
+    assert row(db, "persons", person["id"], "name") == (person["name"],)
+    assert row(db, "persons", gone, "is_deleted") == (1,)
