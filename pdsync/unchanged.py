@@ -12,9 +12,11 @@ full pass fills what is missing.
 
 The digest covers the record as received (after a plugin's ``transform_record``: what
 ``to_row`` reads) and a key of everything else that shapes its row: the entity's declared
-columns and its table's columns now, the code of ``records.py``, ``timestamps.py`` and the
-entity's transform, pdsync's version and the entity's custom-field definitions. A new custom
-field, or another pdsync, makes every digest stale: the next pass writes each row once more.
+columns and its table's columns now, the code of ``records.py``, ``timestamps.py``, the
+entity's transform and its module, pdsync's version and the entity's custom-field
+definitions. A new custom field, or another pdsync, makes every digest stale: the next pass
+writes each row once more. An entity a plugin shapes with its own transform gets no digests
+(``applies``).
 
 A digest is only true while nobody else wrote its row: triggers on each table that has
 digests (after insert, update and delete, whoever writes: the webhook applier,
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -52,8 +55,17 @@ _ROW_IDS = {"insert": "new.[{0}]", "update": "old.[{0}], new.[{0}]", "delete": "
 
 def applies(spec: EntitySpec) -> bool:
     """Entities whose records are read again unchanged (incremental lists, children), with
-    integer ids (what the digests table keys)."""
-    return (spec.incremental or spec.dependent) and spec.columns.get(spec.pk) is int
+    integer ids (what the digests table keys), shaped by pdsync's own code. A plugin's
+    entity transform may depend on what no key can see (a closure's setting, a helper it
+    calls, upgraded without a new pdsync): its rows are always written again."""
+    shaped_here = spec.transform is None or _in_pdsync(spec.transform)
+    return (spec.incremental or spec.dependent) and spec.columns.get(spec.pk) is int and shaped_here
+
+
+def _in_pdsync(function: Any) -> bool:
+    module = getattr(function, "__module__", None) or ""
+    closure = getattr(function, "__closure__", None)
+    return closure is None and (module == "pdsync" or module.startswith("pdsync."))
 
 
 def key(spec: EntitySpec, custom: CustomFieldMap | None, table: Iterable[str] = ()) -> bytes:
@@ -72,6 +84,8 @@ def key(spec: EntitySpec, custom: CustomFieldMap | None, table: Iterable[str] = 
         _module_code(records),
         _module_code(timestamps),
         _code(spec.transform),
+        # the transform's module: the helpers it calls (pdsync's own, see applies())
+        _module_code(sys.modules[spec.transform.__module__]) if spec.transform else None,
     ]
     if custom is not None:
         parts.append(
