@@ -58,14 +58,16 @@ def applies(spec: EntitySpec) -> bool:
     integer ids (what the digests table keys), shaped by pdsync's own code. A plugin's
     entity transform may depend on what no key can see (a closure's setting, a helper it
     calls, upgraded without a new pdsync): its rows are always written again."""
-    shaped_here = spec.transform is None or _in_pdsync(spec.transform)
+    shaped_here = spec.transform is None or _own(spec)
     return (spec.incremental or spec.dependent) and spec.columns.get(spec.pk) is int and shaped_here
 
 
-def _in_pdsync(function: Any) -> bool:
-    module = getattr(function, "__module__", None) or ""
-    closure = getattr(function, "__closure__", None)
-    return closure is None and (module == "pdsync" or module.startswith("pdsync."))
+def _own(spec: EntitySpec) -> bool:
+    """Its transform is a plain function of pdsync's (no closure), in a loaded module."""
+    module = getattr(spec.transform, "__module__", None) or ""
+    if getattr(spec.transform, "__closure__", None) is not None or module not in sys.modules:
+        return False
+    return module == "pdsync" or module.startswith("pdsync.")
 
 
 def key(spec: EntitySpec, custom: CustomFieldMap | None, table: Iterable[str] = ()) -> bytes:
@@ -85,7 +87,7 @@ def key(spec: EntitySpec, custom: CustomFieldMap | None, table: Iterable[str] = 
         _module_code(timestamps),
         _code(spec.transform),
         # the transform's module: the helpers it calls (pdsync's own, see applies())
-        _module_code(sys.modules[spec.transform.__module__]) if spec.transform else None,
+        _module_code(sys.modules[spec.transform.__module__]) if _own(spec) else None,
     ]
     if custom is not None:
         parts.append(
