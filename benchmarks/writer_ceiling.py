@@ -142,11 +142,11 @@ def main() -> None:
         db.close()
         os.remove(path)
     decoded = built = None
-    t2, c2 = time.perf_counter(), time.process_time()
+    t2 = time.perf_counter()
     decoded = [orjson.loads(b)["data"] for b in raw]
     t3 = time.perf_counter()
     built = [[tuple(to_row(spec, r, custom).values()) for r in page] for page in decoded]
-    t4 = time.perf_counter(), time.process_time()
+    t4 = time.perf_counter()
     blobs = [pickle.dumps(p, protocol=5) for p in built]
     t5 = time.perf_counter()
     [pickle.loads(b) for b in blobs]
