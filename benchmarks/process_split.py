@@ -1,6 +1,8 @@
 """Prototype (research, issue #18): a first load of deals alone with the JSON decoding and
 ``to_row`` in a second process, the writer thread only binding values and running SQLite.
-Interleaved with pdsync's own first sync of deals alone on one fake, each run a fresh process.
+Interleaved with pdsync's own first sync of deals alone on one fake, each run a fresh process:
+"main" (pdsync.sync), "split" (fetcher threads hand raw pages to a one-process pool) and
+"fetch" (one process per stream fetches, decodes and makes rows).
 
     python benchmarks/process_split.py --deals 100000 --rounds 2
 
@@ -190,6 +192,128 @@ def split_sync(url: str, token: str, path: str, kill_worker: bool = False) -> di
     }
 
 
+def stream_worker(
+    url: str, token: str, path: str, params: dict, key: str, latest: str, out
+) -> None:
+    """Variant "fetch": a whole stream in its own process (HTTP, decoding, to_row), its
+    pages' row tuples put on ``out`` in order; the writer only binds and runs SQLite."""
+    import httpx
+
+    _init(None)
+    try:
+        params = params | {"limit": 500, "sort_by": "id", "sort_direction": "asc"}
+        with httpx.Client(base_url=url, headers={"x-api-token": token}, timeout=WAIT) as http:
+            cursor = None
+            while True:
+                asked = params | ({"cursor": cursor} if cursor else {})
+                response = http.get(path, params=asked)
+                response.raise_for_status()
+                body = response.content
+                cursor = next_cursor(body)
+                groups, refused, problems, usage = page_rows(body, latest)
+                out.put(("page", key, (groups, refused, problems, usage), cursor), timeout=WAIT)
+                if cursor is None:
+                    break
+        out.put(("done", key, None, None), timeout=WAIT)
+    except Exception as exc:  # noqa: BLE001  (handed to the writer, one line)
+        out.put(("error", key, f"{type(exc).__name__}: {exc}", None), timeout=WAIT)
+
+
+def fetch_sync(url: str, token: str, path: str, kill_worker: bool = False) -> dict:
+    """Variant "fetch": one process per stream fetches and makes rows (see stream_worker)."""
+    import sqlite_utils
+
+    from pdsync import schema, timestamps
+    from pdsync.entities import builtin_entities
+    from pdsync.store import Store, _upsert_sql
+
+    spec = next(s for s in builtin_entities() if s.name == "deals")
+    db = sqlite_utils.Database(path)
+    schema.prepare(db, builtin_entities())
+    store = Store(db)
+    latest = timestamps.latest_plausible()
+    ctx = multiprocessing.get_context("forkserver")
+    out = ctx.Queue(maxsize=4)
+    started, cpu = time.perf_counter(), time.process_time()
+    workers = {
+        s.key: ctx.Process(
+            target=stream_worker,
+            args=(url, token, s.path, dict(s.params), s.key, latest, out),
+            daemon=True,
+        )
+        for s in spec.streams
+    }
+    for w in workers.values():
+        w.start()
+    open_streams, records, refused, error = set(workers), 0, 0, None
+    statements: dict[tuple, str] = {}
+    killed, worker, usage = False, (0.0, 0), {}
+    try:
+        waited = time.monotonic()
+        while open_streams:
+            try:
+                kind, key, payload, cursor = out.get(timeout=1)
+            except queue.Empty:
+                dead = [k for k in open_streams if workers[k].exitcode is not None]
+                if dead:
+                    raise RuntimeError(
+                        f"the worker of {dead[0]} ended (exit code "
+                        f"{workers[dead[0]].exitcode}) before its stream"
+                    ) from None
+                if time.monotonic() - waited > WAIT:
+                    raise TimeoutError(f"no page for {WAIT:.0f} s") from None
+                continue
+            waited = time.monotonic()
+            if kind == "done":
+                open_streams.discard(key)
+                continue
+            if kind == "error":
+                raise RuntimeError(payload)
+            if kill_worker and not killed and records > 20000:
+                os.kill(next(iter(workers.values())).pid, 9)
+                killed = True
+            groups, bad, _, usage[key] = payload
+            with db.conn:
+                for cols, rows in groups:
+                    new = {c: str for c in cols if c not in store.columns(spec.name)}
+                    store.ensure_columns(spec.name, new)
+                    sql = statements.get(cols) or statements.setdefault(
+                        cols, _upsert_sql(spec, cols)
+                    )
+                    db.conn.executemany(sql, rows)
+                    records += len(rows)
+                store.set_watermark(spec.name, f"{key}#first", cursor or "done")
+            refused += len(bad)
+        load_done = time.perf_counter() - started
+        with db.conn:
+            schema.ensure_indexes(db, spec)
+    except Exception as exc:  # noqa: BLE001  (the run fails, one line)
+        error = f"{type(exc).__name__}: {exc}"
+        load_done = None
+    finally:
+        for w in workers.values():
+            if w.is_alive():
+                w.terminate()
+            w.join(timeout=5)
+    seconds = time.perf_counter() - started
+    committed = db.execute("select count(*) from deals").fetchone()[0]
+    worker = (sum(u[0] for u in usage.values()), sum(u[1] for u in usage.values()))
+    return {
+        "ok": error is None,
+        "error": error,
+        "records": records,
+        "committed": committed,
+        "refused": refused,
+        "seconds": seconds,
+        "load_s": load_done,
+        "cpu_s": time.process_time() - cpu,
+        "worker_cpu_s": worker[0],
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "worker_rss_mb": worker[1] / 1024,
+        "digest": digest(db),
+    }
+
+
 def main_sync(url: str, token: str, path: str) -> dict:
     import pdsync
 
@@ -224,6 +348,8 @@ def child() -> None:
     which, url, token, path, kill = sys.argv[2:7]
     if which == "split":
         figures = split_sync(url, token, path, kill == "1")
+    elif which == "fetch":
+        figures = fetch_sync(url, token, path, kill == "1")
     else:
         figures = main_sync(url, token, path)
     print(json.dumps(figures))
@@ -251,7 +377,7 @@ def main() -> None:
     server, here, info = start_fake(args.deals)
     try:
         for rnd in range(args.rounds):
-            for which in ("main", "split"):
+            for which in ("main", "split", "fetch"):
                 with tempfile.TemporaryDirectory() as tmp:
                     before = sync_bench.cpu_seconds(server.pid)
                     load = os.getloadavg()[0]
@@ -277,7 +403,7 @@ def main() -> None:
                     f = json.loads(out.stdout.strip().splitlines()[-1])
                     rate = f["records"] / f["seconds"]
                     extra = ""
-                    if which == "split":
+                    if which != "main":
                         extra = (
                             f" worker {f['worker_cpu_s']:.1f} CPU s {f['worker_rss_mb']:.0f} MB;"
                             f" load phase {f['load_s'] or 0:.2f} s; committed {f['committed']:,};"
