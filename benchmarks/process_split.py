@@ -93,12 +93,11 @@ def split_sync(url: str, token: str, path: str, kill_worker: bool = False) -> di
 
     from pdsync import schema, timestamps
     from pdsync.entities import builtin_entities
-    from pdsync.store import Store, _upsert_sql
 
     spec = next(s for s in builtin_entities() if s.name == "deals")
     db = sqlite_utils.Database(path)
     schema.prepare(db, builtin_entities())
-    store = Store(db)
+    writer = Writer(db, spec)
     latest = timestamps.latest_plausible()
     ctx = multiprocessing.get_context("forkserver")
     pool = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_init, initargs=(None,))
@@ -134,8 +133,7 @@ def split_sync(url: str, token: str, path: str, kill_worker: bool = False) -> di
     threads = [threading.Thread(target=fetch, args=(s,), daemon=True) for s in spec.streams]
     for t in threads:
         t.start()
-    open_streams, records, refused, error = len(threads), 0, 0, None
-    statements: dict[tuple, str] = {}
+    open_streams, error = len(threads), None
     killed, worker = False, (0.0, 0)
     try:
         while open_streams:
@@ -145,23 +143,12 @@ def split_sync(url: str, token: str, path: str, kill_worker: bool = False) -> di
                 continue
             if kind == "error":
                 raise payload
-            if kill_worker and not killed and records > 20000:
+            if kill_worker and not killed and writer.records > 20000:
                 for p in pool._processes.values():
                     os.kill(p.pid, 9)
                 killed = True
             groups, bad, _, worker = payload.result(timeout=WAIT)
-            with db.conn:
-                for cols, rows in groups:
-                    store.ensure_columns(
-                        spec.name, {c: str for c in cols if c not in store.columns(spec.name)}
-                    )
-                    sql = statements.get(cols) or statements.setdefault(
-                        cols, _upsert_sql(spec, cols)
-                    )
-                    db.conn.executemany(sql, rows)
-                    records += len(rows)
-                store.set_watermark(spec.name, f"{key}#first", cursor or "done")
-            refused += len(bad)
+            writer.page(groups, bad, key, cursor)
         load_done = time.perf_counter() - started
         with db.conn:
             schema.ensure_indexes(db, spec)
@@ -174,22 +161,50 @@ def split_sync(url: str, token: str, path: str, kill_worker: bool = False) -> di
         pool.shutdown(wait=True, cancel_futures=True)
         for t in threads:
             t.join(timeout=5)
-    seconds = time.perf_counter() - started
-    committed = db.execute("select count(*) from deals").fetchone()[0]
-    return {
-        "ok": error is None,
-        "error": error,
-        "records": records,
-        "committed": committed,
-        "refused": refused,
-        "seconds": seconds,
-        "load_s": load_done,
-        "cpu_s": time.process_time() - cpu,
-        "worker_cpu_s": worker[0],
-        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "worker_rss_mb": worker[1] / 1024,
-        "digest": digest(db),
-    }
+    return writer.figures(error, started, cpu, load_done, worker)
+
+
+class Writer:
+    """The writer's part: a page's row tuples and its resume point, in one commit."""
+
+    def __init__(self, db, spec) -> None:
+        from pdsync.store import Store
+
+        self.db, self.spec, self.store = db, spec, Store(db)
+        self.statements: dict[tuple, str] = {}
+        self.records = self.refused = 0
+
+    def page(self, groups: list, refused: list, key: str, cursor: str | None) -> None:
+        from pdsync.store import _upsert_sql
+
+        spec, store = self.spec, self.store
+        with self.db.conn:
+            for cols, rows in groups:
+                store.ensure_columns(spec.name, {c: str for c in cols})
+                sql = self.statements.get(cols)
+                if sql is None:
+                    sql = self.statements[cols] = _upsert_sql(spec, cols)
+                self.db.conn.executemany(sql, rows)
+                self.records += len(rows)
+            store.set_watermark(spec.name, f"{key}#first", cursor or "done")
+        self.refused += len(refused)
+
+    def figures(self, error, started: float, cpu: float, load_done, worker) -> dict:
+        seconds = time.perf_counter() - started
+        return {
+            "ok": error is None,
+            "error": error,
+            "records": self.records,
+            "committed": self.db.execute("select count(*) from deals").fetchone()[0],
+            "refused": self.refused,
+            "seconds": seconds,
+            "load_s": load_done,
+            "cpu_s": time.process_time() - cpu,
+            "worker_cpu_s": worker[0],
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "worker_rss_mb": worker[1] / 1024,
+            "digest": digest(self.db),
+        }
 
 
 def stream_worker(
@@ -225,12 +240,11 @@ def fetch_sync(url: str, token: str, path: str, kill_worker: bool = False) -> di
 
     from pdsync import schema, timestamps
     from pdsync.entities import builtin_entities
-    from pdsync.store import Store, _upsert_sql
 
     spec = next(s for s in builtin_entities() if s.name == "deals")
     db = sqlite_utils.Database(path)
     schema.prepare(db, builtin_entities())
-    store = Store(db)
+    writer = Writer(db, spec)
     latest = timestamps.latest_plausible()
     ctx = multiprocessing.get_context("forkserver")
     out = ctx.Queue(maxsize=4)
@@ -245,8 +259,7 @@ def fetch_sync(url: str, token: str, path: str, kill_worker: bool = False) -> di
     }
     for w in workers.values():
         w.start()
-    open_streams, records, refused, error = set(workers), 0, 0, None
-    statements: dict[tuple, str] = {}
+    open_streams, error = set(workers), None
     killed, worker, usage = False, (0.0, 0), {}
     try:
         waited = time.monotonic()
@@ -269,21 +282,11 @@ def fetch_sync(url: str, token: str, path: str, kill_worker: bool = False) -> di
                 continue
             if kind == "error":
                 raise RuntimeError(payload)
-            if kill_worker and not killed and records > 20000:
+            if kill_worker and not killed and writer.records > 20000:
                 os.kill(next(iter(workers.values())).pid, 9)
                 killed = True
             groups, bad, _, usage[key] = payload
-            with db.conn:
-                for cols, rows in groups:
-                    new = {c: str for c in cols if c not in store.columns(spec.name)}
-                    store.ensure_columns(spec.name, new)
-                    sql = statements.get(cols) or statements.setdefault(
-                        cols, _upsert_sql(spec, cols)
-                    )
-                    db.conn.executemany(sql, rows)
-                    records += len(rows)
-                store.set_watermark(spec.name, f"{key}#first", cursor or "done")
-            refused += len(bad)
+            writer.page(groups, bad, key, cursor)
         load_done = time.perf_counter() - started
         with db.conn:
             schema.ensure_indexes(db, spec)
@@ -295,23 +298,8 @@ def fetch_sync(url: str, token: str, path: str, kill_worker: bool = False) -> di
             if w.is_alive():
                 w.terminate()
             w.join(timeout=5)
-    seconds = time.perf_counter() - started
-    committed = db.execute("select count(*) from deals").fetchone()[0]
     worker = (sum(u[0] for u in usage.values()), sum(u[1] for u in usage.values()))
-    return {
-        "ok": error is None,
-        "error": error,
-        "records": records,
-        "committed": committed,
-        "refused": refused,
-        "seconds": seconds,
-        "load_s": load_done,
-        "cpu_s": time.process_time() - cpu,
-        "worker_cpu_s": worker[0],
-        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "worker_rss_mb": worker[1] / 1024,
-        "digest": digest(db),
-    }
+    return writer.figures(error, started, cpu, load_done, worker)
 
 
 def main_sync(url: str, token: str, path: str) -> dict:
