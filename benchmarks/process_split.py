@@ -85,10 +85,8 @@ def next_cursor(body: bytes) -> str | None:
     return found.group(2).decode()
 
 
-def split_sync(url: str, token: str, path: str, kill_worker: bool = False) -> dict:
-    import concurrent.futures as cf
-
-    import httpx
+def _begin(path: str):
+    """A prepared database's writer, the latest plausible update_time, the workers' context."""
     import sqlite_utils
 
     from pdsync import schema, timestamps
@@ -97,9 +95,20 @@ def split_sync(url: str, token: str, path: str, kill_worker: bool = False) -> di
     spec = next(s for s in builtin_entities() if s.name == "deals")
     db = sqlite_utils.Database(path)
     schema.prepare(db, builtin_entities())
-    writer = Writer(db, spec)
-    latest = timestamps.latest_plausible()
-    ctx = multiprocessing.get_context("forkserver")
+    return (
+        Writer(db, spec),
+        timestamps.latest_plausible(),
+        multiprocessing.get_context("forkserver"),
+    )
+
+
+def split_sync(url: str, token: str, path: str, kill_worker: bool = False) -> dict:
+    import concurrent.futures as cf
+
+    import httpx
+
+    writer, latest, ctx = _begin(path)
+    spec = writer.spec
     pool = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_init, initargs=(None,))
     futures: queue.Queue = queue.Queue(maxsize=4)
     stop = threading.Event()
@@ -149,9 +158,7 @@ def split_sync(url: str, token: str, path: str, kill_worker: bool = False) -> di
                 killed = True
             groups, bad, _, worker = payload.result(timeout=WAIT)
             writer.page(groups, bad, key, cursor)
-        load_done = time.perf_counter() - started
-        with db.conn:
-            schema.ensure_indexes(db, spec)
+        load_done = writer.finish(started)
     except Exception as exc:  # noqa: BLE001  (the run fails, one line)
         error = f"{type(exc).__name__}: {exc}"
         stop.set()
@@ -188,6 +195,15 @@ class Writer:
                 self.records += len(rows)
             store.set_watermark(spec.name, f"{key}#first", cursor or "done")
         self.refused += len(refused)
+
+    def finish(self, started: float) -> float:
+        """The read paths, built after the load; returns how long the load took."""
+        from pdsync import schema
+
+        loaded = time.perf_counter() - started
+        with self.db.conn:
+            schema.ensure_indexes(self.db, self.spec)
+        return loaded
 
     def figures(self, error, started: float, cpu: float, load_done, worker) -> dict:
         seconds = time.perf_counter() - started
@@ -236,17 +252,9 @@ def stream_worker(
 
 def fetch_sync(url: str, token: str, path: str, kill_worker: bool = False) -> dict:
     """Variant "fetch": one process per stream fetches and makes rows (see stream_worker)."""
-    import sqlite_utils
 
-    from pdsync import schema, timestamps
-    from pdsync.entities import builtin_entities
-
-    spec = next(s for s in builtin_entities() if s.name == "deals")
-    db = sqlite_utils.Database(path)
-    schema.prepare(db, builtin_entities())
-    writer = Writer(db, spec)
-    latest = timestamps.latest_plausible()
-    ctx = multiprocessing.get_context("forkserver")
+    writer, latest, ctx = _begin(path)
+    spec = writer.spec
     out = ctx.Queue(maxsize=4)
     started, cpu = time.perf_counter(), time.process_time()
     workers = {
@@ -287,9 +295,7 @@ def fetch_sync(url: str, token: str, path: str, kill_worker: bool = False) -> di
                 killed = True
             groups, bad, _, usage[key] = payload
             writer.page(groups, bad, key, cursor)
-        load_done = time.perf_counter() - started
-        with db.conn:
-            schema.ensure_indexes(db, spec)
+        load_done = writer.finish(started)
     except Exception as exc:  # noqa: BLE001  (the run fails, one line)
         error = f"{type(exc).__name__}: {exc}"
         load_done = None
