@@ -447,8 +447,6 @@ class Sync:
                 if len(entity.rejections) < _REJECTIONS_KEPT:
                     entity.rejections.append(message[:200])
                 log.warning("skipped a record: %s", message)
-        if run_key is None:
-            page.digests = [None] * len(rows)
         return page
 
     def _store_rows(self, spec: EntitySpec, page: _Page, full_pass: bool) -> None:
@@ -672,7 +670,7 @@ class _Page:
     """A page of records as the writer takes it (``Sync._rows``)."""
 
     rows: list[Row] = field(default_factory=list)
-    digests: list[bytes | None] = field(default_factory=list)  # of the rows' records
+    digests: list[bytes | None] = field(default_factory=list)  # per row; empty: no full pass
     same: list[dict] = field(default_factory=list)  # records stored as they are: no row
     refused: list[Any] = field(default_factory=list)  # ids of refused records (not gone)
     refused_at: int | None = None  # rows before the first refused record (None: none)

@@ -97,7 +97,9 @@ class Store:
         """After ``upsert(spec, rows)``, in its transaction: the digests of the records the
         rows were made from, for the rows that now hold that version. The update_time guard
         may have kept a newer one; then the row's own digest stays, or none (the upsert's
-        trigger deleted it)."""
+        trigger deleted it). No ``digests``: a page read outside a full pass, nothing to do."""
+        if not digests:
+            return
         pk, kept = spec.pk, [(row, d) for row, d in zip(rows, digests, strict=True) if d]
         if not kept:
             return
