@@ -154,12 +154,14 @@ def create_table(db: sqlite_utils.Database) -> None:
 
 def ensure(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     """Each table's triggers (in the caller's transaction)."""
-    made = {r[0] for r in db.execute("select name from sqlite_master where type = 'trigger'")}
+    # By name and table: a table renamed away (ALTER TABLE ... RENAME) takes its triggers,
+    # names and all, and the table made again in its place has none.
+    made = set(db.execute("select name, tbl_name from sqlite_master where type = 'trigger'"))
     for spec in entities:
         if not applies(spec):
             continue
         names = [f"_pdsync_digest_{event}_{spec.name}" for event in _ROW_IDS]
-        if all(name in made for name in names):
+        if all((name, spec.name) in made for name in names):
             continue
         forget(db, spec.name)
         for event, name in zip(_ROW_IDS, names, strict=True):

@@ -1,0 +1,38 @@
+"""More attacks on the unchanged-records digests (unchanged.py): each tries to leave a row that
+differs from what a sync without digests would write, while a digest says "unchanged"."""
+
+import sqlite_utils
+
+from tests.test_unchanged_attacks import row, synced
+
+
+def test_a_table_renamed_away_and_made_again_gets_its_triggers(fake, run_sync, db_path):
+    """A user keeps a copy of persons (ALTER TABLE ... RENAME) and lets pdsync make the table
+    again. SQLite moves the digest triggers with the renamed table, so their names are still
+    there: the new table must get its own, and the old digests must go, or the next full pass
+    skips every unchanged record and the new table stays without them."""
+    synced(run_sync)
+    db = sqlite_utils.Database(db_path)
+    db.execute("alter table persons rename to persons_backup")
+    db.conn.commit()
+    assert run_sync().ok  # makes persons again; fetches only what changed since (nothing)
+    assert run_sync(full=True).ok
+    assert db["persons"].count == fake.count("persons")
+    # and the new table's rows are guarded: a hand edit is written back by the next pass
+    person = fake.records("persons")[0]
+    db.execute("update persons set name = 'Edited' where id = ?", [person["id"]])
+    db.conn.commit()
+    assert run_sync(full=True).ok
+    assert row(db, "persons", person["id"], "name") == (person["name"],)
+
+
+def test_line_items_renamed_away_are_filled_again_by_a_full_pass(fake, run_sync, db_path):
+    """deal_products gets no column beyond its declared ones (which would forget its digests
+    by chance): made again empty, a --full asks every deal, and each line item's old digest
+    (its triggers went with the renamed table) said "unchanged": none was written."""
+    synced(run_sync)
+    db = sqlite_utils.Database(db_path)
+    db.execute("alter table deal_products rename to deal_products_backup")
+    db.conn.commit()
+    assert run_sync(full=True).ok
+    assert db["deal_products"].count == fake.count("deal_products")
