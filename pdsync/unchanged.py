@@ -70,14 +70,20 @@ def _own(spec: EntitySpec) -> bool:
     return module == "pdsync" or module.startswith("pdsync.")
 
 
-def key(spec: EntitySpec, custom: CustomFieldMap | None, table: Iterable[str] = ()) -> bytes:
+def key(
+    spec: EntitySpec, custom: CustomFieldMap | None, table: Iterable[str] = (), schema: str = ""
+) -> bytes:
     """What shapes ``spec``'s rows besides the record: a digest made under another key
-    never matches. ``table``: the table's columns now. A column made from a key no spec
-    declares, dropped by a user, only comes back with a row made again: without them here
-    every record would be skipped and it would stay gone."""
+    never matches. ``table``: the table's columns now; ``schema``: its CREATE TABLE text.
+    A column made from a key no spec declares, dropped by a user, only comes back with a
+    row made again: without them here every record would be skipped and it would stay
+    gone. Nor does a column a user dropped and added again (SQLite's way to change its
+    type) fill itself, and DDL fires no trigger: it moves the column last, or at least
+    rewrites its text, in the schema."""
     parts: list[Any] = [
         __version__,
         sorted(table),
+        schema,
         spec.name,
         spec.pk,
         sorted((name, kind.__name__) for name, kind in spec.columns.items()),

@@ -36,3 +36,17 @@ def test_line_items_renamed_away_are_filled_again_by_a_full_pass(fake, run_sync,
     db.conn.commit()
     assert run_sync(full=True).ok
     assert db["deal_products"].count == fake.count("deal_products")
+
+
+def test_a_column_dropped_and_added_again_by_a_user_is_filled_again(fake, run_sync, db_path):
+    """SQLite cannot change a column's type: a user drops it and adds it again, as text.
+    The table has the same column names as before, but every value of the column is gone,
+    and DDL fires no trigger: a --full that skips unchanged records never fills it."""
+    synced(run_sync)
+    db = sqlite_utils.Database(db_path)
+    before = dict(db.execute("select id, job_title from persons").fetchall())
+    db.execute("alter table persons drop column job_title")
+    db.execute("alter table persons add column job_title text")
+    db.conn.commit()
+    assert run_sync(full=True).ok
+    assert dict(db.execute("select id, job_title from persons").fetchall()) == before
