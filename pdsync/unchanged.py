@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterable
+from datetime import timedelta
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -106,18 +109,45 @@ def key(
 
 
 def _code(function: Any) -> str:
-    """A fingerprint of ``function``'s code, the same in every process (a code object's
-    repr holds its address)."""
+    """A fingerprint of ``function``'s code and default arguments (which live beside its
+    code object), the same in every process (a code object's repr holds its address)."""
     code = getattr(function, "__code__", None)
-    return repr(function) if code is None else hashlib.blake2b(_code_bytes(code)).hexdigest()
+    if code is None:
+        return repr(function)
+    defaults = [*(getattr(function, "__defaults__", None) or ())]
+    defaults += sorted((getattr(function, "__kwdefaults__", None) or {}).items())
+    data = _code_bytes(code) + repr([_constant(d) for d in defaults]).encode()
+    return hashlib.blake2b(data).hexdigest()
+
+
+# Module values that are rules, not state: a dict or list at module level may be a cache
+# (records._STAMPS), filled differently in each process. A rule that shapes rows is one of
+# these (a frozenset, a tuple, a compiled pattern...), or a MappingProxyType.
+_CONSTANTS = (str, bytes, int, float, type(None), frozenset, tuple, timedelta, re.Pattern)
+
+
+def _constant(value: Any) -> str | None:
+    """``value``'s text, the same in every process, if it is a constant; else None."""
+    if isinstance(value, (frozenset, set)):  # str hashes, so the order, vary per process
+        return repr(sorted(_constant(v) or type(v).__name__ for v in value))
+    if isinstance(value, (tuple, list)):
+        return repr([_constant(v) or type(v).__name__ for v in value])
+    if isinstance(value, MappingProxyType):
+        return repr(sorted((repr(k), _constant(v) or type(v).__name__) for k, v in value.items()))
+    if hasattr(value, "__code__"):
+        return _code(value)
+    return repr(value) if isinstance(value, _CONSTANTS) else None
 
 
 @functools.cache
 def _module_code(module: Any) -> str:
-    """A fingerprint of the code of a module's functions and classes' methods."""
+    """A fingerprint of the code of a module's functions and classes' methods, and of its
+    constants (a function's code names a constant, not its value)."""
     found = []
     for name, value in sorted(vars(module).items()):
         if getattr(value, "__module__", None) != module.__name__:
+            if not name.startswith("__") and isinstance(value, (*_CONSTANTS, MappingProxyType)):
+                found.append((name, _constant(value)))
             continue
         if isinstance(value, type):
             methods = sorted(vars(value).items())

@@ -50,3 +50,46 @@ def test_a_column_dropped_and_added_again_by_a_user_is_filled_again(fake, run_sy
     db.conn.commit()
     assert run_sync(full=True).ok
     assert dict(db.execute("select id, job_title from persons").fetchall()) == before
+
+
+def _key_after(monkeypatch, module, name, value):
+    """The deals key once ``module.name`` is ``value`` (a checkout between releases)."""
+    from pdsync import plugins, unchanged
+
+    spec = next(s for s in plugins.entities() if s.name == "deals")
+    unchanged._module_code.cache_clear()
+    before = unchanged.key(spec, None)
+    unchanged._module_code.cache_clear()
+    monkeypatch.setattr(module, name, value)
+    try:
+        return before, unchanged.key(spec, None)
+    finally:
+        unchanged._module_code.cache_clear()
+
+
+def test_a_constant_that_shapes_rows_is_in_the_key(monkeypatch):
+    """records.py's constants decide which keys are timestamps (and timestamps.py's how
+    they are written): another value there, the version unchanged, writes other rows. The
+    key held only the code of functions, which names a constant but not its value."""
+    from pdsync import records, timestamps
+
+    before, after = _key_after(monkeypatch, records, "_TIMES_OF_DAY", frozenset({"due_time", "x"}))
+    assert after != before
+    before, after = _key_after(monkeypatch, timestamps, "FORMAT", "%Y-%m-%d %H:%M:%S")
+    assert after != before
+
+
+def test_a_default_argument_that_shapes_rows_is_in_the_key(monkeypatch):
+    """A function's defaults live beside its code object, not in it."""
+    from pdsync import records
+
+    def excerpt(text, limit=40):
+        return text[:limit]
+
+    def excerpt_longer(text, limit=80):
+        return text[:limit]
+
+    excerpt.__module__ = excerpt_longer.__module__ = records.__name__
+    _, shorter = _key_after(monkeypatch, records, "excerpt", excerpt)
+    _, longer = _key_after(monkeypatch, records, "excerpt", excerpt_longer)
+    assert shorter != longer
