@@ -12,11 +12,11 @@ full pass fills what is missing.
 
 The digest covers the record as received (after a plugin's ``transform_record``: what
 ``to_row`` reads) and a key of everything else that shapes its row: the entity's declared
-columns and its table's columns now, the code of ``records.py``, ``timestamps.py``, the
-entity's transform and its module, pdsync's version and the entity's custom-field
-definitions. A new custom field, or another pdsync, makes every digest stale: the next pass
-writes each row once more. An entity a plugin shapes with its own transform gets no digests
-(``applies``).
+columns and its table's columns and CREATE TABLE text now, the code (functions, defaults,
+constants) of ``records.py``, ``timestamps.py``, the entity's transform and its module,
+pdsync's version and the entity's custom-field definitions. A new custom field, or
+another pdsync, makes every digest stale: the next pass writes each row once more. An
+entity a plugin shapes with its own transform gets no digests (``applies``).
 
 A digest is only true while nobody else wrote its row: triggers on each table that has
 digests (after insert, update and delete, whoever writes: the webhook applier,
@@ -24,8 +24,8 @@ digests (after insert, update and delete, whoever writes: the webhook applier,
 row's digest, and a full pass writes it again after its own upsert, in the same
 transaction, only where the row now holds the record's version (``Store.save_digests``: the
 update_time guard may have kept a newer one). Triggers that were missing (a new database,
-a table rebuilt, which drops its triggers) are made with the entity's digests deleted: none
-can describe a row written without them.
+a table rebuilt, which drops its triggers, or renamed away, which takes them along) are
+made with the entity's digests deleted: none can describe a row written without them.
 """
 
 from __future__ import annotations
