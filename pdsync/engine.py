@@ -424,8 +424,8 @@ class Sync:
         run_key = None
         if digests and unchanged.applies(spec):
             if spec.name not in self._digest_keys:
-                table = self.store.columns(spec.name)
-                self._digest_keys[spec.name] = unchanged.key(spec, custom, table)
+                table, schema = self.store.columns(spec.name), self.store.schema(spec.name)
+                self._digest_keys[spec.name] = unchanged.key(spec, custom, table, schema)
             run_key = self._digest_keys[spec.name]
         if run_key is not None:
             records, known, page.same = unchanged.sort(self.store, spec, run_key, records)

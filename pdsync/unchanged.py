@@ -12,11 +12,11 @@ full pass fills what is missing.
 
 The digest covers the record as received (after a plugin's ``transform_record``: what
 ``to_row`` reads) and a key of everything else that shapes its row: the entity's declared
-columns and its table's columns now, the code of ``records.py``, ``timestamps.py``, the
-entity's transform and its module, pdsync's version and the entity's custom-field
-definitions. A new custom field, or another pdsync, makes every digest stale: the next pass
-writes each row once more. An entity a plugin shapes with its own transform gets no digests
-(``applies``).
+columns and its table's columns and CREATE TABLE text now, the code (functions, defaults,
+constants) of ``records.py``, ``timestamps.py``, the entity's transform and its module,
+pdsync's version and the entity's custom-field definitions. A new custom field, or
+another pdsync, makes every digest stale: the next pass writes each row once more. An
+entity a plugin shapes with its own transform gets no digests (``applies``).
 
 A digest is only true while nobody else wrote its row: triggers on each table that has
 digests (after insert, update and delete, whoever writes: the webhook applier,
@@ -24,17 +24,20 @@ digests (after insert, update and delete, whoever writes: the webhook applier,
 row's digest, and a full pass writes it again after its own upsert, in the same
 transaction, only where the row now holds the record's version (``Store.save_digests``: the
 update_time guard may have kept a newer one). Triggers that were missing (a new database,
-a table rebuilt, which drops its triggers) are made with the entity's digests deleted: none
-can describe a row written without them.
+a table rebuilt, which drops its triggers, or renamed away, which takes them along) are
+made with the entity's digests deleted: none can describe a row written without them.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterable
+from datetime import timedelta
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -70,14 +73,20 @@ def _own(spec: EntitySpec) -> bool:
     return module == "pdsync" or module.startswith("pdsync.")
 
 
-def key(spec: EntitySpec, custom: CustomFieldMap | None, table: Iterable[str] = ()) -> bytes:
+def key(
+    spec: EntitySpec, custom: CustomFieldMap | None, table: Iterable[str] = (), schema: str = ""
+) -> bytes:
     """What shapes ``spec``'s rows besides the record: a digest made under another key
-    never matches. ``table``: the table's columns now. A column made from a key no spec
-    declares, dropped by a user, only comes back with a row made again: without them here
-    every record would be skipped and it would stay gone."""
+    never matches. ``table``: the table's columns now; ``schema``: its CREATE TABLE text.
+    A column made from a key no spec declares, dropped by a user, only comes back with a
+    row made again: without them here every record would be skipped and it would stay
+    gone. Nor does a column a user dropped and added again (SQLite's way to change its
+    type) fill itself, and DDL fires no trigger: it moves the column last, or at least
+    rewrites its text, in the schema."""
     parts: list[Any] = [
         __version__,
         sorted(table),
+        schema,
         spec.name,
         spec.pk,
         sorted((name, kind.__name__) for name, kind in spec.columns.items()),
@@ -100,18 +109,45 @@ def key(spec: EntitySpec, custom: CustomFieldMap | None, table: Iterable[str] = 
 
 
 def _code(function: Any) -> str:
-    """A fingerprint of ``function``'s code, the same in every process (a code object's
-    repr holds its address)."""
+    """A fingerprint of ``function``'s code and default arguments (which live beside its
+    code object), the same in every process (a code object's repr holds its address)."""
     code = getattr(function, "__code__", None)
-    return repr(function) if code is None else hashlib.blake2b(_code_bytes(code)).hexdigest()
+    if code is None:
+        return repr(function)
+    defaults = [*(getattr(function, "__defaults__", None) or ())]
+    defaults += sorted((getattr(function, "__kwdefaults__", None) or {}).items())
+    data = _code_bytes(code) + repr([_constant(d) for d in defaults]).encode()
+    return hashlib.blake2b(data).hexdigest()
+
+
+# Module values that are rules, not state: a dict or list at module level may be a cache
+# (records._STAMPS), filled differently in each process. A rule that shapes rows is one of
+# these (a frozenset, a tuple, a compiled pattern...), or a MappingProxyType.
+_CONSTANTS = (str, bytes, int, float, type(None), frozenset, tuple, timedelta, re.Pattern)
+
+
+def _constant(value: Any) -> str | None:
+    """``value``'s text, the same in every process, if it is a constant; else None."""
+    if isinstance(value, (frozenset, set)):  # str hashes, so the order, vary per process
+        return repr(sorted(_constant(v) or type(v).__name__ for v in value))
+    if isinstance(value, (tuple, list)):
+        return repr([_constant(v) or type(v).__name__ for v in value])
+    if isinstance(value, MappingProxyType):
+        return repr(sorted((repr(k), _constant(v) or type(v).__name__) for k, v in value.items()))
+    if hasattr(value, "__code__"):
+        return _code(value)
+    return repr(value) if isinstance(value, _CONSTANTS) else None
 
 
 @functools.cache
 def _module_code(module: Any) -> str:
-    """A fingerprint of the code of a module's functions and classes' methods."""
+    """A fingerprint of the code of a module's functions and classes' methods, and of its
+    constants (a function's code names a constant, not its value)."""
     found = []
     for name, value in sorted(vars(module).items()):
         if getattr(value, "__module__", None) != module.__name__:
+            if not name.startswith("__") and isinstance(value, (*_CONSTANTS, MappingProxyType)):
+                found.append((name, _constant(value)))
             continue
         if isinstance(value, type):
             methods = sorted(vars(value).items())
@@ -154,12 +190,14 @@ def create_table(db: sqlite_utils.Database) -> None:
 
 def ensure(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     """Each table's triggers (in the caller's transaction)."""
-    made = {r[0] for r in db.execute("select name from sqlite_master where type = 'trigger'")}
+    # By name and table: a table renamed away (ALTER TABLE ... RENAME) takes its triggers,
+    # names and all, and the table made again in its place has none.
+    made = set(db.execute("select name, tbl_name from sqlite_master where type = 'trigger'"))
     for spec in entities:
         if not applies(spec):
             continue
         names = [f"_pdsync_digest_{event}_{spec.name}" for event in _ROW_IDS]
-        if all(name in made for name in names):
+        if all((name, spec.name) in made for name in names):
             continue
         forget(db, spec.name)
         for event, name in zip(_ROW_IDS, names, strict=True):
