@@ -217,6 +217,9 @@ class Sync:
             tokens=result.tokens,
             errors=_json(result.errors) if result.errors else None,
         )
+        # The schema as this run leaves it: a change before the next is not pdsync's.
+        with write_transaction(self.db):
+            unchanged.note_schema(self.db)
 
     def _record(self, spec: EntitySpec, entity: EntityResult) -> None:
         """Write the entity's outcome to sync_metadata, as soon as the entity is done."""

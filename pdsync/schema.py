@@ -250,6 +250,12 @@ def m018_digests(db: sqlite_utils.Database) -> None:
     unchanged.create_table(db)
 
 
+@migrations()
+def m019_state(db: sqlite_utils.Database) -> None:
+    # The schema as the last run left it: a change since voids the digests (unchanged.py).
+    unchanged.create_state_table(db)
+
+
 def ensure_entity_tables(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     """Create what the specs declare and is missing. Safe to run on every sync."""
     # Listed once, not per foreign key and table: every run comes here (a no-change sync
@@ -352,6 +358,7 @@ def prepare(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:
     # One commit, so one schema change for readers of a database served before its first
     # sync (see pacing.GAP), and a new database appears whole or not at all.
     with write_transaction(db):
+        unchanged.check_schema(db)  # before this run's own changes
         migrations.apply(db)
         ensure_entity_tables(db, entities)
         unchanged.ensure(db, entities)

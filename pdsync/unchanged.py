@@ -15,7 +15,7 @@ The digest covers the record as received (after a plugin's ``transform_record``:
 columns and its table's columns and CREATE TABLE text now, the code (functions, defaults,
 constants) of ``records.py``, ``timestamps.py``, the entity's transform and its module,
 pdsync's version and the entity's custom-field definitions. A new custom field, or
-another pdsync, makes every digest stale: the next pass writes each row once more. An
+another pdsync, makes every digest stale: the next pass makes each row once more. An
 entity a plugin shapes with its own transform gets no digests (``applies``).
 
 A digest is only true while nobody else wrote its row: triggers on each table that has
@@ -26,6 +26,8 @@ transaction, only where the row now holds the record's version (``Store.save_dig
 update_time guard may have kept a newer one). Triggers that were missing (a new database,
 a table rebuilt, which drops its triggers, or renamed away, which takes them along) are
 made with the entity's digests deleted: none can describe a row written without them.
+Nor does DDL fire a trigger: a schema other than the one the last run left
+(``check_schema``, against ``note_schema``'s ``PRAGMA schema_version``) voids every digest.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 TABLE = "_pdsync_digests"
+STATE = "_pdsync_state"  # the schema version the last run left (check_schema)
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 # Per trigger: the ids whose digest it deletes (an UPDATE may change the id itself).
 _ROW_IDS = {"insert": "new.[{0}]", "update": "old.[{0}], new.[{0}]", "delete": "old.[{0}]"}
@@ -136,6 +139,8 @@ def _constant(value: Any) -> str | None:
         return repr(sorted((repr(k), _constant(v) or type(v).__name__) for k, v in value.items()))
     if hasattr(value, "__code__"):
         return _code(value)
+    if isinstance(value, re.Pattern):  # its repr cuts the pattern at 200 characters
+        return repr((value.pattern, value.flags))
     return repr(value) if isinstance(value, _CONSTANTS) else None
 
 
@@ -186,6 +191,39 @@ def create_table(db: sqlite_utils.Database) -> None:
         " id integer not null, digest blob not null, primary key (entity_type, id))"
         " without rowid"
     )
+
+
+def create_state_table(db: sqlite_utils.Database) -> None:
+    db.execute(f"create table if not exists {STATE} (name text primary key, value) without rowid")
+
+
+def check_schema(db: sqlite_utils.Database) -> None:
+    """Forget every digest if the schema changed since the last run ended (``note_schema``),
+    before this run changes it (in the caller's transaction). DDL fires no trigger, and a
+    column a user dropped and added again as it was leaves even the table's text as it was,
+    its values gone. A change that was not a user's (Litestream's tables, a plugin's after a
+    run, a user's ANALYZE) costs the next full pass one rewrite of each row."""
+    tables = set(db.table_names())
+    if TABLE not in tables:
+        return
+    noted = None
+    if STATE in tables:
+        sql = f"select value from {STATE} where name = 'schema_version'"
+        noted = db.execute(sql).fetchone()
+    if noted is None or noted[0] != _schema_version(db):
+        db.execute(f"delete from {TABLE}")
+
+
+def note_schema(db: sqlite_utils.Database) -> None:
+    """The schema as this run leaves it, every change of pdsync's own made."""
+    db.execute(
+        f"insert or replace into {STATE} (name, value) values ('schema_version', ?)",
+        [_schema_version(db)],
+    )
+
+
+def _schema_version(db: sqlite_utils.Database) -> int:
+    return db.execute("pragma schema_version").fetchone()[0]
 
 
 def ensure(db: sqlite_utils.Database, entities: list[EntitySpec]) -> None:

@@ -1130,7 +1130,8 @@ def test_table_metadata_labels_facets_and_hidden_tables(world):
     assert set(facets) == {"status", "pipeline_id", "stage_id", "owner_id", "currency"}
     assert not any(f.get("timed_out") for f in facets.values())
     tables = {t["name"]: t for t in world.get("/pipedrive.json").json()["tables"]}
-    for hidden in ("_pdsync_seen", "_sqlite_migrations", "sync_streams", "deals_fts"):
+    hidden_tables = ("_pdsync_seen", "_pdsync_digests", "_pdsync_state", "_sqlite_migrations")
+    for hidden in (*hidden_tables, "sync_streams", "deals_fts"):
         assert tables[hidden]["hidden"], hidden
     visible = ("deals", "pipelines", "stages", "notes", "sync_metadata", "sync_runs")
     for shown in (*visible, "open_deal_totals", "open_deal_owner_totals"):

@@ -65,6 +65,7 @@ def test_original_design_database_upgrades_in_place(fake, run_sync, db_path):
         "m016_history_failures",
         "m017_history_long_changelogs",
         "m018_digests",
+        "m019_state",
     ]
 
 

@@ -60,9 +60,14 @@ def row(db, table, id_, columns):
 
 
 def test_a_full_pass_of_an_unchanged_account_writes_nothing(fake, run_sync, db_path, rows_made):
-    synced(run_sync)
+    assert run_sync().ok
     db = sqlite_utils.Database(db_path)
+    # Its triggers change the schema, which voids any digest (unchanged.check_schema): the
+    # pass after them keeps the digests, and even that one writes no row (the upsert finds
+    # each as it is stored).
     watch_writes(db)
+    assert run_sync(full=True).ok
+    assert writes(db) == {}
     rows_made.clear()
     result = run_sync(full=True)
     assert result.ok, result.errors

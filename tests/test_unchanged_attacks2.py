@@ -3,6 +3,8 @@ differs from what a sync without digests would write, while a digest says "uncha
 
 import sqlite_utils
 
+import pdsync.engine
+from pdsync.records import to_row
 from tests.test_unchanged_attacks import row, synced
 
 
@@ -50,6 +52,43 @@ def test_a_column_dropped_and_added_again_by_a_user_is_filled_again(fake, run_sy
     db.conn.commit()
     assert run_sync(full=True).ok
     assert dict(db.execute("select id, job_title from persons").fetchall()) == before
+
+
+def test_a_last_column_dropped_and_added_again_as_it_was_is_filled_again(fake, run_sync, db_path):
+    """The table's last column, dropped and added back as sqlite-utils made it: its values
+    are gone, and the CREATE TABLE text and the column names are what they were, so no key
+    can tell. The schema version can: any change between runs voids the digests."""
+    synced(run_sync)
+    db = sqlite_utils.Database(db_path)
+    name, kind = list(db["persons"].columns_dict.items())[-1]
+    before = dict(db.execute(f"select id, [{name}] from persons").fetchall())
+    assert any(v is not None for v in before.values())
+    text = db["persons"].schema
+    db.execute(f"alter table persons drop column [{name}]")
+    db["persons"].add_column(name, kind)
+    db.conn.commit()
+    assert db["persons"].schema == text  # the table reads as it did
+    assert run_sync(full=True).ok
+    assert dict(db.execute(f"select id, [{name}] from persons").fetchall()) == before
+
+
+def test_runs_that_change_no_schema_keep_the_digests(fake, run_sync, db_path, monkeypatch):
+    """The schema version is noted when a run ends, after its own changes: the next run
+    finds it as it was and skips, before making a row, every record stored as it is."""
+    synced(run_sync)
+    assert run_sync().ok  # an incremental run between full passes changes no schema
+    made = []
+    monkeypatch.setattr(
+        pdsync.engine, "to_row", lambda spec, *a: made.append(spec.name) or to_row(spec, *a)
+    )
+    assert run_sync(full=True).ok
+    assert not {"deals", "persons", "organizations", "activities"} & set(made)
+    # and a change of the schema between runs, any, makes the next pass make them again
+    db = sqlite_utils.Database(db_path)
+    db.execute("create table a_users_table (x)")
+    db.conn.commit()
+    assert run_sync(full=True).ok
+    assert {"deals", "persons", "organizations", "activities"} <= set(made)
 
 
 def _key_after(monkeypatch, module, name, value):
