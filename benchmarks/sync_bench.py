@@ -11,9 +11,10 @@ sync runs in a fresh process, so peak RSS is that sync's own high-water mark.
 After the first sync, `--full` runs twice on the unchanged account, and so does the same full
 sync with every row write made a no-op (fetching and parsing the same pages, to_row included,
 writing nothing but bookkeeping): their ratio is what writing costs when nothing changed. The
-first `--full` after a first sync keeps a digest of every record it writes (unchanged.py: a
-first load does not, to stay fast), so it still rewrites every row; the second finds them all
-unchanged. Both are printed; the target is read on the second, what every later pass costs.
+first `--full` after a first sync finds no digests (unchanged.py: a first load keeps none, to
+stay fast), so it makes every record into a row again, lets SQLite find each row as stored
+(no row is written) and keeps every record's digest; the second skips them all before making
+rows. Both are printed; the target is read on the second, what every later pass costs.
 Targets (issue #18): >= 30,000 records/s written on a first sync, whole account and deals
 alone, at 100k and 400k deals; peak RSS <= 150 MB and within +-20 % between them; --full on an
 unchanged account <= 1.2 x the same sync without writes. Issue #14 (products, line items,
@@ -300,8 +301,8 @@ def main() -> None:
                 f"  {label}: {verdict}" + ("" if f["ok"] else f"  FAILED {f['errors']}")
             )
     print("  (rows changed: every row SQLite wrote, the ids a full pass has seen and the")
-    print("   bookkeeping included. The first pass rewrites each row once, as it keeps its")
-    print("   record's digest; from the second on, an unchanged record is not rewritten)")
+    print("   bookkeeping included; an unchanged record itself is not rewritten. The first")
+    print("   pass also keeps each record's digest; from the second on, none is made a row)")
     print()
     print(
         f"{'deals':>8} {'changes':>8} {'requests':>8} {'tokens':>7} {'records':>8} {'seconds':>8}"
