@@ -202,7 +202,8 @@ def check_schema(db: sqlite_utils.Database) -> None:
     before this run changes it (in the caller's transaction). DDL fires no trigger, and a
     column a user dropped and added again as it was leaves even the table's text as it was,
     its values gone. A change that was not a user's (Litestream's tables, a plugin's after a
-    run, a user's ANALYZE) costs the next full pass one rewrite of each row."""
+    run, a user's ANALYZE) costs the next full pass making each row again, no more (the
+    upsert still writes none that is stored as it is)."""
     tables = set(db.table_names())
     if TABLE not in tables:
         return
