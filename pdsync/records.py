@@ -6,6 +6,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -188,8 +189,11 @@ def slug(name: str) -> str:
 
 
 # How each Pipedrive field_type becomes columns: (suffix, type) pairs after the base name.
-_NUMERIC = {"double": float, "monetary": float, "int": int}
-_SECOND_COLUMN = {"monetary": "currency", "daterange": "until", "timerange": "until"}
+# Read-only mappings: rules that shape rows, so in the digests' key (unchanged.py).
+_NUMERIC = MappingProxyType({"double": float, "monetary": float, "int": int})
+_SECOND_COLUMN = MappingProxyType(
+    {"monetary": "currency", "daterange": "until", "timerange": "until"}
+)
 
 
 @dataclass(frozen=True)

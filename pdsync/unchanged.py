@@ -139,6 +139,8 @@ def _constant(value: Any) -> str | None:
         return repr(sorted((repr(k), _constant(v) or type(v).__name__) for k, v in value.items()))
     if hasattr(value, "__code__"):
         return _code(value)
+    if isinstance(value, type):  # a column's type (records._NUMERIC)
+        return f"{value.__module__}.{value.__qualname__}"
     if isinstance(value, re.Pattern):  # its repr cuts the pattern at 200 characters
         return repr((value.pattern, value.flags))
     return repr(value) if isinstance(value, _CONSTANTS) else None

@@ -116,6 +116,13 @@ def test_a_constant_that_shapes_rows_is_in_the_key(monkeypatch):
     assert after != before
     before, after = _key_after(monkeypatch, timestamps, "FORMAT", "%Y-%m-%d %H:%M:%S")
     assert after != before
+    # and the read-only mappings of how a custom field's type becomes columns
+    numeric = type(records._NUMERIC)({**records._NUMERIC, "int": float})
+    before, after = _key_after(monkeypatch, records, "_NUMERIC", numeric)
+    assert after != before
+    second = type(records._SECOND_COLUMN)({**records._SECOND_COLUMN, "daterange": "end"})
+    before, after = _key_after(monkeypatch, records, "_SECOND_COLUMN", second)
+    assert after != before
 
 
 def test_a_default_argument_that_shapes_rows_is_in_the_key(monkeypatch):
