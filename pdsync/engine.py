@@ -427,7 +427,7 @@ class Sync:
         run_key = None
         if digests and unchanged.applies(spec):
             if spec.name not in self._digest_keys:
-                table, schema = self.store.columns(spec.name), self.store.schema(spec.name)
+                table, schema = self.store.columns(spec.name), self.db[spec.name].schema
                 self._digest_keys[spec.name] = unchanged.key(spec, custom, table, schema)
             run_key = self._digest_keys[spec.name]
         if run_key is not None:

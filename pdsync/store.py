@@ -45,12 +45,6 @@ class Store:
             self._columns[table] = {r[1] for r in self.db.execute(f"pragma table_info([{table}])")}
         return self._columns[table]
 
-    def schema(self, table: str) -> str:
-        """``table``'s CREATE TABLE text as SQLite keeps it."""
-        sql = "select sql from sqlite_master where type = 'table' and name = ?"
-        found = self.db.execute(sql, [table]).fetchone()
-        return found[0] if found else ""
-
     def ensure_columns(self, table: str, columns: dict[str, type]) -> None:
         if not set(columns) <= self.columns(table):
             add_columns(self.db, table, columns)
